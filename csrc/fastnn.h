@@ -1,0 +1,60 @@
+/* fastnn C kernels: plain C99, no Python API.
+ *
+ * Conventions (see ../shared/DESIGN.md):
+ *   - outputs first, then const inputs, then explicit sizes;
+ *   - every array is C-contiguous, row-major, shapes given in the comment above each kernel;
+ *   - backward kernels accumulate parameter gradients (+=); zeroing is the caller's job;
+ *   - work is split into blocks that depend on the problem shape and the machine's processor
+ *     count only, never on the thread count, so results are bitwise identical for any number
+ *     of threads.
+ */
+#ifndef FASTNN_H
+#define FASTNN_H
+
+#include <stdint.h>
+
+/* ---- runtime: threads and the BLAS we call (runtime.c) ---- */
+
+/* Fortran-ABI gemm, as exported by scipy.linalg.cython_blas (LP64: 32-bit int). */
+typedef void (*sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
+                         float *a, int *lda, float *b, int *ldb, float *beta, float *c, int *ldc);
+typedef void (*dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
+                         double *a, int *lda, double *b, int *ldb, double *beta, double *c,
+                         int *ldc);
+typedef void (*blas_set_threads_fn)(int);
+typedef int (*blas_get_threads_fn)(void);
+
+void fastnn_register_blas(sgemm_fn sgemm, dgemm_fn dgemm, blas_set_threads_fn set_threads,
+                          blas_get_threads_fn get_threads);
+const char *fastnn_compile_args(void);
+int fastnn_has_openmp(void);
+int fastnn_num_procs(void);
+void fastnn_set_num_threads(int n);
+int fastnn_get_num_threads(void);
+
+/* ---- Linear (linear.c) ----
+ * act: one of the FASTNN_ACT_* codes; y = act(x @ w.T + b).
+ */
+enum { FASTNN_ACT_NONE = 0, FASTNN_ACT_RELU = 1, FASTNN_ACT_TANH = 2, FASTNN_ACT_SIGMOID = 3 };
+
+/* out (B, OC) <- act(x (B, C) @ w (OC, C).T + b (OC,)); b may be NULL. */
+void linear_forward_f32(float *out, const float *x, const float *w, const float *b, int act,
+                        int64_t B, int64_t C, int64_t OC);
+void linear_forward_f64(double *out, const double *x, const double *w, const double *b, int act,
+                        int64_t B, int64_t C, int64_t OC);
+
+/* Backward of linear_forward, given dout (B, OC), the forward input x (B, C) and output
+ * out (B, OC) (read only when act != NONE):
+ *   dz = dout * act'(out)            into work (B, OC); work may be NULL when act == NONE
+ *   dx (B, C)   = dz @ w             (overwritten; skipped when dx is NULL)
+ *   dw (OC, C) += dz.T @ x           (skipped when dw is NULL)
+ *   db (OC,)   += sum over rows of dz (skipped when db is NULL)
+ */
+void linear_backward_f32(float *dx, float *dw, float *db, float *work, const float *dout,
+                         const float *x, const float *w, const float *out, int act,
+                         int64_t B, int64_t C, int64_t OC);
+void linear_backward_f64(double *dx, double *dw, double *db, double *work, const double *dout,
+                         const double *x, const double *w, const double *out, int act,
+                         int64_t B, int64_t C, int64_t OC);
+
+#endif

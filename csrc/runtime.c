@@ -1,0 +1,76 @@
+/* Threads and the BLAS fastnn calls. */
+#include "runtime.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+sgemm_fn fastnn_sgemm = 0;
+dgemm_fn fastnn_dgemm = 0;
+static blas_set_threads_fn blas_set_threads = 0;
+static blas_get_threads_fn blas_get_threads = 0;
+static int num_threads = 1;
+
+void fastnn_register_blas(sgemm_fn sgemm, dgemm_fn dgemm, blas_set_threads_fn set_threads,
+                          blas_get_threads_fn get_threads)
+{
+    fastnn_sgemm = sgemm;
+    fastnn_dgemm = dgemm;
+    blas_set_threads = set_threads;
+    blas_get_threads = get_threads;
+}
+
+#ifndef FASTNN_COMPILE_ARGS
+#define FASTNN_COMPILE_ARGS "unknown"
+#endif
+
+const char *fastnn_compile_args(void) { return FASTNN_COMPILE_ARGS; }
+
+int fastnn_has_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fastnn_num_procs(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_procs();
+#else
+    return 1;
+#endif
+}
+
+void fastnn_set_num_threads(int n) { num_threads = n < 1 ? 1 : n; }
+
+int fastnn_get_num_threads(void) { return fastnn_has_openmp() ? num_threads : 1; }
+
+int fastnn_threads_for(double work)
+{
+    return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_get_num_threads();
+}
+
+int64_t fastnn_num_blocks(int64_t n, int64_t min_per_block)
+{
+    int64_t by_size = (n + min_per_block - 1) / min_per_block;
+    int64_t procs = fastnn_num_procs();
+    int64_t blocks = by_size < procs ? by_size : procs;
+    return blocks < 1 ? 1 : blocks;
+}
+
+int fastnn_blas_serial_begin(void)
+{
+    /* Our OpenMP team owns the cores: the BLAS runs on the calling thread only. */
+    if (!blas_get_threads || !blas_set_threads) return 1;
+    int saved = blas_get_threads();
+    if (saved != 1) blas_set_threads(1);
+    return saved;
+}
+
+void fastnn_blas_serial_end(int saved)
+{
+    if (saved != 1 && blas_set_threads) blas_set_threads(saved);
+}

@@ -1,0 +1,36 @@
+"""fastnn: a small, fast CPU deep-learning runtime.
+
+Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a NumPy twin
+(fastnn.reference) as the numerical oracle; fastnn.functional dispatches between the two.
+"""
+__version__ = "0.1.0"
+
+from . import functional, reference
+from .layers import Linear, Module, Parameter, ReLU, Sigmoid, Tanh
+from .random import manual_seed
+from .runtime import (
+    build_info,
+    get_backend,
+    get_num_threads,
+    set_backend,
+    set_num_threads,
+    use_backend,
+)
+
+__all__ = [
+    "Linear",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "build_info",
+    "functional",
+    "get_backend",
+    "get_num_threads",
+    "manual_seed",
+    "reference",
+    "set_backend",
+    "set_num_threads",
+    "use_backend",
+]

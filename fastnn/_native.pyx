@@ -1,0 +1,106 @@
+# The Cython binding of csrc/: array pointers in, GIL released, C kernel called.
+#
+# It trusts its caller: fastnn.functional validates shapes, dtypes and contiguity once, for
+# both backends, before anything reaches here. Do not call these functions directly.
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cnp.import_array()
+
+cdef extern from "fastnn.h" nogil:
+    ctypedef void (*sgemm_fn)(char *, char *, int *, int *, int *, float *, float *, int *,
+                              float *, int *, float *, float *, int *)
+    ctypedef void (*dgemm_fn)(char *, char *, int *, int *, int *, double *, double *, int *,
+                              double *, int *, double *, double *, int *)
+    ctypedef void (*blas_set_threads_fn)(int)
+    ctypedef int (*blas_get_threads_fn)()
+    void fastnn_register_blas(sgemm_fn, dgemm_fn, blas_set_threads_fn, blas_get_threads_fn)
+    const char *fastnn_compile_args()
+    int fastnn_has_openmp()
+    int fastnn_num_procs()
+    void fastnn_set_num_threads(int n)
+    int fastnn_get_num_threads()
+
+    void linear_forward_f32(float *out, const float *x, const float *w, const float *b,
+                            int act, int64_t B, int64_t C, int64_t OC)
+    void linear_forward_f64(double *out, const double *x, const double *w, const double *b,
+                            int act, int64_t B, int64_t C, int64_t OC)
+    void linear_backward_f32(float *dx, float *dw, float *db, float *work, const float *dout,
+                             const float *x, const float *w, const float *out, int act,
+                             int64_t B, int64_t C, int64_t OC)
+    void linear_backward_f64(double *dx, double *dw, double *db, double *work,
+                             const double *dout, const double *x, const double *w,
+                             const double *out, int act, int64_t B, int64_t C, int64_t OC)
+
+
+def register_blas(size_t set_threads_addr, size_t get_threads_addr):
+    """Hand the C kernels scipy's gemm and, when known, the BLAS thread-count functions
+    (addresses of `openblas_set_num_threads` / `openblas_get_num_threads`, or 0)."""
+    fastnn_register_blas(<sgemm_fn>sgemm, <dgemm_fn>dgemm,
+                         <blas_set_threads_fn>set_threads_addr,
+                         <blas_get_threads_fn>get_threads_addr)
+
+
+def compile_args():
+    return fastnn_compile_args().decode().split()
+
+
+def has_openmp():
+    return bool(fastnn_has_openmp())
+
+
+def num_procs():
+    return fastnn_num_procs()
+
+
+def set_num_threads(int n):
+    fastnn_set_num_threads(n)
+
+
+def get_num_threads():
+    return fastnn_get_num_threads()
+
+
+cdef inline void *data_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def linear_forward(cnp.ndarray out, cnp.ndarray x, cnp.ndarray w, object b, int act):
+    """out (B, OC) <- act(x (B, C) @ w (OC, C).T + b (OC,) or 0)."""
+    cdef int64_t B = x.shape[0], C = x.shape[1], OC = w.shape[0]
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *pw = cnp.PyArray_DATA(w)
+    cdef void *pb = data_or_null(b)
+    if x.dtype.num == cnp.NPY_FLOAT32:
+        with nogil:
+            linear_forward_f32(<float *>po, <float *>px, <float *>pw, <float *>pb, act, B, C, OC)
+    else:
+        with nogil:
+            linear_forward_f64(<double *>po, <double *>px, <double *>pw, <double *>pb,
+                               act, B, C, OC)
+
+
+def linear_backward(object dx, object dw, object db, object work, cnp.ndarray dout,
+                    cnp.ndarray x, cnp.ndarray w, object out, int act):
+    """dx = dz @ w; dw += dz.T @ x; db += dz.sum(0), with dz = dout * act'(out) in work."""
+    cdef int64_t B = x.shape[0], C = x.shape[1], OC = w.shape[0]
+    cdef void *pdx = data_or_null(dx)
+    cdef void *pdw = data_or_null(dw)
+    cdef void *pdb = data_or_null(db)
+    cdef void *pwork = data_or_null(work)
+    cdef void *pdout = cnp.PyArray_DATA(dout)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *pw = cnp.PyArray_DATA(w)
+    cdef void *pout = data_or_null(out)
+    if x.dtype.num == cnp.NPY_FLOAT32:
+        with nogil:
+            linear_backward_f32(<float *>pdx, <float *>pdw, <float *>pdb, <float *>pwork,
+                                <float *>pdout, <float *>px, <float *>pw, <float *>pout,
+                                act, B, C, OC)
+    else:
+        with nogil:
+            linear_backward_f64(<double *>pdx, <double *>pdw, <double *>pdb, <double *>pwork,
+                                <double *>pdout, <double *>px, <double *>pw, <double *>pout,
+                                act, B, C, OC)

@@ -1,0 +1,176 @@
+"""Layers: Parameter, Module, Linear and the activation layers.
+
+A layer keeps its output and gradient buffers for the batch shape it last saw and reuses
+them, so a steady training loop allocates nothing. The arrays a layer returns are therefore
+its own and are overwritten by its next forward/backward: copy one to keep it.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import functional as F
+from . import reference
+from .random import get_rng
+
+__all__ = ["Linear", "Module", "Parameter", "ReLU", "Sigmoid", "Tanh"]
+
+
+class Parameter:
+    """A trainable array `.data` and its gradient `.grad` (same shape and dtype)."""
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: forward(x) / backward(dy), parameters(), zero_grad(), train() / eval()."""
+
+    training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def parameters(self):
+        """The layer's Parameters, in a fixed order."""
+        return [v for v in vars(self).values() if isinstance(v, Parameter)]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def _float_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    return dtype
+
+
+def _buffer(buf, shape, dtype):
+    """buf if it already has this shape, else a new array: allocation only on a shape change."""
+    return buf if buf is not None and buf.shape == shape else np.empty(shape, dtype)
+
+
+class Linear(Module):
+    """y = act(x @ weight.T + bias): x (B, in_features) -> y (B, out_features).
+
+    weight: (out_features, in_features), bias: (out_features,), both initialised from
+    U(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch. `activation` ("relu", "tanh",
+    "sigmoid" or None) is fused into the same kernel.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, activation=None):
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        self.dtype = _float_dtype(dtype)
+        self.activation = F.check.choice("activation", activation or "none", F.ACTIVATIONS)
+        bound = 1 / math.sqrt(self.in_features)
+        rng = get_rng()
+        shape = (self.out_features, self.in_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, shape).astype(self.dtype))
+        self.bias = (
+            Parameter(rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
+            if bias else None
+        )
+        self._x = self._y = self._dx = self._work = None
+
+    def parameters(self):
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def forward(self, x):
+        """x: (B, in_features) array of the layer's dtype -> (B, out_features)."""
+        x = F.check.float_array("x", x, 2, self.dtype)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"x: expected shape (batch, {self.in_features}), got {x.shape}")
+        self._y = _buffer(self._y, (x.shape[0], self.out_features), self.dtype)
+        bias = None if self.bias is None else self.bias.data
+        self._x = x
+        return F.linear_forward(x, self.weight.data, bias, self.activation, out=self._y)
+
+    def backward(self, dy):
+        """dy: (B, out_features) -> dx (B, in_features); accumulates weight.grad, bias.grad."""
+        if self._x is None:
+            raise ValueError("Linear.backward: called before forward")
+        B = self._x.shape[0]
+        self._dx = _buffer(self._dx, (B, self.in_features), self.dtype)
+        if self.activation != "none":
+            self._work = _buffer(self._work, (B, self.out_features), self.dtype)
+        return F.linear_backward(
+            dy, self._x, self.weight.data, self._y, self.activation, self.weight.grad,
+            None if self.bias is None else self.bias.grad, dx=self._dx, work=self._work,
+        )
+
+    def __repr__(self):
+        act = "" if self.activation == "none" else f", activation={self.activation!r}"
+        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, dtype={self.dtype}{act})")
+
+
+class _Activation(Module):
+    """Elementwise activation; backward uses the saved output."""
+
+    kind = "none"
+
+    def __init__(self):
+        self._y = None
+
+    def forward(self, x):
+        x = F.check.float_array("x", x, np.ndim(x))
+        self._y = reference.apply_activation(x, self.kind)
+        return self._y
+
+    def backward(self, dy):
+        if self._y is None:
+            raise ValueError(f"{type(self).__name__}.backward: called before forward")
+        dy = F.check.float_array("dy", dy, self._y.ndim, self._y.dtype)
+        F.check.shape("dy", dy, self._y.shape)
+        return dy * reference.activation_derivative(self._y, self.kind)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ReLU(_Activation):
+    kind = "relu"
+
+
+class Tanh(_Activation):
+    kind = "tanh"
+
+
+class Sigmoid(_Activation):
+    kind = "sigmoid"

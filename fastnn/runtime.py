@@ -1,0 +1,141 @@
+"""Threads, the kernel backend, and what the build contains.
+
+One thread pool at a time: fastnn's kernels parallelise with their own OpenMP team and call
+the BLAS (scipy's, through scipy.linalg.cython_blas) on one thread per block, so the BLAS's
+own threads are held at one while a kernel runs and restored afterwards.
+"""
+import contextlib
+import ctypes
+import itertools
+import os
+import warnings
+
+import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS library the kernels call)
+from threadpoolctl import ThreadpoolController
+
+from . import _native
+
+__all__ = [
+    "build_info",
+    "get_backend",
+    "get_num_threads",
+    "set_backend",
+    "set_num_threads",
+    "use_backend",
+]
+
+BACKENDS = ("native", "reference")
+_backend = "native"
+
+
+def _find_scipy_blas():
+    """The threadpoolctl controller of the BLAS library scipy.linalg.cython_blas calls."""
+    blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    from_scipy = [c for c in blas if "scipy" in os.path.basename(os.path.dirname(c.filepath))]
+    if len(from_scipy) == 1:
+        return from_scipy[0]
+    return blas[0] if len(blas) == 1 else None
+
+
+def _openblas_thread_functions(controller):
+    """Addresses of (set_num_threads, get_num_threads) in an OpenBLAS, or (0, 0)."""
+    if controller is None or controller.internal_api != "openblas":
+        return 0, 0
+    for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+        set_name = f"{prefix}openblas_set_num_threads{suffix}"
+        get_name = f"{prefix}openblas_get_num_threads{suffix}"
+        if hasattr(controller.dynlib, set_name) and hasattr(controller.dynlib, get_name):
+            return (
+                ctypes.cast(getattr(controller.dynlib, set_name), ctypes.c_void_p).value,
+                ctypes.cast(getattr(controller.dynlib, get_name), ctypes.c_void_p).value,
+            )
+    return 0, 0
+
+
+_blas = _find_scipy_blas()
+_native.register_blas(*_openblas_thread_functions(_blas))
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_num_threads(n):
+    """Set the number of threads fastnn's kernels use (1 <= n <= usable cores)."""
+    cores = _usable_cores()
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if not 1 <= n <= cores:
+        raise ValueError(f"set_num_threads: n must be in [1, {cores}] (usable cores), got {n}")
+    if n > 1 and not _native.has_openmp():
+        warnings.warn("fastnn was built without OpenMP: kernels run on one thread", stacklevel=2)
+    _native.set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads fastnn's kernels use (1 in a build without OpenMP)."""
+    return _native.get_num_threads()
+
+
+def _default_num_threads():
+    cores = _usable_cores()
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env:
+        try:
+            return max(1, min(int(env), cores))
+        except ValueError:
+            warnings.warn(f"ignoring OMP_NUM_THREADS={env!r}: not an integer", stacklevel=2)
+    return cores
+
+
+_native.set_num_threads(_default_num_threads())
+
+
+def set_backend(name):
+    """Choose the kernel backend: "native" (C/OpenMP) or "reference" (the NumPy twin)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"set_backend: name must be one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def get_backend():
+    """The kernel backend in use: "native" or "reference"."""
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Context manager: run the block with the given backend, then restore the previous one."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def build_info():
+    """What this build of fastnn is and runs on, as a dict."""
+    from . import __version__
+
+    if _blas is None:
+        blas = "scipy.linalg.cython_blas (library not identified; its threads not managed)"
+    else:
+        blas = (
+            f"scipy.linalg.cython_blas -> {_blas.internal_api} {_blas.version} "
+            f"({os.path.basename(_blas.filepath)}, {getattr(_blas, 'threading_layer', 'unknown')} threading, "
+            "held at 1 thread inside fastnn kernels)"
+        )
+    return {
+        "version": __version__,
+        "openmp": _native.has_openmp(),
+        "num_threads": get_num_threads(),
+        "num_procs": _native.num_procs(),
+        "blas": blas,
+        "compile_args": _native.compile_args(),
+        "backend": get_backend(),
+    }
