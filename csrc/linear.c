@@ -54,43 +54,47 @@ static void SFX(gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, REAL al
     GEMM(&ta, &tb, &im, &in, &ik, &alpha, (REAL *)a, &ilda, (REAL *)b, &ildb, &beta, c, &ildc);
 }
 
-/* out rows [r0, r1) (.., OC) <- act(out + b) */
-static void SFX(bias_act_rows)(REAL *out, const REAL *b, int act, int64_t r0, int64_t r1,
-                               int64_t OC)
+/* out rows [r0, r1) (.., OC) <- act(out + b); one pass, the switch hoisted out of the loops */
+static void SFX(bias_act_rows)(REAL *restrict out, const REAL *restrict b, int act, int64_t r0,
+                               int64_t r1, int64_t OC)
 {
-    for (int64_t i = r0; i < r1; i++) {
-        REAL *o = out + i * OC;
-        if (b)
-            for (int64_t j = 0; j < OC; j++) o[j] += b[j];
-        switch (act) {
-        case FASTNN_ACT_RELU:
-            /* written so that NaN passes through, as np.maximum(v, 0) does */
-            for (int64_t j = 0; j < OC; j++) o[j] = o[j] < 0 ? 0 : o[j];
-            break;
-        case FASTNN_ACT_TANH:
-            for (int64_t j = 0; j < OC; j++) o[j] = TANH(o[j]);
-            break;
-        case FASTNN_ACT_SIGMOID:
-            for (int64_t j = 0; j < OC; j++) o[j] = 1 / (1 + EXP(-o[j]));
-            break;
-        default:
-            break;
-        }
+#define BIAS_ACT_LOOP(EXPR)                                            \
+    for (int64_t i = r0; i < r1; i++) {                                \
+        REAL *restrict o = out + i * OC;                               \
+        for (int64_t j = 0; j < OC; j++) {                             \
+            REAL v = b ? o[j] + b[j] : o[j];                           \
+            o[j] = (EXPR);                                             \
+        }                                                              \
     }
+    switch (act) {
+    /* written so that NaN passes through, as np.maximum(v, 0) does */
+    case FASTNN_ACT_RELU: BIAS_ACT_LOOP(v < 0 ? 0 : v) break;
+    case FASTNN_ACT_TANH: BIAS_ACT_LOOP(TANH(v)) break;
+    case FASTNN_ACT_SIGMOID: BIAS_ACT_LOOP(1 / (1 + EXP(-v))) break;
+    default: if (b) BIAS_ACT_LOOP(v) break;
+    }
+#undef BIAS_ACT_LOOP
 }
 
 /* dz rows [r0, r1) (.., OC) <- dout * act'(out), act' written in terms of the output */
-static void SFX(act_backward_rows)(REAL *dz, const REAL *dout, const REAL *out, int act,
-                                   int64_t r0, int64_t r1, int64_t OC)
+static void SFX(act_backward_rows)(REAL *restrict dz, const REAL *restrict dout,
+                                   const REAL *restrict out, int act, int64_t r0, int64_t r1,
+                                   int64_t OC)
 {
-    for (int64_t i = r0 * OC; i < r1 * OC; i++) {
-        REAL y = out[i];
-        switch (act) {
-        case FASTNN_ACT_RELU: dz[i] = y > 0 ? dout[i] : 0; break;
-        case FASTNN_ACT_TANH: dz[i] = dout[i] * (1 - y * y); break;
-        case FASTNN_ACT_SIGMOID: dz[i] = dout[i] * y * (1 - y); break;
-        default: dz[i] = dout[i]; break;
-        }
+    int64_t n0 = r0 * OC, n1 = r1 * OC;
+    switch (act) {
+    case FASTNN_ACT_RELU:
+        for (int64_t i = n0; i < n1; i++) dz[i] = out[i] > 0 ? dout[i] : 0;
+        break;
+    case FASTNN_ACT_TANH:
+        for (int64_t i = n0; i < n1; i++) dz[i] = dout[i] * (1 - out[i] * out[i]);
+        break;
+    case FASTNN_ACT_SIGMOID:
+        for (int64_t i = n0; i < n1; i++) dz[i] = dout[i] * out[i] * (1 - out[i]);
+        break;
+    default:
+        for (int64_t i = n0; i < n1; i++) dz[i] = dout[i];
+        break;
     }
 }
 
