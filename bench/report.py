@@ -1,0 +1,328 @@
+"""Turn the Linear benchmarks' pytest-benchmark JSON into tables and charts.
+
+    python -m bench.report [--json FILE] [--run]
+
+--run first measures: `python -m pytest bench/ --benchmark-only --benchmark-json=FILE`, from the
+repository root. Then, from FILE (default bench/results/linear.json), it prints one markdown
+table per workload, writes bench/results/linear.md and the PNG charts in bench/results/, and
+regenerates the section of BENCHMARKS.md between the markers below. Every number comes from
+the JSON; every file is replaced atomically.
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_JSON = RESULTS / "linear.json"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+START, END = "<!-- bench:linear:start -->", "<!-- bench:linear:end -->"
+HEADER = """# Benchmarks
+
+Measured by the pytest-benchmark suites in bench/ and written by the scripts there
+(`python -m bench.report --run`); no number in this file is typed by hand. Ratios measured
+side by side in one run are what to quote; absolute times depend on the machine.
+"""
+IMPLS = ("native", "reference", "torch")
+PHASES = ("forward", "forward+backward")
+SGEMM_API = {"sgemm-scipy": "scipy.linalg.blas.sgemm", "sgemm-numpy": "numpy.matmul(out=)"}
+
+
+def atomic_write(path, data):
+    """Write bytes or text to `path` through a temporary file in the same directory, so a
+    reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates the file private (0600); give it the usual mode under the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run_benchmarks(json_path):
+    """Run the suite from the repository root; the JSON is moved into place only if pytest
+    succeeded, so a failed run leaves the previous results alone."""
+    json_path = Path(json_path).resolve()
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=json_path.parent, prefix=f".{json_path.name}.",
+                               suffix=".tmp")
+    os.close(fd)
+    command = [sys.executable, "-m", "pytest", "bench/", "--benchmark-only",
+               f"--benchmark-json={tmp}"]
+    print("running:", " ".join(command), flush=True)
+    try:
+        result = subprocess.run(command, cwd=ROOT)
+        if result.returncode != 0:
+            sys.exit(f"pytest failed (exit code {result.returncode}); results not updated")
+        shown = json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path
+        finish_json(tmp, json_path,
+                    f"python -m pytest bench/ --benchmark-only --benchmark-json={shown}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def finish_json(source, json_path, command):
+    """Write pytest-benchmark's JSON from `source` to `json_path`, recording the command as a
+    reader would type it (not with a temporary file's name) and dropping the per-round
+    timings, which the report does not use and which make the file megabytes long."""
+    with open(source) as f:
+        doc = json.load(f)
+    doc.setdefault("fastnn", {})["command"] = command
+    for bench in doc["benchmarks"]:
+        bench["stats"].pop("data", None)
+    atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
+
+
+def load(json_path):
+    """{(workload, phase, threads, impl): benchmark entry} and the whole JSON document."""
+    with open(json_path) as f:
+        doc = json.load(f)
+    entries = {}
+    for bench in doc["benchmarks"]:
+        info = bench["extra_info"]
+        entries[info["workload"], info["phase"], info["threads"], info["impl"]] = bench
+    return entries, doc
+
+
+def median(entry):
+    return entry["stats"]["median"]
+
+
+def gflops(entry):
+    return entry["extra_info"]["flops"] / median(entry) / 1e9
+
+
+def fmt_time(seconds):
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def best_sgemm(entries, workload):
+    """The fastest raw sgemm entry of a workload, or None."""
+    found = [e for (w, phase, _, _), e in entries.items() if w == workload and phase == "sgemm"]
+    return min(found, key=median, default=None)
+
+
+def rows(entries):
+    """One dict per (workload, phase, threads) with the medians and the derived ratios."""
+    keys = sorted({(w, p, t) for (w, p, t, i) in entries if p in PHASES},
+                  key=lambda k: (k[0], PHASES.index(k[1]), k[2]))
+    out = []
+    for w, p, t in keys:
+        row = {"workload": w, "phase": p, "threads": t}
+        for impl in IMPLS:
+            row[impl] = entries.get((w, p, t, impl))
+        native = row["native"]
+        sgemm = best_sgemm(entries, w)
+        for impl in ("reference", "torch"):
+            other = row[impl]
+            row[f"vs_{impl}"] = (median(other) / median(native)
+                                 if native is not None and other is not None else None)
+        row["gflops"] = gflops(native) if native is not None else None
+        row["sgemm_fraction"] = (row["gflops"] / gflops(sgemm)
+                                 if native is not None and sgemm is not None else None)
+        out.append(row)
+    return out
+
+
+def markdown_tables(entries):
+    """One markdown table per workload, with a line on its raw sgemm rate."""
+    parts = []
+    all_rows = rows(entries)
+    for workload in sorted({r["workload"] for r in all_rows}):
+        sample = next(e for (w, *_), e in entries.items() if w == workload)
+        B, C, OC = sample["extra_info"]["shape"]
+        dtype = sample["extra_info"]["dtype"]
+        parts.append(f"#### {workload}: batch {B}, in {C}, out {OC}, {dtype}\n")
+        sgemm = best_sgemm(entries, workload)
+        if sgemm is not None:
+            info = sgemm["extra_info"]
+            others = [e for (w, p, _, _), e in entries.items()
+                      if w == workload and p == "sgemm" and e is not sgemm]
+            also = "".join(f"; {SGEMM_API.get(e['extra_info']['impl'], e['extra_info']['impl'])}"
+                           f" {gflops(e):.1f}" for e in others)
+            parts.append(
+                f"Raw sgemm of the forward's shape, {info['threads']} threads: "
+                f"{gflops(sgemm):.1f} GFLOP/s in {fmt_time(median(sgemm))} with "
+                f"{SGEMM_API.get(info['impl'], info['impl'])}{also}.\n"
+            )
+        parts.append("| phase | threads | native | reference | torch | native vs reference "
+                     "| native vs torch | native GFLOP/s | of sgemm rate |")
+        parts.append("|---|---|---|---|---|---|---|---|---|")
+        for r in all_rows:
+            if r["workload"] != workload:
+                continue
+            cells = [r["phase"], str(r["threads"])]
+            cells += [fmt_time(median(r[i])) if r[i] is not None else "–" for i in IMPLS]
+            cells += [f"{r[k]:.2f}x" if r[k] is not None else "–"
+                      for k in ("vs_reference", "vs_torch")]
+            cells.append(f"{r['gflops']:.1f}" if r["gflops"] is not None else "–")
+            cells.append(f"{r['sgemm_fraction']:.0%}" if r["sgemm_fraction"] is not None
+                         else "–")
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_charts(entries):
+    """Speed-up bars (native over reference and over torch) and the fraction of the sgemm
+    rate, as PNGs in bench/results/. Returns the paths written (none without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no charts written (pip install matplotlib)")
+        return []
+    matplotlib.use("Agg")  # files only; no display here
+    import io
+
+    import matplotlib.pyplot as plt
+
+    all_rows = rows(entries)
+    labels = [f"{r['workload']} {'fwd' if r['phase'] == 'forward' else 'fwd+bwd'} "
+              f"t{r['threads']}" for r in all_rows]
+    x = range(len(all_rows))
+    charts = {
+        "linear_speedup.png": (
+            [("vs reference", "vs_reference"), ("vs torch", "vs_torch")],
+            "native speed-up (median time of other / native)", 1.0, "{:.2f}x"),
+        "linear_sgemm_fraction.png": (
+            [("native", "sgemm_fraction")],
+            "native rate / raw 2-thread sgemm rate", None, "{:.0%}"),
+    }
+    written = []
+    for name, (series, ylabel, baseline, label_fmt) in charts.items():
+        fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(all_rows)), 4.5))
+        width = 0.8 / len(series)
+        for n, (legend, key) in enumerate(series):
+            values = [r[key] if r[key] is not None else 0 for r in all_rows]
+            bars = ax.bar([i + (n - (len(series) - 1) / 2) * width for i in x], values, width,
+                          label=legend)
+            ax.bar_label(bars, [label_fmt.format(v) if v else "" for v in values],
+                         fontsize=6, rotation=90, padding=2)
+        if baseline is not None:
+            ax.axhline(baseline, color="black", linewidth=0.8)
+        ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title("fastnn Linear+bias+ReLU, float32 (L1..L4)")
+        ax.margins(y=0.15)
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        atomic_write(RESULTS / name, buf.getvalue())
+        written.append(RESULTS / name)
+    return written
+
+
+def build_summary(doc):
+    """One paragraph on what the numbers were measured with, from the JSON."""
+    extra = doc.get("fastnn", {})
+    info = extra.get("build_info", {})
+    versions = extra.get("versions", {})
+    machine = doc.get("machine_info", {})
+    cpu = machine.get("cpu", {}).get("brand_raw", machine.get("processor", "unknown CPU"))
+    commit = doc.get("commit_info", {})
+    lines = [
+        f"- fastnn {info.get('version', '?')}, OpenMP {'on' if info.get('openmp') else 'off'}, "
+        f"{info.get('num_procs', '?')} processors, compile args "
+        f"`{' '.join(info.get('compile_args', []))}`",
+        f"- BLAS: {info.get('blas', '?')}",
+        "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- CPU: {cpu}; commit {commit.get('id', '?')[:12]}"
+        f"{' (dirty tree)' if commit.get('dirty') else ''}",
+    ]
+    return "\n".join(lines)
+
+
+def section(entries, doc, charts):
+    """The BENCHMARKS.md section between the markers."""
+    extra = doc.get("fastnn", {})
+    try:
+        date = datetime.datetime.fromisoformat(doc["datetime"]).strftime("%Y-%m-%d %H:%M %Z")
+    except (KeyError, ValueError):
+        date = "at an unknown date"
+    parts = [
+        START,
+        "## Linear + bias + ReLU (L1..L4)",
+        "",
+        f"Measured on {date} with `{extra.get('command', 'pytest bench/ --benchmark-only')}` "
+        "(regenerate: `python -m bench.report --run`).",
+        "",
+        build_summary(doc),
+        "",
+        "Median time per step. *native vs X* is X's median over native's (above 1: native is "
+        "faster). GFLOP/s counts 2·B·in·out for the forward and 6·B·in·out for forward+"
+        "backward (bias and ReLU not counted); *of sgemm rate* divides it by the faster raw "
+        "2-thread sgemm of the forward's shape. forward+backward is one forward and one "
+        "backward accumulating dweight and dbias, every buffer reused; torch's forward runs "
+        "under no_grad, its backward through autograd.",
+        "",
+        markdown_tables(entries),
+    ]
+    for chart in charts:
+        parts.append(f"![{chart.stem}]({chart.relative_to(ROOT).as_posix()})")
+    parts += ["", END]
+    return "\n".join(parts)
+
+
+def update_benchmarks_md(text):
+    """Replace the Linear section of BENCHMARKS.md (created with a header if missing)."""
+    current = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+    if START in current and END in current:
+        head, rest = current.split(START, 1)
+        _, tail = rest.split(END, 1)
+        new = head + text + tail
+    else:
+        new = current.rstrip("\n") + "\n\n" + text + "\n"
+    atomic_write(BENCHMARKS_MD, new)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=str(DEFAULT_JSON),
+                        help="pytest-benchmark JSON to read (and, with --run, to write)")
+    parser.add_argument("--run", action="store_true",
+                        help="run `pytest bench/ --benchmark-only` first")
+    args = parser.parse_args(argv)
+    if args.run:
+        run_benchmarks(args.json)
+    if not Path(args.json).exists():
+        sys.exit(f"{args.json}: no such file (use --run to measure)")
+    entries, doc = load(args.json)
+    if not entries:
+        sys.exit(f"{args.json}: no benchmarks in it")
+    tables = markdown_tables(entries)
+    print(tables)
+    charts = write_charts(entries)
+    text = section(entries, doc, charts)
+    atomic_write(RESULTS / "linear.md", text.replace(START, "").replace(END, "").strip() + "\n")
+    update_benchmarks_md(text)
+    for path in [RESULTS / "linear.md", *charts, BENCHMARKS_MD]:
+        print("wrote", path.relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
