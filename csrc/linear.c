@@ -19,6 +19,14 @@
 
 static int imax1(int64_t v) { return v < 1 ? 1 : (int)v; }
 
+/* Blocks of [0, n): block blk is [*i0, *i1). */
+static void block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, int64_t *i1)
+{
+    int64_t size = (n + nblocks - 1) / nblocks;
+    *i0 = blk * size < n ? blk * size : n;
+    *i1 = *i0 + size < n ? *i0 + size : n;
+}
+
 #define REAL float
 #define ACC double
 #define SFX(name) name##_f32
@@ -54,14 +62,29 @@ static void SFX(gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, REAL al
     GEMM(&ta, &tb, &im, &in, &ik, &alpha, (REAL *)a, &ilda, (REAL *)b, &ildb, &beta, c, &ildc);
 }
 
-/* out rows [r0, r1) (.., OC) <- act(out + b); one pass, the switch hoisted out of the loops */
-static void SFX(bias_act_rows)(REAL *restrict out, const REAL *restrict b, int act, int64_t r0,
-                               int64_t r1, int64_t OC)
+/* The part [i0, i1) of the rows (split_m) or columns (!split_m) of the gemm above. Each block
+ * re-packs the operand that is not split, so the caller splits the dimension whose other
+ * operand is the smaller. */
+static void SFX(gemm_part)(char ta, char tb, int64_t m, int64_t n, int64_t k, const REAL *a,
+                           int64_t lda, const REAL *b, int64_t ldb, REAL beta, REAL *c,
+                           int64_t ldc, int split_m, int64_t i0, int64_t i1)
+{
+    if (split_m)
+        SFX(gemm)(ta, tb, i1 - i0, n, k, 1, a + (ta == 'N' ? i0 : i0 * lda), lda, b, ldb,
+                  beta, c + i0, ldc);
+    else
+        SFX(gemm)(ta, tb, m, i1 - i0, k, 1, a, lda, b + (tb == 'N' ? i0 * ldb : i0), ldb,
+                  beta, c + i0 * ldc, ldc);
+}
+
+/* out[r0:r1, c0:c1] <- act(out + b); the switch hoisted out of the loops */
+static void SFX(bias_act)(REAL *restrict out, const REAL *restrict b, int act, int64_t r0,
+                          int64_t r1, int64_t c0, int64_t c1, int64_t OC)
 {
 #define BIAS_ACT_LOOP(EXPR)                                            \
     for (int64_t i = r0; i < r1; i++) {                                \
         REAL *restrict o = out + i * OC;                               \
-        for (int64_t j = 0; j < OC; j++) {                             \
+        for (int64_t j = c0; j < c1; j++) {                            \
             REAL v = b ? o[j] + b[j] : o[j];                           \
             o[j] = (EXPR);                                             \
         }                                                              \
@@ -84,7 +107,10 @@ static void SFX(act_backward_rows)(REAL *restrict dz, const REAL *restrict dout,
     int64_t n0 = r0 * OC, n1 = r1 * OC;
     switch (act) {
     case FASTNN_ACT_RELU:
-        for (int64_t i = n0; i < n1; i++) dz[i] = out[i] > 0 ? dout[i] : 0;
+        for (int64_t i = n0; i < n1; i++) {
+            REAL g = dout[i]; /* loaded unconditionally, so the select vectorises */
+            dz[i] = out[i] > 0 ? g : 0;
+        }
         break;
     case FASTNN_ACT_TANH:
         for (int64_t i = n0; i < n1; i++) dz[i] = dout[i] * (1 - out[i] * out[i]);
@@ -118,16 +144,22 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
                          int64_t B, int64_t C, int64_t OC)
 {
     if (B == 0 || OC == 0) return;
-    int64_t nblocks = fastnn_num_blocks(B, LINEAR_MIN_BLOCK);
-    int64_t rows = (B + nblocks - 1) / nblocks;
+    /* column-major view: out.T (OC, B) = w (C, OC).T @ x.T (C, B). Split the rows of x
+     * (each block re-packs w) or the features (each block re-packs x), whichever is larger. */
+    int split_features = OC > B;
+    int64_t n = split_features ? OC : B;
+    int64_t nblocks = fastnn_num_blocks(n, LINEAR_MIN_BLOCK);
     int nthreads = fastnn_threads_for((double)B * C * OC);
     int blas = fastnn_blas_serial_begin();
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t r0 = blk * rows, r1 = r0 + rows < B ? r0 + rows : B;
-        /* column-major view: out.T (OC, r) = w (C, OC).T @ x.T (C, r) */
-        SFX(gemm)('T', 'N', OC, r1 - r0, C, 1, w, C, x + r0 * C, C, 0, out + r0 * OC, OC);
-        SFX(bias_act_rows)(out, b, act, r0, r1, OC);
+        int64_t i0, i1;
+        block_range(blk, nblocks, n, &i0, &i1);
+        SFX(gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features, i0, i1);
+        if (split_features)
+            SFX(bias_act)(out, b, act, 0, B, i0, i1, OC);
+        else
+            SFX(bias_act)(out, b, act, i0, i1, 0, OC, OC);
     }
     fastnn_blas_serial_end(blas);
 }
@@ -143,34 +175,53 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
         return;
     }
     const REAL *dz = act == FASTNN_ACT_NONE ? dout : work;
+    /* dx.T (C, B) = w (C, OC) @ dz.T (OC, B): split rows (re-pack w) or in-features
+     * (re-pack dz). dw.T (C, OC) += x.T (C, B) @ dz (B, OC): split out-features (re-pack x)
+     * or in-features (re-pack dz). */
+    int dx_split_in = C > B;
+    int64_t dx_n = dx_split_in ? C : B;
+    int dw_split_in = C > OC;
+    int64_t dw_n = dw_split_in ? C : OC;
     int64_t row_blocks = fastnn_num_blocks(B, LINEAR_MIN_BLOCK);
-    int64_t rows = (B + row_blocks - 1) / row_blocks;
-    int64_t feat_blocks = fastnn_num_blocks(OC, LINEAR_MIN_BLOCK);
-    int64_t feats = (OC + feat_blocks - 1) / feat_blocks;
+    int64_t dx_blocks = fastnn_num_blocks(dx_n, LINEAR_MIN_BLOCK);
+    int64_t dw_blocks = fastnn_num_blocks(dw_n, LINEAR_MIN_BLOCK);
+    int64_t db_blocks = fastnn_num_blocks(OC, LINEAR_MIN_BLOCK);
     int nthreads = fastnn_threads_for((double)B * C * OC);
     int blas = fastnn_blas_serial_begin();
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        /* rows own dz and dx */
-        #pragma omp for schedule(static)
-        for (int64_t blk = 0; blk < row_blocks; blk++) {
-            int64_t r0 = blk * rows, r1 = r0 + rows < B ? r0 + rows : B;
-            if (act != FASTNN_ACT_NONE)
+        if (act != FASTNN_ACT_NONE) {
+            #pragma omp for schedule(static)
+            for (int64_t blk = 0; blk < row_blocks; blk++) {
+                int64_t r0, r1;
+                block_range(blk, row_blocks, B, &r0, &r1);
                 SFX(act_backward_rows)(work, dout, out, act, r0, r1, OC);
-            /* dx.T (C, r) = w (C, OC) @ dz.T (OC, r) */
-            if (dx)
-                SFX(gemm)('N', 'N', C, r1 - r0, OC, 1, w, C, dz + r0 * OC, OC, 0,
-                          dx + r0 * C, C);
+            }
         }
-        /* output features own dw and db (after the barrier: dz is complete) */
-        #pragma omp for schedule(static)
-        for (int64_t blk = 0; blk < feat_blocks; blk++) {
-            int64_t f0 = blk * feats, f1 = f0 + feats < OC ? f0 + feats : OC;
-            /* dw.T (C, f) += x.T (C, B) @ dz (B, f) */
-            if (dw)
-                SFX(gemm)('N', 'T', C, f1 - f0, B, 1, x, C, dz + f0, OC, 1, dw + f0 * C, C);
-            if (db)
+        /* dz is complete (barrier above); the three outputs below are disjoint: no waits */
+        if (dx) {
+            #pragma omp for schedule(static) nowait
+            for (int64_t blk = 0; blk < dx_blocks; blk++) {
+                int64_t i0, i1;
+                block_range(blk, dx_blocks, dx_n, &i0, &i1);
+                SFX(gemm_part)('N', 'N', C, B, OC, w, C, dz, OC, 0, dx, C, dx_split_in, i0, i1);
+            }
+        }
+        if (dw) {
+            #pragma omp for schedule(static) nowait
+            for (int64_t blk = 0; blk < dw_blocks; blk++) {
+                int64_t i0, i1;
+                block_range(blk, dw_blocks, dw_n, &i0, &i1);
+                SFX(gemm_part)('N', 'T', C, OC, B, x, C, dz, OC, 1, dw, C, dw_split_in, i0, i1);
+            }
+        }
+        if (db) {
+            #pragma omp for schedule(static) nowait
+            for (int64_t blk = 0; blk < db_blocks; blk++) {
+                int64_t f0, f1;
+                block_range(blk, db_blocks, OC, &f0, &f1);
                 SFX(colsum_add)(db, dz, f0, f1, B, OC);
+            }
         }
     }
     fastnn_blas_serial_end(blas);

@@ -62,6 +62,28 @@ def get_num_threads():
     return fastnn_get_num_threads()
 
 
+def first_overlap(tuple arrays, Py_ssize_t n_outputs):
+    """(i, j) for the first arrays[i], i < n_outputs, whose memory overlaps arrays[j], j != i;
+    None if there is none. Entries are C-contiguous arrays (so [data, data + nbytes) is
+    exact) or None (skipped)."""
+    cdef Py_ssize_t i, j
+    cdef char *lo
+    cdef char *hi
+    cdef char *blo
+    for i in range(n_outputs):
+        if arrays[i] is None:
+            continue
+        lo = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+        hi = lo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
+        for j in range(len(arrays)):
+            if j == i or arrays[j] is None:
+                continue
+            blo = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[j])
+            if lo < blo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[j]) and blo < hi:
+                return i, j
+    return None
+
+
 cdef inline void *data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 

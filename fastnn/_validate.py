@@ -2,6 +2,8 @@
 and the actual value."""
 import numpy as np
 
+from . import _native
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # The BLAS takes 32-bit sizes.
 MAX_DIM = 2**31 - 1
@@ -21,7 +23,7 @@ def float_array(name, a, ndim, dtype=None):
         raise TypeError(f"{name}: expected dtype {dtype} (as the input), got {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array, got {a.ndim}-d with shape {a.shape}")
-    if any(n > MAX_DIM for n in a.shape):
+    if max(a.shape, default=0) > MAX_DIM:
         raise ValueError(f"{name}: each dimension must be at most {MAX_DIM}, got shape {a.shape}")
     return np.ascontiguousarray(a)
 
@@ -31,9 +33,9 @@ def shape(name, a, expected):
         raise ValueError(f"{name}: expected shape {expected}, got {a.shape}")
 
 
-def output_array(name, a, expected_shape, dtype, inputs=()):
-    """Check an array the kernel writes into: exact shape and dtype, C-contiguous, writeable,
-    and not overlapping any input (it cannot be copied, or the result would be lost)."""
+def output_array(name, a, expected_shape, dtype):
+    """Check an array the kernel writes into: exact shape and dtype, C-contiguous, writeable
+    (it cannot be copied, or the result would be lost)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -43,10 +45,15 @@ def output_array(name, a, expected_shape, dtype, inputs=()):
         raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides}")
     if not a.flags.writeable:
         raise ValueError(f"{name}: expected a writeable array, got a read-only one")
-    for input_name, b in inputs:
-        if b is not None and np.may_share_memory(a, b):
-            raise ValueError(f"{name}: must not share memory with {input_name}")
     return a
+
+
+def disjoint(names, arrays, n_outputs):
+    """Raise ValueError if one of the first n_outputs arrays (those a kernel writes) overlaps
+    any other array in memory. arrays: C-contiguous arrays or None; names: their names."""
+    hit = _native.first_overlap(arrays, n_outputs)
+    if hit is not None:
+        raise ValueError(f"{names[hit[0]]}: must not share memory with {names[hit[1]]}")
 
 
 def choice(name, value, choices):

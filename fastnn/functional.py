@@ -43,8 +43,8 @@ def linear_forward(x, weight, bias=None, activation="none", out=None):
     if out is None:
         out = np.empty(out_shape, dtype=x.dtype)
     else:
-        check.output_array("out", out, out_shape, x.dtype,
-                           [("x", x), ("weight", weight), ("bias", bias)])
+        check.output_array("out", out, out_shape, x.dtype)
+        check.disjoint(("out", "x", "weight", "bias"), (out, x, weight, bias), 1)
     if get_backend() == "reference":
         return reference.linear_forward(x, weight, bias, activation, out)
     _native.linear_forward(out, x, weight, bias, ACTIVATIONS[activation])
@@ -65,27 +65,31 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
     B, C, OC = x.shape[0], x.shape[1], weight.shape[0]
     dy = check.float_array("dy", dy, 2, x.dtype)
     check.shape("dy", dy, (B, OC))
-    inputs = [("dy", dy), ("x", x), ("weight", weight)]
-    if activation != "none":
+    if activation == "none":
+        y = None  # not read
+    else:
         if y is None:
             raise ValueError(f"y: the forward output is needed for activation={activation!r}")
         y = check.float_array("y", y, 2, x.dtype)
         check.shape("y", y, (B, OC))
-        inputs.append(("y", y))
     if dweight is not None:
-        check.output_array("dweight", dweight, (OC, C), x.dtype, inputs)
+        check.output_array("dweight", dweight, (OC, C), x.dtype)
     if dbias is not None:
-        check.output_array("dbias", dbias, (OC,), x.dtype, inputs)
+        check.output_array("dbias", dbias, (OC,), x.dtype)
     if dx is None:
         dx = np.empty((B, C), dtype=x.dtype)
     else:
-        check.output_array("dx", dx, (B, C), x.dtype, inputs + [("dweight", dweight)])
-    if get_backend() == "reference":
-        return reference.linear_backward(dy, x, weight, y, activation, dweight, dbias, dx)
-    if activation != "none":
+        check.output_array("dx", dx, (B, C), x.dtype)
+    if activation != "none" and get_backend() == "native":
         if work is None:
             work = np.empty((B, OC), dtype=x.dtype)
         else:
-            check.output_array("work", work, (B, OC), x.dtype, inputs + [("dx", dx)])
+            check.output_array("work", work, (B, OC), x.dtype)
+    else:
+        work = None
+    check.disjoint(("dx", "dweight", "dbias", "work", "dy", "x", "weight", "y"),
+                   (dx, dweight, dbias, work, dy, x, weight, y), 4)
+    if get_backend() == "reference":
+        return reference.linear_backward(dy, x, weight, y, activation, dweight, dbias, dx)
     _native.linear_backward(dx, dweight, dbias, work, dy, x, weight, y, ACTIVATIONS[activation])
     return dx
