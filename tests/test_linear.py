@@ -57,7 +57,8 @@ def test_matches_reference_small_shapes(B, C, OC, dtype, act, bias, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 300, 7), (257, 129, 65), (300, 97, 513)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 300, 7), (257, 129, 65), (300, 97, 513),
+                                   (64, 300, 400)])
 def test_matches_reference_blocked_shapes(shape, act, dtype):
     # the larger shapes are split into several blocks and run on the whole team
     check_native_matches_reference(*shape, dtype, act)
@@ -96,10 +97,13 @@ def test_gradients_match_finite_differences(act, backend):
             np.testing.assert_allclose(analytic, numeric, rtol=1e-7, atol=1e-9)
 
 
+# (301, 203, 157) splits the batch rows for forward and dx, the in-features for dweight;
+# (64, 300, 400) splits the out-features for forward and dweight, the in-features for dx.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTS)
-def test_one_and_two_threads_bitwise_equal(act, dtype, threads):
-    x, w, b, dy = make_problem(301, 203, 157, dtype, seed=3)
+@pytest.mark.parametrize("shape", [(301, 203, 157), (64, 300, 400)])
+def test_one_and_two_threads_bitwise_equal(shape, act, dtype, threads):
+    x, w, b, dy = make_problem(*shape, dtype, seed=3)
     results = []
     for n in (1, 2):
         fastnn.set_num_threads(n)
