@@ -51,6 +51,8 @@ static void block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
 
 #else /* template body, instantiated above */
 
+#include "act_template.h"
+
 /* c (m, n col-major, ldc) = alpha * op(a) @ op(b) + beta * c, sizes as in BLAS. */
 static void SFX(gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, REAL alpha,
                       const REAL *a, int64_t lda, const REAL *b, int64_t ldb, REAL beta,
@@ -77,50 +79,15 @@ static void SFX(gemm_part)(char ta, char tb, int64_t m, int64_t n, int64_t k, co
                   beta, c + i0 * ldc, ldc);
 }
 
-/* out[r0:r1, c0:c1] <- act(out + b); the switch hoisted out of the loops */
+/* out[r0:r1, c0:c1] <- act(out + b), row segment by row segment while it is in L1 */
 static void SFX(bias_act)(REAL *restrict out, const REAL *restrict b, int act, int64_t r0,
                           int64_t r1, int64_t c0, int64_t c1, int64_t OC)
 {
-#define BIAS_ACT_LOOP(EXPR)                                            \
-    for (int64_t i = r0; i < r1; i++) {                                \
-        REAL *restrict o = out + i * OC;                               \
-        for (int64_t j = c0; j < c1; j++) {                            \
-            REAL v = b ? o[j] + b[j] : o[j];                           \
-            o[j] = (EXPR);                                             \
-        }                                                              \
-    }
-    switch (act) {
-    /* written so that NaN passes through, as np.maximum(v, 0) does */
-    case FASTNN_ACT_RELU: BIAS_ACT_LOOP(v < 0 ? 0 : v) break;
-    case FASTNN_ACT_TANH: BIAS_ACT_LOOP(TANH(v)) break;
-    case FASTNN_ACT_SIGMOID: BIAS_ACT_LOOP(1 / (1 + EXP(-v))) break;
-    default: if (b) BIAS_ACT_LOOP(v) break;
-    }
-#undef BIAS_ACT_LOOP
-}
-
-/* dz rows [r0, r1) (.., OC) <- dout * act'(out), act' written in terms of the output */
-static void SFX(act_backward_rows)(REAL *restrict dz, const REAL *restrict dout,
-                                   const REAL *restrict out, int act, int64_t r0, int64_t r1,
-                                   int64_t OC)
-{
-    int64_t n0 = r0 * OC, n1 = r1 * OC;
-    switch (act) {
-    case FASTNN_ACT_RELU:
-        for (int64_t i = n0; i < n1; i++) {
-            REAL g = dout[i]; /* loaded unconditionally, so the select vectorises */
-            dz[i] = out[i] > 0 ? g : 0;
-        }
-        break;
-    case FASTNN_ACT_TANH:
-        for (int64_t i = n0; i < n1; i++) dz[i] = dout[i] * (1 - out[i] * out[i]);
-        break;
-    case FASTNN_ACT_SIGMOID:
-        for (int64_t i = n0; i < n1; i++) dz[i] = dout[i] * out[i] * (1 - out[i]);
-        break;
-    default:
-        for (int64_t i = n0; i < n1; i++) dz[i] = dout[i];
-        break;
+    for (int64_t i = r0; i < r1; i++) {
+        REAL *restrict o = out + i * OC + c0;
+        if (b)
+            for (int64_t j = 0; j < c1 - c0; j++) o[j] += b[c0 + j];
+        SFX(act_inplace)(o, act, c1 - c0);
     }
 }
 
@@ -195,7 +162,8 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
             for (int64_t blk = 0; blk < row_blocks; blk++) {
                 int64_t r0, r1;
                 block_range(blk, row_blocks, B, &r0, &r1);
-                SFX(act_backward_rows)(work, dout, out, act, r0, r1, OC);
+                SFX(act_backward)(work + r0 * OC, dout + r0 * OC, out + r0 * OC, act,
+                                  (r1 - r0) * OC);
             }
         }
         /* dz is complete (barrier above); the three outputs below are disjoint: no waits */
