@@ -57,4 +57,40 @@ void linear_backward_f64(double *dx, double *dw, double *db, double *work, const
                          const double *x, const double *w, const double *out, int act,
                          int64_t B, int64_t C, int64_t OC);
 
+/* ---- BatchNorm1d (batchnorm.c) ----
+ * x, out (B, C); gamma, beta (C) or NULL (no affine); act is fused after the affine map.
+ * Training: out = act(gamma * (x - mean) / sqrt(var + eps) + beta) with the batch mean and
+ * biased variance; save_mean, save_invstd (C) receive mean and 1/sqrt(var + eps); when
+ * running_mean/running_var (C) are given they become (1 - momentum) * old + momentum * new,
+ * with the unbiased variance (B > 1). Evaluation: the running statistics normalise, and are
+ * copied into save_mean/save_invstd for the backward.
+ */
+void batchnorm_forward_train_f32(float *out, float *save_mean, float *save_invstd,
+                                 float *running_mean, float *running_var, const float *x,
+                                 const float *gamma, const float *beta, double eps,
+                                 double momentum, int act, int64_t B, int64_t C);
+void batchnorm_forward_train_f64(double *out, double *save_mean, double *save_invstd,
+                                 double *running_mean, double *running_var, const double *x,
+                                 const double *gamma, const double *beta, double eps,
+                                 double momentum, int act, int64_t B, int64_t C);
+void batchnorm_forward_eval_f32(float *out, float *save_mean, float *save_invstd,
+                                const float *running_mean, const float *running_var,
+                                const float *x, const float *gamma, const float *beta,
+                                double eps, int act, int64_t B, int64_t C);
+void batchnorm_forward_eval_f64(double *out, double *save_mean, double *save_invstd,
+                                const double *running_mean, const double *running_var,
+                                const double *x, const double *gamma, const double *beta,
+                                double eps, int act, int64_t B, int64_t C);
+/* Backward given dout, x, out (B, C) and the saved mean, invstd (C): dx (B, C) overwritten
+ * (skipped when NULL); dgamma, dbeta (C) accumulate (skipped when NULL). train selects the
+ * training-mode gradient (through the batch statistics) or the evaluation one. */
+void batchnorm_backward_f32(float *dx, float *dgamma, float *dbeta, const float *dout,
+                            const float *x, const float *out, const float *mean,
+                            const float *invstd, const float *gamma, int act, int train,
+                            int64_t B, int64_t C);
+void batchnorm_backward_f64(double *dx, double *dgamma, double *dbeta, const double *dout,
+                            const double *x, const double *out, const double *mean,
+                            const double *invstd, const double *gamma, int act, int train,
+                            int64_t B, int64_t C);
+
 #endif

@@ -19,13 +19,6 @@
 
 static int imax1(int64_t v) { return v < 1 ? 1 : (int)v; }
 
-/* Blocks of [0, n): block blk is [*i0, *i1). */
-static void block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, int64_t *i1)
-{
-    int64_t size = (n + nblocks - 1) / nblocks;
-    *i0 = blk * size < n ? blk * size : n;
-    *i1 = *i0 + size < n ? *i0 + size : n;
-}
 
 #define REAL float
 #define ACC double
@@ -121,7 +114,7 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t blk = 0; blk < nblocks; blk++) {
         int64_t i0, i1;
-        block_range(blk, nblocks, n, &i0, &i1);
+        fastnn_block_range(blk, nblocks, n, &i0, &i1);
         SFX(gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features, i0, i1);
         if (split_features)
             SFX(bias_act)(out, b, act, 0, B, i0, i1, OC);
@@ -161,7 +154,7 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
             #pragma omp for schedule(static)
             for (int64_t blk = 0; blk < row_blocks; blk++) {
                 int64_t r0, r1;
-                block_range(blk, row_blocks, B, &r0, &r1);
+                fastnn_block_range(blk, row_blocks, B, &r0, &r1);
                 SFX(act_backward)(work + r0 * OC, dout + r0 * OC, out + r0 * OC, act,
                                   (r1 - r0) * OC);
             }
@@ -171,7 +164,7 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
             #pragma omp for schedule(static) nowait
             for (int64_t blk = 0; blk < dx_blocks; blk++) {
                 int64_t i0, i1;
-                block_range(blk, dx_blocks, dx_n, &i0, &i1);
+                fastnn_block_range(blk, dx_blocks, dx_n, &i0, &i1);
                 SFX(gemm_part)('N', 'N', C, B, OC, w, C, dz, OC, 0, dx, C, dx_split_in, i0, i1);
             }
         }
@@ -179,7 +172,7 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
             #pragma omp for schedule(static) nowait
             for (int64_t blk = 0; blk < dw_blocks; blk++) {
                 int64_t i0, i1;
-                block_range(blk, dw_blocks, dw_n, &i0, &i1);
+                fastnn_block_range(blk, dw_blocks, dw_n, &i0, &i1);
                 SFX(gemm_part)('N', 'T', C, OC, B, x, C, dz, OC, 1, dw, C, dw_split_in, i0, i1);
             }
         }
@@ -187,7 +180,7 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
             #pragma omp for schedule(static) nowait
             for (int64_t blk = 0; blk < db_blocks; blk++) {
                 int64_t f0, f1;
-                block_range(blk, db_blocks, OC, &f0, &f1);
+                fastnn_block_range(blk, db_blocks, OC, &f0, &f1);
                 SFX(colsum_add)(db, dz, f0, f1, B, OC);
             }
         }

@@ -53,12 +53,24 @@ int fastnn_threads_for(double work)
     return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_get_num_threads();
 }
 
+int fastnn_threads_for_elements(int64_t n)
+{
+    return n < FASTNN_PARALLEL_MIN_ELEMENTS ? 1 : fastnn_get_num_threads();
+}
+
 int64_t fastnn_num_blocks(int64_t n, int64_t min_per_block)
 {
     int64_t by_size = (n + min_per_block - 1) / min_per_block;
     int64_t procs = fastnn_num_procs();
     int64_t blocks = by_size < procs ? by_size : procs;
     return blocks < 1 ? 1 : blocks;
+}
+
+void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, int64_t *i1)
+{
+    int64_t size = (n + nblocks - 1) / nblocks;
+    *i0 = blk * size < n ? blk * size : n;
+    *i1 = *i0 + size < n ? *i0 + size : n;
 }
 
 int fastnn_blas_serial_begin(void)

@@ -6,7 +6,7 @@ Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a
 __version__ = "0.1.0"
 
 from . import functional, reference
-from .layers import Linear, Module, Parameter, ReLU, Sigmoid, Tanh
+from .layers import BatchNorm1d, Linear, Module, Parameter, ReLU, Sigmoid, Tanh
 from .random import manual_seed
 from .runtime import (
     build_info,
@@ -18,6 +18,7 @@ from .runtime import (
 )
 
 __all__ = [
+    "BatchNorm1d",
     "Linear",
     "Module",
     "Parameter",

@@ -33,6 +33,31 @@ cdef extern from "fastnn.h" nogil:
                              const double *dout, const double *x, const double *w,
                              const double *out, int act, int64_t B, int64_t C, int64_t OC)
 
+    void batchnorm_forward_train_f32(float *out, float *save_mean, float *save_invstd,
+                                     float *running_mean, float *running_var, const float *x,
+                                     const float *gamma, const float *beta, double eps,
+                                     double momentum, int act, int64_t B, int64_t C)
+    void batchnorm_forward_train_f64(double *out, double *save_mean, double *save_invstd,
+                                     double *running_mean, double *running_var,
+                                     const double *x, const double *gamma, const double *beta,
+                                     double eps, double momentum, int act, int64_t B, int64_t C)
+    void batchnorm_forward_eval_f32(float *out, float *save_mean, float *save_invstd,
+                                    const float *running_mean, const float *running_var,
+                                    const float *x, const float *gamma, const float *beta,
+                                    double eps, int act, int64_t B, int64_t C)
+    void batchnorm_forward_eval_f64(double *out, double *save_mean, double *save_invstd,
+                                    const double *running_mean, const double *running_var,
+                                    const double *x, const double *gamma, const double *beta,
+                                    double eps, int act, int64_t B, int64_t C)
+    void batchnorm_backward_f32(float *dx, float *dgamma, float *dbeta, const float *dout,
+                                const float *x, const float *out, const float *mean,
+                                const float *invstd, const float *gamma, int act, int train,
+                                int64_t B, int64_t C)
+    void batchnorm_backward_f64(double *dx, double *dgamma, double *dbeta, const double *dout,
+                                const double *x, const double *out, const double *mean,
+                                const double *invstd, const double *gamma, int act, int train,
+                                int64_t B, int64_t C)
+
 
 def register_blas(size_t set_threads_addr, size_t get_threads_addr):
     """Hand the C kernels scipy's gemm and, when known, the BLAS thread-count functions
@@ -126,3 +151,65 @@ def linear_backward(object dx, object dw, object db, object work, cnp.ndarray do
             linear_backward_f64(<double *>pdx, <double *>pdw, <double *>pdb, <double *>pwork,
                                 <double *>pdout, <double *>px, <double *>pw, <double *>pout,
                                 act, B, C, OC)
+
+
+def batchnorm_forward(cnp.ndarray out, cnp.ndarray save_mean, cnp.ndarray save_invstd,
+                      object running_mean, object running_var, cnp.ndarray x, object gamma,
+                      object beta, double eps, double momentum, int act, bint train):
+    """out (B, C) <- act(batch norm of x); the mean and 1/std used into save_mean/save_invstd."""
+    cdef int64_t B = x.shape[0], C = x.shape[1]
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef void *psm = cnp.PyArray_DATA(save_mean)
+    cdef void *psi = cnp.PyArray_DATA(save_invstd)
+    cdef void *prm = data_or_null(running_mean)
+    cdef void *prv = data_or_null(running_var)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *pg = data_or_null(gamma)
+    cdef void *pb = data_or_null(beta)
+    if x.dtype.num == cnp.NPY_FLOAT32:
+        with nogil:
+            if train:
+                batchnorm_forward_train_f32(<float *>po, <float *>psm, <float *>psi,
+                                            <float *>prm, <float *>prv, <float *>px,
+                                            <float *>pg, <float *>pb, eps, momentum, act, B, C)
+            else:
+                batchnorm_forward_eval_f32(<float *>po, <float *>psm, <float *>psi,
+                                           <float *>prm, <float *>prv, <float *>px,
+                                           <float *>pg, <float *>pb, eps, act, B, C)
+    else:
+        with nogil:
+            if train:
+                batchnorm_forward_train_f64(<double *>po, <double *>psm, <double *>psi,
+                                            <double *>prm, <double *>prv, <double *>px,
+                                            <double *>pg, <double *>pb, eps, momentum, act,
+                                            B, C)
+            else:
+                batchnorm_forward_eval_f64(<double *>po, <double *>psm, <double *>psi,
+                                           <double *>prm, <double *>prv, <double *>px,
+                                           <double *>pg, <double *>pb, eps, act, B, C)
+
+
+def batchnorm_backward(object dx, object dgamma, object dbeta, cnp.ndarray dout,
+                       cnp.ndarray x, object out, cnp.ndarray mean, cnp.ndarray invstd,
+                       object gamma, int act, bint train):
+    """dx (B, C) <- gradient of the loss w.r.t. x; dgamma, dbeta (C) += their gradients."""
+    cdef int64_t B = x.shape[0], C = x.shape[1]
+    cdef void *pdx = data_or_null(dx)
+    cdef void *pdg = data_or_null(dgamma)
+    cdef void *pdb = data_or_null(dbeta)
+    cdef void *pdout = cnp.PyArray_DATA(dout)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *pout = data_or_null(out)
+    cdef void *pm = cnp.PyArray_DATA(mean)
+    cdef void *pi = cnp.PyArray_DATA(invstd)
+    cdef void *pg = data_or_null(gamma)
+    if x.dtype.num == cnp.NPY_FLOAT32:
+        with nogil:
+            batchnorm_backward_f32(<float *>pdx, <float *>pdg, <float *>pdb, <float *>pdout,
+                                   <float *>px, <float *>pout, <float *>pm, <float *>pi,
+                                   <float *>pg, act, train, B, C)
+    else:
+        with nogil:
+            batchnorm_backward_f64(<double *>pdx, <double *>pdg, <double *>pdb,
+                                   <double *>pdout, <double *>px, <double *>pout,
+                                   <double *>pm, <double *>pi, <double *>pg, act, train, B, C)

@@ -13,7 +13,7 @@ from . import functional as F
 from . import reference
 from .random import get_rng
 
-__all__ = ["Linear", "Module", "Parameter", "ReLU", "Sigmoid", "Tanh"]
+__all__ = ["BatchNorm1d", "Linear", "Module", "Parameter", "ReLU", "Sigmoid", "Tanh"]
 
 
 class Parameter:
@@ -138,6 +138,79 @@ class Linear(Module):
         act = "" if self.activation == "none" else f", activation={self.activation!r}"
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, dtype={self.dtype}{act})")
+
+
+class BatchNorm1d(Module):
+    """Batch normalisation over the batch axis: x (B, num_features) -> (B, num_features).
+
+    weight (gamma, ones) and bias (beta, zeros) are Parameters when affine; running_mean
+    (zeros) and running_var (ones) are updated in training with `momentum` (the unbiased batch
+    variance into running_var) and used in evaluation, exactly as torch.nn.BatchNorm1d.
+    `activation` ("relu", "tanh", "sigmoid" or None) is fused after the affine map.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32,
+                 activation=None):
+        self.num_features = _positive_int("num_features", num_features)
+        self.dtype = _float_dtype(dtype)
+        if not (isinstance(eps, numbers.Real) and eps > 0):
+            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
+        self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
+        self.activation = F.check.choice("activation", activation or "none", F.ACTIVATIONS)
+        C = self.num_features
+        self.weight = Parameter(np.ones(C, self.dtype)) if affine else None
+        self.bias = Parameter(np.zeros(C, self.dtype)) if affine else None
+        self.running_mean = np.zeros(C, self.dtype)
+        self.running_var = np.ones(C, self.dtype)
+        self.num_batches_tracked = 0
+        self._save_mean = np.empty(C, self.dtype)
+        self._save_invstd = np.empty(C, self.dtype)
+        self._x = self._y = self._dx = None
+        self._trained_forward = True
+
+    def parameters(self):
+        return [self.weight, self.bias] if self.affine else []
+
+    def forward(self, x):
+        """x: (B, num_features) array of the layer's dtype -> (B, num_features)."""
+        x = F.check.float_array("x", x, 2, self.dtype)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"x: expected shape (batch, {self.num_features}), got {x.shape}")
+        self._y = _buffer(self._y, x.shape, self.dtype)
+        F.batchnorm_forward(
+            x, *self._affine("data"), self.running_mean, self.running_var, self.training,
+            self.momentum, self.eps, self.activation, self._y, self._save_mean,
+            self._save_invstd,
+        )
+        if self.training:
+            self.num_batches_tracked += 1
+        self._x, self._trained_forward = x, self.training
+        return self._y
+
+    def backward(self, dy):
+        """dy: (B, num_features) -> dx; accumulates weight.grad and bias.grad."""
+        if self._x is None:
+            raise ValueError("BatchNorm1d.backward: called before forward")
+        self._dx = _buffer(self._dx, self._x.shape, self.dtype)
+        weight, _ = self._affine("data")
+        dweight, dbias = self._affine("grad")
+        return F.batchnorm_backward(
+            dy, self._x, self._y, self._save_mean, self._save_invstd, weight,
+            self._trained_forward, self.activation, dweight, dbias, self._dx,
+        )
+
+    def _affine(self, field):
+        """(weight, bias) .data or .grad arrays, or (None, None) without affine."""
+        if not self.affine:
+            return None, None
+        return getattr(self.weight, field), getattr(self.bias, field)
+
+    def __repr__(self):
+        act = "" if self.activation == "none" else f", activation={self.activation!r}"
+        return (f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, dtype={self.dtype}{act})")
 
 
 class _Activation(Module):

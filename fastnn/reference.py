@@ -5,7 +5,14 @@ which validates the arguments before calling here or into the native kernels.
 """
 import numpy as np
 
-__all__ = ["apply_activation", "activation_derivative", "linear_backward", "linear_forward"]
+__all__ = [
+    "activation_derivative",
+    "apply_activation",
+    "batchnorm_backward",
+    "batchnorm_forward",
+    "linear_backward",
+    "linear_forward",
+]
 
 
 def apply_activation(z, kind):
@@ -58,5 +65,70 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
     result = dz @ weight
     if dx is None:
         return result
+    dx[...] = result
+    return dx
+
+
+def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
+                      training=True, momentum=0.1, eps=1e-5, activation="none", out=None,
+                      save_mean=None, save_invstd=None):
+    """BatchNorm1d over x (B, C), then the activation. Returns (y, mean, invstd).
+
+    Training: the batch mean and biased variance normalise; running_mean/running_var (C,), when
+    given, become (1 - momentum) * old + momentum * new, with the unbiased variance.
+    Evaluation: the running statistics normalise. mean and invstd = 1 / sqrt(var + eps) (C,)
+    are what the backward needs.
+    """
+    if training:
+        B = x.shape[0]
+        mean = x.mean(axis=0)
+        var = ((x - mean) ** 2).mean(axis=0)
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1 - momentum) * running_var + momentum * var * B / (B - 1)
+    else:
+        mean, var = running_mean, running_var
+    invstd = 1 / np.sqrt(var + eps)
+    z = (x - mean) * invstd
+    if weight is not None:
+        z = z * weight
+    if bias is not None:
+        z = z + bias
+    y = apply_activation(z, activation)
+    results = []
+    for given, value in [(out, y), (save_mean, mean), (save_invstd, invstd)]:
+        if given is None:
+            results.append(np.array(value, dtype=x.dtype))
+        else:
+            given[...] = value
+            results.append(given)
+    return tuple(results)
+
+
+def batchnorm_backward(dy, x, y, mean, invstd, weight=None, training=True, activation="none",
+                       dweight=None, dbias=None, dx=None):
+    """Backward of batchnorm_forward; returns dx (B, C), accumulates dweight, dbias (C,).
+
+    With dz = dy * act'(y) and xhat = (x - mean) * invstd:
+    dbias += sum(dz); dweight += sum(dz * xhat); dx = weight * invstd * dz in evaluation, and
+    in training, through the batch statistics, weight * invstd * (dz - mean(dz) - xhat *
+    mean(dz * xhat)).
+    """
+    dz = dy if activation == "none" else dy * activation_derivative(y, activation)
+    xhat = (x - mean) * invstd
+    sum_dz = dz.sum(axis=0)
+    sum_dz_xhat = (dz * xhat).sum(axis=0)
+    if dweight is not None:
+        dweight += sum_dz_xhat
+    if dbias is not None:
+        dbias += sum_dz
+    k = invstd if weight is None else weight * invstd
+    if training:
+        B = x.shape[0]
+        result = k * (dz - sum_dz / B - xhat * (sum_dz_xhat / B))
+    else:
+        result = k * dz
+    if dx is None:
+        return result.astype(x.dtype, copy=False)
     dx[...] = result
     return dx

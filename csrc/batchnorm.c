@@ -1,0 +1,206 @@
+/* BatchNorm1d over x (B, C): statistics per channel over the B rows.
+ *
+ * Channel-parallel: each block of channels belongs to one thread, and every per-channel sum
+ * runs over the rows in the same fixed order, so results do not depend on the thread count.
+ * Within a block, channels are handled a segment at a time (per-channel accumulators on the
+ * stack) and rows a chunk at a time: the statistics take the chunk's mean, then the squared
+ * deviations from it while the chunk is still in cache, and combine chunks exactly (Chan et
+ * al.), so the variance never suffers E[x^2] - E[x]^2 cancellation and reads x once.
+ *
+ * A template: this file includes itself once per element type. Accumulators are double.
+ */
+#ifndef REAL
+
+#include <math.h>
+#include "runtime.h"
+
+#define BN_MIN_BLOCK 16 /* channels per block at least */
+#define BN_SEG 256      /* channels per segment */
+#define BN_CHUNK 64     /* rows per statistics chunk */
+
+#define REAL float
+#define SFX(name) name##_f32
+#define TANH tanhf
+#define EXP expf
+#include "batchnorm.c"
+#undef REAL
+#undef SFX
+#undef TANH
+#undef EXP
+
+#define REAL double
+#define SFX(name) name##_f64
+#define TANH tanh
+#define EXP exp
+#include "batchnorm.c"
+
+#else /* template body */
+
+#include "act_template.h"
+
+/* mean[0:n], m2[0:n] <- mean and sum of squared deviations of x[:, c0:c0+n] (B rows). */
+static void SFX(segment_stats)(double *mean, double *m2, const REAL *x, int64_t B, int64_t C,
+                               int64_t c0, int64_t n)
+{
+    double cmean[BN_SEG], cm2[BN_SEG];
+    int64_t count = 0;
+    for (int64_t j = 0; j < n; j++) mean[j] = m2[j] = 0;
+    for (int64_t r0 = 0; r0 < B; r0 += BN_CHUNK) {
+        int64_t r1 = r0 + BN_CHUNK < B ? r0 + BN_CHUNK : B;
+        double rows = (double)(r1 - r0);
+        for (int64_t j = 0; j < n; j++) cmean[j] = cm2[j] = 0;
+        for (int64_t i = r0; i < r1; i++) {
+            const REAL *xr = x + i * C + c0;
+            for (int64_t j = 0; j < n; j++) cmean[j] += xr[j];
+        }
+        for (int64_t j = 0; j < n; j++) cmean[j] /= rows;
+        for (int64_t i = r0; i < r1; i++) {
+            const REAL *xr = x + i * C + c0;
+            for (int64_t j = 0; j < n; j++) {
+                double d = xr[j] - cmean[j];
+                cm2[j] += d * d;
+            }
+        }
+        /* combine (count, mean, m2) with the chunk's (rows, cmean, cm2) */
+        double total = (double)count + rows;
+        double w_chunk = rows / total, w_cross = (double)count * rows / total;
+        for (int64_t j = 0; j < n; j++) {
+            double d = cmean[j] - mean[j];
+            mean[j] += d * w_chunk;
+            m2[j] += cm2[j] + d * d * w_cross;
+        }
+        count += r1 - r0;
+    }
+}
+
+/* out[:, c0:c0+n] <- act(x * scale + shift), row by row */
+static void SFX(normalize_segment)(REAL *out, const REAL *x, const REAL *scale,
+                                   const REAL *shift, int act, int64_t B, int64_t C,
+                                   int64_t c0, int64_t n)
+{
+    for (int64_t i = 0; i < B; i++) {
+        const REAL *restrict xr = x + i * C + c0;
+        REAL *restrict yr = out + i * C + c0;
+        for (int64_t j = 0; j < n; j++) yr[j] = xr[j] * scale[j] + shift[j];
+        SFX(act_inplace)(yr, act, n);
+    }
+}
+
+/* The forward of both modes. Training (train != 0): batch statistics into save_mean and
+ * save_invstd, running statistics updated when given. Evaluation: the running statistics,
+ * copied into save_mean and save_invstd for the backward. */
+static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd,
+                                   REAL *running_mean, REAL *running_var, const REAL *x,
+                                   const REAL *gamma, const REAL *beta, double eps,
+                                   double momentum, int act, int train, int64_t B, int64_t C)
+{
+    int64_t nblocks = fastnn_num_blocks(C, BN_MIN_BLOCK);
+    int nthreads = fastnn_threads_for_elements(B * C);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        int64_t c0, c1;
+        fastnn_block_range(blk, nblocks, C, &c0, &c1);
+        for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
+            int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
+            double mean[BN_SEG], m2[BN_SEG];
+            REAL scale[BN_SEG], shift[BN_SEG];
+            if (train && B > 0) {
+                SFX(segment_stats)(mean, m2, x, B, C, s0, n);
+            } else {
+                for (int64_t j = 0; j < n; j++) {
+                    mean[j] = running_mean[s0 + j];
+                    m2[j] = (double)running_var[s0 + j] * (double)B; /* so m2 / B = var */
+                }
+            }
+            for (int64_t j = 0; j < n; j++) {
+                int64_t c = s0 + j;
+                double var = B > 0 ? m2[j] / (double)B : 0;
+                double invstd = 1 / sqrt((var > 0 ? var : 0) + eps);
+                double g = gamma ? gamma[c] : 1, b = beta ? beta[c] : 0;
+                scale[j] = (REAL)(g * invstd);
+                shift[j] = (REAL)(b - mean[j] * g * invstd);
+                save_mean[c] = (REAL)mean[j];
+                save_invstd[c] = (REAL)invstd;
+                if (train && running_mean) {
+                    running_mean[c] = (REAL)((1 - momentum) * running_mean[c] + momentum * mean[j]);
+                    /* unbiased variance, as PyTorch keeps; B > 1 is checked by the caller */
+                    double unbiased = B > 1 ? m2[j] / (double)(B - 1) : 0;
+                    running_var[c] = (REAL)((1 - momentum) * running_var[c] + momentum * unbiased);
+                }
+            }
+            SFX(normalize_segment)(out, x, scale, shift, act, B, C, s0, n);
+        }
+    }
+}
+
+void SFX(batchnorm_forward_train)(REAL *out, REAL *save_mean, REAL *save_invstd,
+                                  REAL *running_mean, REAL *running_var, const REAL *x,
+                                  const REAL *gamma, const REAL *beta, double eps,
+                                  double momentum, int act, int64_t B, int64_t C)
+{
+    SFX(batchnorm_forward)(out, save_mean, save_invstd, running_mean, running_var, x, gamma,
+                           beta, eps, momentum, act, 1, B, C);
+}
+
+void SFX(batchnorm_forward_eval)(REAL *out, REAL *save_mean, REAL *save_invstd,
+                                 const REAL *running_mean, const REAL *running_var,
+                                 const REAL *x, const REAL *gamma, const REAL *beta, double eps,
+                                 int act, int64_t B, int64_t C)
+{
+    /* the running statistics are only read in evaluation mode */
+    SFX(batchnorm_forward)(out, save_mean, save_invstd, (REAL *)running_mean,
+                           (REAL *)running_var, x, gamma, beta, eps, 0, act, 0, B, C);
+}
+
+void SFX(batchnorm_backward)(REAL *dx, REAL *dgamma, REAL *dbeta, const REAL *dout,
+                             const REAL *x, const REAL *out, const REAL *mean,
+                             const REAL *invstd, const REAL *gamma, int act, int train,
+                             int64_t B, int64_t C)
+{
+    int64_t nblocks = fastnn_num_blocks(C, BN_MIN_BLOCK);
+    int nthreads = fastnn_threads_for_elements(B * C);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        int64_t c0, c1;
+        fastnn_block_range(blk, nblocks, C, &c0, &c1);
+        for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
+            int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
+            double sum_dz[BN_SEG], sum_dz_xc[BN_SEG];
+            REAL dz[BN_SEG], a[BN_SEG], b[BN_SEG], d[BN_SEG];
+            const REAL *mu = mean + s0;
+            for (int64_t j = 0; j < n; j++) sum_dz[j] = sum_dz_xc[j] = 0;
+            /* pass 1: sum(dz) and sum(dz * (x - mean)), dz = dout * act'(out) */
+            for (int64_t i = 0; i < B; i++) {
+                const REAL *restrict xr = x + i * C + s0;
+                SFX(act_backward)(dz, dout + i * C + s0, out + i * C + s0, act, n);
+                for (int64_t j = 0; j < n; j++) {
+                    sum_dz[j] += dz[j];
+                    sum_dz_xc[j] += (double)dz[j] * (xr[j] - mu[j]);
+                }
+            }
+            /* dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)) with k = gamma * invstd,
+             * xhat = (x - mean) * invstd; in evaluation mode the statistics are constants:
+             * dx = k * dz. Written as dx = a * dz + b * (x - mean) + d. */
+            for (int64_t j = 0; j < n; j++) {
+                int64_t c = s0 + j;
+                double is = invstd[c], k = (gamma ? gamma[c] : 1) * is;
+                double dg = sum_dz_xc[j] * is; /* sum(dz * xhat) */
+                if (dgamma) dgamma[c] += (REAL)dg;
+                if (dbeta) dbeta[c] += (REAL)sum_dz[j];
+                a[j] = (REAL)k;
+                b[j] = train && B > 0 ? (REAL)(-k * is * dg / (double)B) : 0;
+                d[j] = train && B > 0 ? (REAL)(-k * sum_dz[j] / (double)B) : 0;
+            }
+            if (!dx) continue;
+            /* pass 2 */
+            for (int64_t i = 0; i < B; i++) {
+                const REAL *restrict xr = x + i * C + s0;
+                REAL *restrict dxr = dx + i * C + s0;
+                SFX(act_backward)(dz, dout + i * C + s0, out + i * C + s0, act, n);
+                for (int64_t j = 0; j < n; j++) dxr[j] = a[j] * dz[j] + b[j] * (xr[j] - mu[j]) + d[j];
+            }
+        }
+    }
+}
+
+#endif
