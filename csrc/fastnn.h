@@ -32,6 +32,9 @@ int fastnn_num_procs(void);
 void fastnn_set_num_threads(int n);
 int fastnn_get_num_threads(void);
 
+/* ---- STREAM triad (stream.c): a (n) <- b + s * c, for measuring memory bandwidth ---- */
+void stream_triad_f64(double *a, const double *b, const double *c, double s, int64_t n);
+
 /* ---- Linear (linear.c) ----
  * act: one of the FASTNN_ACT_* codes; y = act(x @ w.T + b).
  */

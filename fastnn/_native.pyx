@@ -58,6 +58,8 @@ cdef extern from "fastnn.h" nogil:
                                 const double *invstd, const double *gamma, int act, int train,
                                 int64_t B, int64_t C)
 
+    void stream_triad_f64(double *a, const double *b, const double *c, double s, int64_t n)
+
 
 def register_blas(size_t set_threads_addr, size_t get_threads_addr):
     """Hand the C kernels scipy's gemm and, when known, the BLAS thread-count functions
@@ -107,6 +109,16 @@ def first_overlap(tuple arrays, Py_ssize_t n_outputs):
             if lo < blo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[j]) and blo < hi:
                 return i, j
     return None
+
+
+def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, double s):
+    """a <- b + s * c over float64 C-contiguous arrays of one size (the caller checks)."""
+    cdef void *pa = cnp.PyArray_DATA(a)
+    cdef void *pb = cnp.PyArray_DATA(b)
+    cdef void *pc = cnp.PyArray_DATA(c)
+    cdef int64_t n = a.size
+    with nogil:
+        stream_triad_f64(<double *>pa, <double *>pb, <double *>pc, s, n)
 
 
 cdef inline void *data_or_null(object a):
