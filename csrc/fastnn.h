@@ -38,7 +38,17 @@ void stream_triad_f64(double *a, const double *b, const double *c, double s, int
 /* ---- Linear (linear.c) ----
  * act: one of the FASTNN_ACT_* codes; y = act(x @ w.T + b).
  */
-enum { FASTNN_ACT_NONE = 0, FASTNN_ACT_RELU = 1, FASTNN_ACT_TANH = 2, FASTNN_ACT_SIGMOID = 3 };
+/* Activations. The first four can be fused into linear/batchnorm (their derivative is a
+ * function of the output); the others are standalone (activation.c). */
+enum {
+    FASTNN_ACT_NONE = 0,
+    FASTNN_ACT_RELU = 1,
+    FASTNN_ACT_TANH = 2,
+    FASTNN_ACT_SIGMOID = 3,
+    FASTNN_ACT_LEAKY_RELU = 4,
+    FASTNN_ACT_GELU = 5,      /* exact: x * Phi(x) */
+    FASTNN_ACT_GELU_TANH = 6, /* the tanh approximation */
+};
 
 /* out (B, OC) <- act(x (B, C) @ w (OC, C).T + b (OC,)); b may be NULL. */
 void linear_forward_f32(float *out, const float *x, const float *w, const float *b, int act,
@@ -95,5 +105,61 @@ void batchnorm_backward_f64(double *dx, double *dgamma, double *dbeta, const dou
                             const double *x, const double *out, const double *mean,
                             const double *invstd, const double *gamma, int act, int train,
                             int64_t B, int64_t C);
+
+/* ---- Activations and softmax (activation.c) ----
+ * Elementwise over n: out = act(x); dx = dout * act'(x), given the input x (read by leaky
+ * relu and gelu) and the output y (read by relu, tanh, sigmoid). slope: leaky relu's
+ * negative slope. Softmax along the last axis of (N, K); backward from its output y. */
+void activation_forward_f32(float *out, const float *x, int act, double slope, int64_t n);
+void activation_forward_f64(double *out, const double *x, int act, double slope, int64_t n);
+void activation_backward_f32(float *dx, const float *dout, const float *x, const float *y,
+                             int act, double slope, int64_t n);
+void activation_backward_f64(double *dx, const double *dout, const double *x, const double *y,
+                             int act, double slope, int64_t n);
+void softmax_forward_f32(float *out, const float *x, int64_t N, int64_t K);
+void softmax_forward_f64(double *out, const double *x, int64_t N, int64_t K);
+void softmax_backward_f32(float *dx, const float *dout, const float *y, int64_t N, int64_t K);
+void softmax_backward_f64(double *dx, const double *dout, const double *y, int64_t N,
+                          int64_t K);
+
+/* ---- Dropout (dropout.c) ----
+ * out (n) <- in * mask / (1 - p), mask[i] = (uniform(seed, offset + i) >= p): the same call
+ * with the same (seed, offset) is the forward and the backward. 0 <= p < 1. */
+void dropout_apply_f32(float *out, const float *in, double p, uint64_t seed, uint64_t offset,
+                       int64_t n);
+void dropout_apply_f64(double *out, const double *in, double p, uint64_t seed,
+                       uint64_t offset, int64_t n);
+
+/* ---- Embedding (embedding.c) ----
+ * out (N, D) <- weight (V, D)[idx (N,)]; backward: dweight[idx[i]] += dout[i], in order.
+ * Indices must be in [0, V) (checked by the caller). */
+void embedding_forward_f32(float *out, const float *weight, const int64_t *idx, int64_t N,
+                           int64_t D);
+void embedding_forward_f64(double *out, const double *weight, const int64_t *idx, int64_t N,
+                           int64_t D);
+void embedding_backward_f32(float *dweight, const float *dout, const int64_t *idx, int64_t N,
+                            int64_t D);
+void embedding_backward_f64(double *dweight, const double *dout, const int64_t *idx,
+                            int64_t N, int64_t D);
+
+/* ---- Losses (loss.c) ----
+ * Cross-entropy of logits (N, K) against class indices target (N,) in [0, K): returns the
+ * mean loss, writes the softmax into probs (N, K), row_loss (N) is scratch. Backward:
+ * dlogits = (probs - onehot(target)) * scale. Squared error over n elements: the sum, and
+ * dpred = scale * (pred - target). */
+double cross_entropy_forward_f32(float *probs, double *row_loss, const float *logits,
+                                 const int64_t *target, int64_t N, int64_t K);
+double cross_entropy_forward_f64(double *probs, double *row_loss, const double *logits,
+                                 const int64_t *target, int64_t N, int64_t K);
+void cross_entropy_backward_f32(float *dlogits, const float *probs, const int64_t *target,
+                                double scale, int64_t N, int64_t K);
+void cross_entropy_backward_f64(double *dlogits, const double *probs, const int64_t *target,
+                                double scale, int64_t N, int64_t K);
+double squared_error_sum_f32(const float *pred, const float *target, int64_t n);
+double squared_error_sum_f64(const double *pred, const double *target, int64_t n);
+void squared_error_backward_f32(float *dpred, const float *pred, const float *target,
+                                double scale, int64_t n);
+void squared_error_backward_f64(double *dpred, const double *pred, const double *target,
+                                double scale, int64_t n);
 
 #endif

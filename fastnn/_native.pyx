@@ -3,7 +3,7 @@
 # It trusts its caller: fastnn.functional validates shapes, dtypes and contiguity once, for
 # both backends, before anything reaches here. Do not call these functions directly.
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cnp.import_array()
@@ -58,6 +58,43 @@ cdef extern from "fastnn.h" nogil:
                                 const double *invstd, const double *gamma, int act, int train,
                                 int64_t B, int64_t C)
 
+    void activation_forward_f32(float *out, const float *x, int act, double slope, int64_t n)
+    void activation_forward_f64(double *out, const double *x, int act, double slope, int64_t n)
+    void activation_backward_f32(float *dx, const float *dout, const float *x, const float *y,
+                                 int act, double slope, int64_t n)
+    void activation_backward_f64(double *dx, const double *dout, const double *x,
+                                 const double *y, int act, double slope, int64_t n)
+    void softmax_forward_f32(float *out, const float *x, int64_t N, int64_t K)
+    void softmax_forward_f64(double *out, const double *x, int64_t N, int64_t K)
+    void softmax_backward_f32(float *dx, const float *dout, const float *y, int64_t N, int64_t K)
+    void softmax_backward_f64(double *dx, const double *dout, const double *y, int64_t N,
+                              int64_t K)
+    void dropout_apply_f32(float *out, const float *inp, double p, uint64_t seed,
+                           uint64_t offset, int64_t n)
+    void dropout_apply_f64(double *out, const double *inp, double p, uint64_t seed,
+                           uint64_t offset, int64_t n)
+    void embedding_forward_f32(float *out, const float *weight, const int64_t *idx, int64_t N,
+                               int64_t D)
+    void embedding_forward_f64(double *out, const double *weight, const int64_t *idx,
+                               int64_t N, int64_t D)
+    void embedding_backward_f32(float *dweight, const float *dout, const int64_t *idx,
+                                int64_t N, int64_t D)
+    void embedding_backward_f64(double *dweight, const double *dout, const int64_t *idx,
+                                int64_t N, int64_t D)
+    double cross_entropy_forward_f32(float *probs, double *row_loss, const float *logits,
+                                     const int64_t *target, int64_t N, int64_t K)
+    double cross_entropy_forward_f64(double *probs, double *row_loss, const double *logits,
+                                     const int64_t *target, int64_t N, int64_t K)
+    void cross_entropy_backward_f32(float *dlogits, const float *probs, const int64_t *target,
+                                    double scale, int64_t N, int64_t K)
+    void cross_entropy_backward_f64(double *dlogits, const double *probs,
+                                    const int64_t *target, double scale, int64_t N, int64_t K)
+    double squared_error_sum_f32(const float *pred, const float *target, int64_t n)
+    double squared_error_sum_f64(const double *pred, const double *target, int64_t n)
+    void squared_error_backward_f32(float *dpred, const float *pred, const float *target,
+                                    double scale, int64_t n)
+    void squared_error_backward_f64(double *dpred, const double *pred, const double *target,
+                                    double scale, int64_t n)
     void stream_triad_f64(double *a, const double *b, const double *c, double s, int64_t n)
 
 
@@ -225,3 +262,171 @@ def batchnorm_backward(object dx, object dgamma, object dbeta, cnp.ndarray dout,
             batchnorm_backward_f64(<double *>pdx, <double *>pdg, <double *>pdb,
                                    <double *>pdout, <double *>px, <double *>pout,
                                    <double *>pm, <double *>pi, <double *>pg, act, train, B, C)
+
+
+cdef inline bint is_f32(cnp.ndarray a):
+    return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+
+
+def activation_forward(cnp.ndarray out, cnp.ndarray x, int act, double slope):
+    """out <- act(x), elementwise over all elements."""
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef bint f32 = is_f32(x)
+    with nogil:
+        if f32:
+            activation_forward_f32(<float *>po, <float *>px, act, slope, n)
+        else:
+            activation_forward_f64(<double *>po, <double *>px, act, slope, n)
+
+
+def activation_backward(cnp.ndarray dx, cnp.ndarray dout, object x, object y, int act,
+                        double slope):
+    """dx <- dout * act'(x), from the input x and/or the output y (whichever act reads)."""
+    cdef void *pdx = cnp.PyArray_DATA(dx)
+    cdef void *pd = cnp.PyArray_DATA(dout)
+    cdef void *px = data_or_null(x)
+    cdef void *py = data_or_null(y)
+    cdef int64_t n = cnp.PyArray_SIZE(dout)
+    cdef bint f32 = is_f32(dout)
+    with nogil:
+        if f32:
+            activation_backward_f32(<float *>pdx, <float *>pd, <float *>px, <float *>py, act,
+                                    slope, n)
+        else:
+            activation_backward_f64(<double *>pdx, <double *>pd, <double *>px, <double *>py,
+                                    act, slope, n)
+
+
+def softmax_forward(cnp.ndarray out, cnp.ndarray x):
+    """out <- softmax of x along its last axis."""
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef int64_t K = x.shape[x.ndim - 1]
+    cdef int64_t N = cnp.PyArray_SIZE(x) // K if K > 0 else 0
+    cdef bint f32 = is_f32(x)
+    with nogil:
+        if f32:
+            softmax_forward_f32(<float *>po, <float *>px, N, K)
+        else:
+            softmax_forward_f64(<double *>po, <double *>px, N, K)
+
+
+def softmax_backward(cnp.ndarray dx, cnp.ndarray dout, cnp.ndarray y):
+    """dx <- y * (dout - sum(dout * y)) along the last axis."""
+    cdef void *pdx = cnp.PyArray_DATA(dx)
+    cdef void *pd = cnp.PyArray_DATA(dout)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef int64_t K = y.shape[y.ndim - 1]
+    cdef int64_t N = cnp.PyArray_SIZE(y) // K if K > 0 else 0
+    cdef bint f32 = is_f32(y)
+    with nogil:
+        if f32:
+            softmax_backward_f32(<float *>pdx, <float *>pd, <float *>py, N, K)
+        else:
+            softmax_backward_f64(<double *>pdx, <double *>pd, <double *>py, N, K)
+
+
+def dropout_apply(cnp.ndarray out, cnp.ndarray inp, double p, uint64_t seed, uint64_t offset):
+    """out <- inp * mask / (1 - p), the mask a function of (seed, offset + element index)."""
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef void *pi = cnp.PyArray_DATA(inp)
+    cdef int64_t n = cnp.PyArray_SIZE(inp)
+    cdef bint f32 = is_f32(inp)
+    with nogil:
+        if f32:
+            dropout_apply_f32(<float *>po, <float *>pi, p, seed, offset, n)
+        else:
+            dropout_apply_f64(<double *>po, <double *>pi, p, seed, offset, n)
+
+
+def embedding_forward(cnp.ndarray out, cnp.ndarray weight, cnp.ndarray idx):
+    """out (N, D) <- weight[idx]; idx: int64, in range (checked by the caller)."""
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef void *pw = cnp.PyArray_DATA(weight)
+    cdef int64_t *pi = <int64_t *>cnp.PyArray_DATA(idx)
+    cdef int64_t N = cnp.PyArray_SIZE(idx), D = weight.shape[1]
+    cdef bint f32 = is_f32(weight)
+    with nogil:
+        if f32:
+            embedding_forward_f32(<float *>po, <float *>pw, pi, N, D)
+        else:
+            embedding_forward_f64(<double *>po, <double *>pw, pi, N, D)
+
+
+def embedding_backward(cnp.ndarray dweight, cnp.ndarray dout, cnp.ndarray idx):
+    """dweight[idx[i]] += dout[i], in order."""
+    cdef void *pw = cnp.PyArray_DATA(dweight)
+    cdef void *pd = cnp.PyArray_DATA(dout)
+    cdef int64_t *pi = <int64_t *>cnp.PyArray_DATA(idx)
+    cdef int64_t N = cnp.PyArray_SIZE(idx), D = dweight.shape[1]
+    cdef bint f32 = is_f32(dweight)
+    with nogil:
+        if f32:
+            embedding_backward_f32(<float *>pw, <float *>pd, pi, N, D)
+        else:
+            embedding_backward_f64(<double *>pw, <double *>pd, pi, N, D)
+
+
+def cross_entropy_forward(cnp.ndarray probs, cnp.ndarray row_loss, cnp.ndarray logits,
+                          cnp.ndarray target):
+    """Mean cross-entropy of logits (N, K) against target (N,) int64; probs <- softmax."""
+    cdef void *pp = cnp.PyArray_DATA(probs)
+    cdef double *pr = <double *>cnp.PyArray_DATA(row_loss)
+    cdef void *pl = cnp.PyArray_DATA(logits)
+    cdef int64_t *pt = <int64_t *>cnp.PyArray_DATA(target)
+    cdef int64_t N = logits.shape[0], K = logits.shape[1]
+    cdef double loss
+    cdef bint f32 = is_f32(logits)
+    with nogil:
+        if f32:
+            loss = cross_entropy_forward_f32(<float *>pp, pr, <float *>pl, pt, N, K)
+        else:
+            loss = cross_entropy_forward_f64(<double *>pp, pr, <double *>pl, pt, N, K)
+    return loss
+
+
+def cross_entropy_backward(cnp.ndarray dlogits, cnp.ndarray probs, cnp.ndarray target,
+                           double scale):
+    """dlogits <- (probs - onehot(target)) * scale."""
+    cdef void *pd = cnp.PyArray_DATA(dlogits)
+    cdef void *pp = cnp.PyArray_DATA(probs)
+    cdef int64_t *pt = <int64_t *>cnp.PyArray_DATA(target)
+    cdef int64_t N = probs.shape[0], K = probs.shape[1]
+    cdef bint f32 = is_f32(probs)
+    with nogil:
+        if f32:
+            cross_entropy_backward_f32(<float *>pd, <float *>pp, pt, scale, N, K)
+        else:
+            cross_entropy_backward_f64(<double *>pd, <double *>pp, pt, scale, N, K)
+
+
+def squared_error_sum(cnp.ndarray pred, cnp.ndarray target):
+    """sum((pred - target) ** 2), in a fixed order."""
+    cdef void *pp = cnp.PyArray_DATA(pred)
+    cdef void *pt = cnp.PyArray_DATA(target)
+    cdef int64_t n = cnp.PyArray_SIZE(pred)
+    cdef double total
+    cdef bint f32 = is_f32(pred)
+    with nogil:
+        if f32:
+            total = squared_error_sum_f32(<float *>pp, <float *>pt, n)
+        else:
+            total = squared_error_sum_f64(<double *>pp, <double *>pt, n)
+    return total
+
+
+def squared_error_backward(cnp.ndarray dpred, cnp.ndarray pred, cnp.ndarray target,
+                           double scale):
+    """dpred <- scale * (pred - target)."""
+    cdef void *pd = cnp.PyArray_DATA(dpred)
+    cdef void *pp = cnp.PyArray_DATA(pred)
+    cdef void *pt = cnp.PyArray_DATA(target)
+    cdef int64_t n = cnp.PyArray_SIZE(pred)
+    cdef bint f32 = is_f32(pred)
+    with nogil:
+        if f32:
+            squared_error_backward_f32(<float *>pd, <float *>pp, <float *>pt, scale, n)
+        else:
+            squared_error_backward_f64(<double *>pd, <double *>pp, <double *>pt, scale, n)

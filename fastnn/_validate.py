@@ -60,3 +60,18 @@ def choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def index_array(name, a, bound, what="index"):
+    """`a` as a C-contiguous int64 array whose values lie in [0, bound); IndexError names the
+    first bad value."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a.size:
+        bad = (a < 0) | (a >= bound)
+        if bad.any():
+            value = a.reshape(-1)[np.argmax(bad.reshape(-1))]
+            raise IndexError(f"{name}: {what} {value} is out of range [0, {bound})")
+    return a

@@ -12,14 +12,28 @@ from .runtime import get_backend
 
 __all__ = [
     "ACTIVATIONS",
+    "ELEMENTWISE",
+    "activation_backward",
+    "activation_forward",
     "batchnorm_backward",
     "batchnorm_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "dropout_apply",
+    "embedding_backward",
+    "embedding_forward",
+    "mse_backward",
+    "mse_forward",
+    "softmax_backward",
+    "softmax_forward",
     "linear_backward",
     "linear_forward",
 ]
 
-# Activation names and their codes in csrc/fastnn.h (FASTNN_ACT_*).
+# Activation names and their codes in csrc/fastnn.h (FASTNN_ACT_*): those that linear and
+# batchnorm fuse, and all the elementwise ones.
 ACTIVATIONS = {"none": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
+ELEMENTWISE = {**ACTIVATIONS, "leaky_relu": 4, "gelu": 5, "gelu_tanh": 6}
 
 
 def _linear_args(x, weight, bias):
@@ -204,3 +218,175 @@ def _output(name, a, shape, dtype):
     if a is None:
         return np.empty(shape, dtype=dtype)
     return check.output_array(name, a, shape, dtype)
+
+
+def _same_shape(name, a, like):
+    a = check.float_array(name, a, like.ndim, like.dtype)
+    check.shape(name, a, like.shape)
+    return a
+
+
+def activation_forward(x, kind, negative_slope=0.01, out=None):
+    """act(x) elementwise over an array of any shape.
+
+    kind: "none", "relu", "tanh", "sigmoid", "leaky_relu" (negative_slope), "gelu" (exact,
+    x * Phi(x)) or "gelu_tanh" (the tanh approximation). Returns an array of x's shape.
+    """
+    x = check.float_array("x", x, np.ndim(x))
+    check.choice("kind", kind, ELEMENTWISE)
+    out = _output("out", out, x.shape, x.dtype)
+    check.disjoint(("out", "x"), (out, x), 1)
+    if get_backend() == "reference":
+        return reference.activation_forward(x, kind, negative_slope, out)
+    _native.activation_forward(out, x, ELEMENTWISE[kind], float(negative_slope))
+    return out
+
+
+def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
+    """dy * act'(x): x is the forward input and y its output (both of dy's shape)."""
+    dy = check.float_array("dy", dy, np.ndim(dy))
+    x = _same_shape("x", x, dy)
+    y = _same_shape("y", y, dy)
+    check.choice("kind", kind, ELEMENTWISE)
+    dx = _output("dx", dx, dy.shape, dy.dtype)
+    check.disjoint(("dx", "dy", "x", "y"), (dx, dy, x, y), 1)
+    if get_backend() == "reference":
+        return reference.activation_backward(dy, x, y, kind, negative_slope, dx)
+    _native.activation_backward(dx, dy, x, y, ELEMENTWISE[kind], float(negative_slope))
+    return dx
+
+
+def softmax_forward(x, out=None):
+    """Softmax along the last axis of x (at least 1-d)."""
+    x = check.float_array("x", x, max(1, np.ndim(x)))
+    out = _output("out", out, x.shape, x.dtype)
+    check.disjoint(("out", "x"), (out, x), 1)
+    if get_backend() == "reference":
+        return reference.softmax_forward(x, out)
+    _native.softmax_forward(out, x)
+    return out
+
+
+def softmax_backward(dy, y, dx=None):
+    """Backward of softmax_forward from its output y: y * (dy - sum(dy * y, last axis))."""
+    dy = check.float_array("dy", dy, max(1, np.ndim(dy)))
+    y = _same_shape("y", y, dy)
+    dx = _output("dx", dx, dy.shape, dy.dtype)
+    check.disjoint(("dx", "dy", "y"), (dx, dy, y), 1)
+    if get_backend() == "reference":
+        return reference.softmax_backward(dy, y, dx)
+    _native.softmax_backward(dx, dy, y)
+    return dx
+
+
+def dropout_apply(x, p, seed, offset=0, out=None):
+    """Inverted dropout: x * mask / (1 - p), elementwise over any shape.
+
+    mask[i] = (uniform(seed, offset + i) >= p), from a counter-based generator: the same
+    (seed, offset) gives the same mask for any thread count, so one call is the forward and
+    the same call on dy is the backward. 0 <= p < 1; seed, offset: integers in [0, 2**64).
+    """
+    x = check.float_array("x", x, np.ndim(x))
+    if not (isinstance(p, (int, float)) and 0 <= p < 1):
+        raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
+    for name, v in (("seed", seed), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**64:
+            raise ValueError(f"{name}: expected an integer in [0, 2**64), got {v!r}")
+    out = _output("out", out, x.shape, x.dtype)
+    if get_backend() == "reference":
+        return reference.dropout_apply(x, p, seed, offset, out)
+    _native.dropout_apply(out, x, float(p), int(seed), int(offset))
+    return out
+
+
+def embedding_forward(weight, idx, out=None):
+    """weight (V, D) rows gathered by the integer array idx (any shape): idx.shape + (D,).
+    An index outside [0, V) raises IndexError naming it."""
+    weight = check.float_array("weight", weight, 2)
+    idx = check.index_array("idx", idx, weight.shape[0])
+    out = _output("out", out, idx.shape + (weight.shape[1],), weight.dtype)
+    check.disjoint(("out", "weight"), (out, weight), 1)
+    if get_backend() == "reference":
+        return reference.embedding_forward(weight, idx, out)
+    _native.embedding_forward(out, weight, idx)
+    return out
+
+
+def embedding_backward(dweight, dy, idx):
+    """dweight (V, D)[idx[i]] += dy[i] for every i in order (repeated indices add up,
+    deterministically). dy: idx.shape + (D,). Returns dweight."""
+    if not isinstance(dweight, np.ndarray) or dweight.dtype not in check.FLOAT_DTYPES:
+        raise TypeError(f"dweight: expected a float32 or float64 numpy.ndarray, got {dweight!r:.60}")
+    if dweight.ndim != 2:
+        raise ValueError(f"dweight: expected a 2-d array, got shape {dweight.shape}")
+    check.output_array("dweight", dweight, dweight.shape, dweight.dtype)
+    idx = check.index_array("idx", idx, dweight.shape[0])
+    dy = check.float_array("dy", dy, idx.ndim + 1, dweight.dtype)
+    check.shape("dy", dy, idx.shape + (dweight.shape[1],))
+    check.disjoint(("dweight", "dy"), (dweight, dy), 1)
+    if get_backend() == "reference":
+        return reference.embedding_backward(dweight, dy, idx)
+    _native.embedding_backward(dweight, dy, idx)
+    return dweight
+
+
+def _logits_and_target(logits, target):
+    logits = check.float_array("logits", logits, 2)
+    target = np.asarray(target)
+    if target.ndim != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"target: expected shape ({logits.shape[0]},) to match logits "
+                         f"{logits.shape}, got {target.shape}")
+    target = check.index_array("target", target, logits.shape[1], what="class")
+    return logits, target
+
+
+def cross_entropy_forward(logits, target, probs=None):
+    """Mean softmax cross-entropy of logits (N, K) against integer classes target (N,).
+
+    Computed stably through log-sum-exp. Returns (loss, probs), probs = softmax(logits)
+    (N, K), which cross_entropy_backward takes.
+    """
+    logits, target = _logits_and_target(logits, target)
+    probs = _output("probs", probs, logits.shape, logits.dtype)
+    check.disjoint(("probs", "logits"), (probs, logits), 1)
+    if get_backend() == "reference":
+        return reference.cross_entropy_forward(logits, target, probs)
+    row_loss = np.empty(logits.shape[0], np.float64)
+    return _native.cross_entropy_forward(probs, row_loss, logits, target), probs
+
+
+def cross_entropy_backward(probs, target, scale=None, dlogits=None):
+    """d(loss)/d(logits) = (probs - onehot(target)) * scale; scale defaults to 1 / N (the
+    gradient of the mean)."""
+    probs, target = _logits_and_target(probs, target)
+    if scale is None:
+        scale = 1 / max(1, probs.shape[0])
+    dlogits = _output("dlogits", dlogits, probs.shape, probs.dtype)
+    check.disjoint(("dlogits", "probs"), (dlogits, probs), 1)
+    if get_backend() == "reference":
+        return reference.cross_entropy_backward(probs, target, scale, dlogits)
+    _native.cross_entropy_backward(dlogits, probs, target, float(scale))
+    return dlogits
+
+
+def mse_forward(pred, target):
+    """mean((pred - target) ** 2) over arrays of one shape, accumulated in float64."""
+    pred = check.float_array("pred", pred, np.ndim(pred))
+    target = _same_shape("target", target, pred)
+    if get_backend() == "reference":
+        return reference.mse_forward(pred, target)
+    return _native.squared_error_sum(pred, target) / pred.size if pred.size else float("nan")
+
+
+def mse_backward(pred, target, scale=None, dpred=None):
+    """d(loss)/d(pred) = scale * (pred - target); scale defaults to 2 / n (the mean)."""
+    pred = check.float_array("pred", pred, np.ndim(pred))
+    target = _same_shape("target", target, pred)
+    if scale is None:
+        scale = 2 / max(1, pred.size)
+    dpred = _output("dpred", dpred, pred.shape, pred.dtype)
+    check.disjoint(("dpred", "pred", "target"), (dpred, pred, target), 1)
+    if get_backend() == "reference":
+        return reference.mse_backward(pred, target, scale, dpred)
+    _native.squared_error_backward(dpred, pred, target, float(scale))
+    return dpred

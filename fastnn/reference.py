@@ -4,12 +4,24 @@ Each function has the same signature and semantics as its counterpart in fastnn.
 which validates the arguments before calling here or into the native kernels.
 """
 import numpy as np
+from scipy.special import erf
 
 __all__ = [
+    "activation_backward",
     "activation_derivative",
+    "activation_forward",
     "apply_activation",
     "batchnorm_backward",
     "batchnorm_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "dropout_apply",
+    "embedding_backward",
+    "embedding_forward",
+    "mse_backward",
+    "mse_forward",
+    "softmax_backward",
+    "softmax_forward",
     "linear_backward",
     "linear_forward",
 ]
@@ -132,3 +144,104 @@ def batchnorm_backward(dy, x, y, mean, invstd, weight=None, training=True, activ
         return result.astype(x.dtype, copy=False)
     dx[...] = result
     return dx
+
+
+def _write(out, value):
+    if out is None:
+        return value
+    out[...] = value
+    return out
+
+
+def activation_forward(x, kind, negative_slope=0.01, out=None):
+    """act(x) elementwise, for kind in {"relu", "tanh", "sigmoid", "leaky_relu", "gelu",
+    "gelu_tanh"} (gelu: x * Phi(x); gelu_tanh: its tanh approximation)."""
+    if kind == "leaky_relu":
+        y = np.where(x < 0, negative_slope * x, x)
+    elif kind == "gelu":
+        y = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    elif kind == "gelu_tanh":
+        y = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    else:
+        y = apply_activation(x, kind)
+    return _write(out, y.astype(x.dtype, copy=False))
+
+
+def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
+    """dy * act'(x), given the input x and the output y of activation_forward."""
+    if kind == "leaky_relu":
+        g = np.where(x < 0, negative_slope, 1)
+    elif kind == "gelu":
+        g = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+    elif kind == "gelu_tanh":
+        inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+        t = np.tanh(inner)
+        g = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x * x)
+    else:
+        g = activation_derivative(y, kind)
+    return _write(dx, (dy * g).astype(dy.dtype, copy=False))
+
+
+def softmax_forward(x, out=None):
+    """softmax along the last axis, shifted by the row maximum for stability."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return _write(out, e / e.sum(axis=-1, keepdims=True))
+
+
+def softmax_backward(dy, y, dx=None):
+    """dx = y * (dy - sum(dy * y)) along the last axis, from the output y."""
+    return _write(dx, y * (dy - (dy * y).sum(axis=-1, keepdims=True)))
+
+
+def dropout_apply(x, p, seed, offset, out=None):
+    """x * mask / (1 - p), mask[i] = uniform(seed, offset + i) >= p, with the same
+    counter-based generator as csrc/dropout.c (splitmix64's finaliser)."""
+    def mix64(z):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    counter = np.uint64(offset) + np.arange(x.size, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as in C
+        h = mix64(mix64(np.uint64(seed)) + counter * np.uint64(0x9E3779B97F4A7C15))
+    u = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    scale = x.dtype.type(1 / (1 - p))
+    return _write(out, np.where(u.reshape(x.shape) >= p, x * scale, 0).astype(x.dtype))
+
+
+def embedding_forward(weight, idx, out=None):
+    """weight (V, D)[idx] -> idx.shape + (D,)."""
+    return _write(out, weight[idx])
+
+
+def embedding_backward(dweight, dy, idx):
+    """dweight (V, D)[idx[i]] += dy[i], repeated indices adding up."""
+    np.add.at(dweight, idx.reshape(-1), dy.reshape(-1, dweight.shape[1]))
+    return dweight
+
+
+def cross_entropy_forward(logits, target, probs=None):
+    """Mean over rows of -log softmax(logits)[target] (log-sum-exp form). Returns (loss,
+    probs), probs = softmax(logits), which the backward takes."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted.astype(np.float64)).sum(axis=1))
+    loss = float(np.mean(lse - shifted[np.arange(len(target)), target]))
+    return loss, _write(probs, softmax_forward(logits))
+
+
+def cross_entropy_backward(probs, target, scale, dlogits=None):
+    """(probs - onehot(target)) * scale; scale = dloss / N for the mean loss."""
+    d = probs.copy()
+    d[np.arange(len(target)), target] -= 1
+    return _write(dlogits, d * d.dtype.type(scale))
+
+
+def mse_forward(pred, target):
+    """mean((pred - target) ** 2), accumulated in float64."""
+    d = pred.astype(np.float64) - target
+    return float(np.mean(d * d)) if d.size else float("nan")
+
+
+def mse_backward(pred, target, scale, dpred=None):
+    """scale * (pred - target); scale = 2 * dloss / n for the mean."""
+    return _write(dpred, (pred - target) * pred.dtype.type(scale))

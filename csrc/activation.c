@@ -1,0 +1,160 @@
+/* Elementwise activations (forward and backward) and softmax along the last axis.
+ *
+ * Elementwise kernels split [0, n) into fixed chunks; each element is computed on its own,
+ * so results never depend on the thread count. Softmax is row-parallel; each row's sum runs
+ * in order, in double.
+ *
+ * A template: this file includes itself once per element type.
+ */
+#ifndef REAL
+
+#include <math.h>
+#include "runtime.h"
+
+#define REAL float
+#define SFX(name) name##_f32
+#define TANH tanhf
+#define EXP expf
+#define ERF erff
+#include "activation.c"
+#undef REAL
+#undef SFX
+#undef TANH
+#undef EXP
+#undef ERF
+
+#define REAL double
+#define SFX(name) name##_f64
+#define TANH tanh
+#define EXP exp
+#define ERF erf
+#include "activation.c"
+
+#else /* template body */
+
+#include "act_template.h"
+
+#define SQRT1_2 0.70710678118654752440    /* 1 / sqrt(2) */
+#define SQRT2_PI 0.79788456080286535588   /* sqrt(2 / pi) */
+#define INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
+#define GELU_C 0.044715
+
+/* out[0:n] <- act(x[0:n]) for one chunk */
+static void SFX(activation_chunk)(REAL *restrict out, const REAL *restrict x, int act,
+                                  REAL slope, int64_t n)
+{
+    switch (act) {
+    case FASTNN_ACT_LEAKY_RELU:
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] < 0 ? slope * x[i] : x[i];
+        break;
+    case FASTNN_ACT_GELU:
+        for (int64_t i = 0; i < n; i++) out[i] = (REAL)0.5 * x[i] * (1 + ERF(x[i] * (REAL)SQRT1_2));
+        break;
+    case FASTNN_ACT_GELU_TANH:
+        for (int64_t i = 0; i < n; i++) {
+            REAL v = x[i];
+            out[i] = (REAL)0.5 * v * (1 + TANH((REAL)SQRT2_PI * (v + (REAL)GELU_C * v * v * v)));
+        }
+        break;
+    default:
+        for (int64_t i = 0; i < n; i++) out[i] = x[i];
+        SFX(act_inplace)(out, act, n);
+        break;
+    }
+}
+
+/* dx[0:n] <- dout * act'(x), from the input x and the output y = act(x) */
+static void SFX(activation_backward_chunk)(REAL *restrict dx, const REAL *restrict dout,
+                                           const REAL *restrict x, const REAL *restrict y,
+                                           int act, REAL slope, int64_t n)
+{
+    switch (act) {
+    case FASTNN_ACT_LEAKY_RELU:
+        for (int64_t i = 0; i < n; i++) {
+            REAL g = dout[i];
+            dx[i] = x[i] < 0 ? slope * g : g;
+        }
+        break;
+    case FASTNN_ACT_GELU:
+        for (int64_t i = 0; i < n; i++) {
+            REAL v = x[i];
+            REAL cdf = (REAL)0.5 * (1 + ERF(v * (REAL)SQRT1_2));
+            REAL pdf = (REAL)INV_SQRT_2PI * EXP((REAL)-0.5 * v * v);
+            dx[i] = dout[i] * (cdf + v * pdf);
+        }
+        break;
+    case FASTNN_ACT_GELU_TANH:
+        for (int64_t i = 0; i < n; i++) {
+            REAL v = x[i];
+            REAL t = TANH((REAL)SQRT2_PI * (v + (REAL)GELU_C * v * v * v));
+            REAL dt = (REAL)SQRT2_PI * (1 + 3 * (REAL)GELU_C * v * v);
+            dx[i] = dout[i] * ((REAL)0.5 * (1 + t) + (REAL)0.5 * v * (1 - t * t) * dt);
+        }
+        break;
+    default:
+        SFX(act_backward)(dx, dout, y, act, n);
+        break;
+    }
+}
+
+void SFX(activation_forward)(REAL *out, const REAL *x, int act, double slope, int64_t n)
+{
+    int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
+    int nthreads = fastnn_threads_for_elements(n);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        int64_t i0, i1;
+        fastnn_block_range(c, nchunks, n, &i0, &i1);
+        SFX(activation_chunk)(out + i0, x + i0, act, (REAL)slope, i1 - i0);
+    }
+}
+
+void SFX(activation_backward)(REAL *dx, const REAL *dout, const REAL *x, const REAL *y,
+                              int act, double slope, int64_t n)
+{
+    int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
+    int nthreads = fastnn_threads_for_elements(n);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        int64_t i0, i1;
+        fastnn_block_range(c, nchunks, n, &i0, &i1);
+        SFX(activation_backward_chunk)(dx + i0, dout + i0, x ? x + i0 : 0, y ? y + i0 : 0,
+                                       act, (REAL)slope, i1 - i0);
+    }
+}
+
+void SFX(softmax_forward)(REAL *out, const REAL *x, int64_t N, int64_t K)
+{
+    int nthreads = fastnn_threads_for_elements(N * K);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r = 0; r < N; r++) {
+        const REAL *restrict xr = x + r * K;
+        REAL *restrict yr = out + r * K;
+        REAL max = -INFINITY;
+        for (int64_t j = 0; j < K; j++) max = xr[j] > max ? xr[j] : max;
+        if (max == -INFINITY) max = 0; /* a row of -inf: exp(-inf - 0) = 0, giving 0/0 = NaN */
+        double sum = 0;
+        for (int64_t j = 0; j < K; j++) {
+            yr[j] = EXP(xr[j] - max);
+            sum += yr[j];
+        }
+        REAL inv = (REAL)(1 / sum);
+        for (int64_t j = 0; j < K; j++) yr[j] *= inv;
+    }
+}
+
+void SFX(softmax_backward)(REAL *dx, const REAL *dout, const REAL *y, int64_t N, int64_t K)
+{
+    int nthreads = fastnn_threads_for_elements(N * K);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r = 0; r < N; r++) {
+        const REAL *restrict gr = dout + r * K;
+        const REAL *restrict yr = y + r * K;
+        REAL *restrict dr = dx + r * K;
+        double dot = 0;
+        for (int64_t j = 0; j < K; j++) dot += (double)gr[j] * yr[j];
+        for (int64_t j = 0; j < K; j++) dr[j] = yr[j] * (gr[j] - (REAL)dot);
+    }
+}
+
+#endif

@@ -1,0 +1,52 @@
+/* Embedding: gather rows of a table by index, and scatter-add gradients back.
+ * Indices are checked by the caller (0 <= idx < V). The backward is parallel over the
+ * embedding dimension, so each output element is summed by one thread in index order:
+ * deterministic when indices repeat. A template: includes itself once per element type. */
+#ifndef REAL
+
+#include <string.h>
+#include "runtime.h"
+
+#define EMB_MIN_COLS 16 /* embedding columns per backward block at least */
+
+#define REAL float
+#define SFX(name) name##_f32
+#include "embedding.c"
+#undef REAL
+#undef SFX
+
+#define REAL double
+#define SFX(name) name##_f64
+#include "embedding.c"
+
+#else /* template body */
+
+/* out (N, D) <- weight (V, D)[idx (N,)] */
+void SFX(embedding_forward)(REAL *out, const REAL *weight, const int64_t *idx, int64_t N,
+                            int64_t D)
+{
+    int nthreads = fastnn_threads_for_elements(N * D);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t i = 0; i < N; i++)
+        memcpy(out + i * D, weight + idx[i] * D, (size_t)D * sizeof(REAL));
+}
+
+/* dweight (V, D)[idx[i]] += dout (N, D)[i], for i in order */
+void SFX(embedding_backward)(REAL *dweight, const REAL *dout, const int64_t *idx, int64_t N,
+                             int64_t D)
+{
+    int64_t nblocks = fastnn_num_blocks(D, EMB_MIN_COLS);
+    int nthreads = fastnn_threads_for_elements(N * D);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        int64_t c0, c1;
+        fastnn_block_range(blk, nblocks, D, &c0, &c1);
+        for (int64_t i = 0; i < N; i++) {
+            REAL *restrict row = dweight + idx[i] * D;
+            const REAL *restrict g = dout + i * D;
+            for (int64_t j = c0; j < c1; j++) row[j] += g[j];
+        }
+    }
+}
+
+#endif

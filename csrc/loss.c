@@ -1,0 +1,101 @@
+/* Losses: softmax cross-entropy (fused, log-sum-exp) and mean squared error.
+ * Row-parallel; per-row losses are written out and summed in row order, so the mean is the
+ * same for any thread count. A template: includes itself once per element type. */
+#ifndef REAL
+
+#include <math.h>
+#include "runtime.h"
+
+#define REAL float
+#define SFX(name) name##_f32
+#define EXP expf
+#define LOG logf
+#include "loss.c"
+#undef REAL
+#undef SFX
+#undef EXP
+#undef LOG
+
+#define REAL double
+#define SFX(name) name##_f64
+#define EXP exp
+#define LOG log
+#include "loss.c"
+
+#else /* template body */
+
+/* Returns mean over rows of -log softmax(logits)[r, target[r]]; probs (N, K) <- softmax;
+ * row_loss (N) is scratch. Targets are checked by the caller (0 <= t < K). */
+double SFX(cross_entropy_forward)(REAL *probs, double *row_loss, const REAL *logits,
+                                  const int64_t *target, int64_t N, int64_t K)
+{
+    int nthreads = fastnn_threads_for_elements(N * K);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r = 0; r < N; r++) {
+        const REAL *restrict x = logits + r * K;
+        REAL *restrict p = probs + r * K;
+        REAL max = -INFINITY;
+        for (int64_t j = 0; j < K; j++) max = x[j] > max ? x[j] : max;
+        double sum = 0;
+        for (int64_t j = 0; j < K; j++) {
+            p[j] = EXP(x[j] - max);
+            sum += p[j];
+        }
+        REAL inv = (REAL)(1 / sum);
+        for (int64_t j = 0; j < K; j++) p[j] *= inv;
+        /* log-sum-exp - x[t], from the shifted logits: finite for any finite logits */
+        row_loss[r] = log(sum) - ((double)x[target[r]] - max);
+    }
+    double total = 0;
+    for (int64_t r = 0; r < N; r++) total += row_loss[r];
+    return N > 0 ? total / (double)N : NAN;
+}
+
+/* dlogits (N, K) <- (probs - onehot(target)) * scale; scale = dloss / N for the mean */
+void SFX(cross_entropy_backward)(REAL *dlogits, const REAL *probs, const int64_t *target,
+                                 double scale, int64_t N, int64_t K)
+{
+    REAL s = (REAL)scale;
+    int nthreads = fastnn_threads_for_elements(N * K);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r = 0; r < N; r++) {
+        const REAL *restrict p = probs + r * K;
+        REAL *restrict d = dlogits + r * K;
+        for (int64_t j = 0; j < K; j++) d[j] = p[j] * s;
+        d[target[r]] = (p[target[r]] - 1) * s;
+    }
+}
+
+/* Returns sum((pred - target)^2) over n elements, summed in fixed chunks, in order. */
+double SFX(squared_error_sum)(const REAL *pred, const REAL *target, int64_t n)
+{
+    int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
+    double chunk_sum[nchunks]; /* at most one chunk per processor */
+    int nthreads = fastnn_threads_for_elements(n);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        int64_t i0, i1;
+        fastnn_block_range(c, nchunks, n, &i0, &i1);
+        double s = 0;
+        for (int64_t i = i0; i < i1; i++) {
+            double d = (double)pred[i] - (double)target[i];
+            s += d * d;
+        }
+        chunk_sum[c] = s;
+    }
+    double total = 0;
+    for (int64_t c = 0; c < nchunks; c++) total += chunk_sum[c];
+    return total;
+}
+
+/* dpred (n) <- scale * (pred - target); scale = 2 * dloss / n for the mean */
+void SFX(squared_error_backward)(REAL *dpred, const REAL *pred, const REAL *target,
+                                 double scale, int64_t n)
+{
+    REAL s = (REAL)scale;
+    int nthreads = fastnn_threads_for_elements(n);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t i = 0; i < n; i++) dpred[i] = s * (pred[i] - target[i]);
+}
+
+#endif
