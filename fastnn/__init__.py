@@ -6,7 +6,22 @@ Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a
 __version__ = "0.1.0"
 
 from . import functional, reference
-from .layers import BatchNorm1d, Linear, Module, Parameter, ReLU, Sigmoid, Tanh
+from .layers import (
+    GELU,
+    BatchNorm1d,
+    Dropout,
+    Embedding,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    Module,
+    Parameter,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from .losses import CrossEntropyLoss, MSELoss
 from .random import manual_seed
 from .runtime import (
     build_info,
@@ -19,11 +34,19 @@ from .runtime import (
 
 __all__ = [
     "BatchNorm1d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Embedding",
+    "Flatten",
+    "GELU",
+    "LeakyReLU",
     "Linear",
+    "MSELoss",
     "Module",
     "Parameter",
     "ReLU",
     "Sigmoid",
+    "Softmax",
     "Tanh",
     "build_info",
     "functional",

@@ -244,9 +244,9 @@ def activation_forward(x, kind, negative_slope=0.01, out=None):
 
 def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
     """dy * act'(x): x is the forward input and y its output (both of dy's shape)."""
-    dy = check.float_array("dy", dy, np.ndim(dy))
-    x = _same_shape("x", x, dy)
-    y = _same_shape("y", y, dy)
+    x = check.float_array("x", x, np.ndim(x))
+    dy = _same_shape("dy", dy, x)
+    y = _same_shape("y", y, x)
     check.choice("kind", kind, ELEMENTWISE)
     dx = _output("dx", dx, dy.shape, dy.dtype)
     check.disjoint(("dx", "dy", "x", "y"), (dx, dy, x, y), 1)
@@ -269,8 +269,8 @@ def softmax_forward(x, out=None):
 
 def softmax_backward(dy, y, dx=None):
     """Backward of softmax_forward from its output y: y * (dy - sum(dy * y, last axis))."""
-    dy = check.float_array("dy", dy, max(1, np.ndim(dy)))
-    y = _same_shape("y", y, dy)
+    y = check.float_array("y", y, max(1, np.ndim(y)))
+    dy = _same_shape("dy", dy, y)
     dx = _output("dx", dx, dy.shape, dy.dtype)
     check.disjoint(("dx", "dy", "y"), (dx, dy, y), 1)
     if get_backend() == "reference":

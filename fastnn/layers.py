@@ -10,10 +10,23 @@ import numbers
 import numpy as np
 
 from . import functional as F
-from . import reference
 from .random import get_rng
 
-__all__ = ["BatchNorm1d", "Linear", "Module", "Parameter", "ReLU", "Sigmoid", "Tanh"]
+__all__ = [
+    "BatchNorm1d",
+    "Dropout",
+    "Embedding",
+    "Flatten",
+    "GELU",
+    "LeakyReLU",
+    "Linear",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+]
 
 
 class Parameter:
@@ -81,8 +94,11 @@ def _float_dtype(dtype):
 
 
 def _buffer(buf, shape, dtype):
-    """buf if it already has this shape, else a new array: allocation only on a shape change."""
-    return buf if buf is not None and buf.shape == shape else np.empty(shape, dtype)
+    """buf if it already has this shape and dtype, else a new array: a layer allocates only
+    when the batch shape changes."""
+    if buf is not None and buf.shape == shape and buf.dtype == dtype:
+        return buf
+    return np.empty(shape, dtype)
 
 
 class Linear(Module):
@@ -213,37 +229,200 @@ class BatchNorm1d(Module):
                 f"affine={self.affine}, dtype={self.dtype}{act})")
 
 
-class _Activation(Module):
-    """Elementwise activation; backward uses the saved output."""
+class _Elementwise(Module):
+    """An elementwise activation layer on arrays of any shape; backward needs the saved input
+    and output."""
 
     kind = "none"
+    negative_slope = 0.0
 
     def __init__(self):
-        self._y = None
+        self._x = self._y = self._dx = None
 
     def forward(self, x):
         x = F.check.float_array("x", x, np.ndim(x))
-        self._y = reference.apply_activation(x, self.kind)
-        return self._y
+        self._y = _buffer(self._y, x.shape, x.dtype)
+        self._x = x
+        return F.activation_forward(x, self.kind, self.negative_slope, out=self._y)
 
     def backward(self, dy):
-        if self._y is None:
+        if self._x is None:
             raise ValueError(f"{type(self).__name__}.backward: called before forward")
-        dy = F.check.float_array("dy", dy, self._y.ndim, self._y.dtype)
-        F.check.shape("dy", dy, self._y.shape)
-        return dy * reference.activation_derivative(self._y, self.kind)
+        self._dx = _buffer(self._dx, self._x.shape, self._x.dtype)
+        return F.activation_backward(dy, self._x, self._y, self.kind, self.negative_slope,
+                                     dx=self._dx)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
 
 
-class ReLU(_Activation):
+class ReLU(_Elementwise):
+    """max(x, 0)."""
+
     kind = "relu"
 
 
-class Tanh(_Activation):
+class Tanh(_Elementwise):
     kind = "tanh"
 
 
-class Sigmoid(_Activation):
+class Sigmoid(_Elementwise):
+    """1 / (1 + exp(-x))."""
+
     kind = "sigmoid"
+
+
+class LeakyReLU(_Elementwise):
+    """x if x >= 0 else negative_slope * x."""
+
+    kind = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        if not isinstance(negative_slope, numbers.Real) or not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def __repr__(self):
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+
+class GELU(_Elementwise):
+    """x * Phi(x) (approximate="none") or its tanh approximation (approximate="tanh"), as
+    torch.nn.GELU."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        F.check.choice("approximate", approximate, {"none", "tanh"})
+        self.approximate = approximate
+        self.kind = "gelu" if approximate == "none" else "gelu_tanh"
+
+    def __repr__(self):
+        return f"GELU(approximate={self.approximate!r})"
+
+
+class Softmax(Module):
+    """Softmax along the last axis: x (..., K) -> probabilities (..., K)."""
+
+    def __init__(self):
+        self._y = self._dx = None
+
+    def forward(self, x):
+        x = F.check.float_array("x", x, max(1, np.ndim(x)))
+        self._y = _buffer(self._y, x.shape, x.dtype)
+        return F.softmax_forward(x, out=self._y)
+
+    def backward(self, dy):
+        if self._y is None:
+            raise ValueError("Softmax.backward: called before forward")
+        self._dx = _buffer(self._dx, self._y.shape, self._y.dtype)
+        return F.softmax_backward(dy, self._y, dx=self._dx)
+
+    def __repr__(self):
+        return "Softmax()"
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest
+    by 1 / (1 - p); identity in evaluation.
+
+    The mask comes from a counter-based generator keyed by `seed` (drawn from fastnn's
+    generator, so fastnn.manual_seed makes it reproducible, unless given) and a counter that
+    advances with every training forward: the same seed gives the same masks for any thread
+    count, and the backward recomputes the forward's mask rather than storing it.
+    """
+
+    def __init__(self, p=0.5, seed=None):
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+            raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.seed = int(get_rng().integers(2**63)) if seed is None else int(seed)
+        self.offset = 0  # counter of the next forward's first element
+        self._shape = None
+        self._mask_offset = 0
+        self._out = self._dx = None
+
+    def forward(self, x):
+        x = F.check.float_array("x", x, np.ndim(x))
+        self._shape, self._dtype = x.shape, x.dtype
+        if not self.training or self.p == 0:
+            self._identity = True
+            return x
+        self._identity = False
+        self._out = _buffer(self._out, x.shape, x.dtype)
+        self._mask_offset = self.offset
+        self.offset = (self.offset + x.size) % 2**64
+        return F.dropout_apply(x, self.p, self.seed, self._mask_offset, out=self._out)
+
+    def backward(self, dy):
+        if self._shape is None:
+            raise ValueError("Dropout.backward: called before forward")
+        dy = F.check.float_array("dy", dy, len(self._shape), self._dtype)
+        F.check.shape("dy", dy, self._shape)
+        if self._identity:
+            return dy
+        self._dx = _buffer(self._dx, dy.shape, dy.dtype)
+        return F.dropout_apply(dy, self.p, self.seed, self._mask_offset, out=self._dx)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+class Embedding(Module):
+    """A lookup table: integer indices of any shape -> idx.shape + (embedding_dim,).
+
+    weight: (num_embeddings, embedding_dim) ~ N(0, 1), as torch.nn.Embedding. The backward
+    adds the output gradient into weight.grad row by row (repeated indices add up, in a fixed
+    order) and returns None: indices have no gradient.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32):
+        self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        self.dtype = _float_dtype(dtype)
+        shape = (self.num_embeddings, self.embedding_dim)
+        self.weight = Parameter(get_rng().standard_normal(shape).astype(self.dtype))
+        self._idx = self._out = None
+
+    def forward(self, idx):
+        idx = F.check.index_array("idx", idx, self.num_embeddings)
+        shape = idx.shape + (self.embedding_dim,)
+        self._out = _buffer(self._out, shape, self.dtype)
+        self._idx = idx
+        return F.embedding_forward(self.weight.data, idx, out=self._out)
+
+    def backward(self, dy):
+        if self._idx is None:
+            raise ValueError("Embedding.backward: called before forward")
+        F.embedding_backward(self.weight.grad, dy, self._idx)
+        return None
+
+    def __repr__(self):
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype})"
+
+
+class Flatten(Module):
+    """(B, d1, d2, ...) -> (B, d1 * d2 * ...); backward restores the shape. No copy when the
+    input is contiguous."""
+
+    def __init__(self):
+        self._shape = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim < 1:
+            raise ValueError(f"x: expected at least a 1-d array, got shape {x.shape}")
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        if self._shape is None:
+            raise ValueError("Flatten.backward: called before forward")
+        dy = np.asarray(dy)
+        expected = (self._shape[0], int(np.prod(self._shape[1:], dtype=np.int64)))
+        if dy.shape != expected:
+            raise ValueError(f"dy: expected shape {expected}, got {dy.shape}")
+        return dy.reshape(self._shape)
+
+    def __repr__(self):
+        return "Flatten()"

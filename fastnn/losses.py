@@ -1,0 +1,68 @@
+"""Losses: forward(prediction, target) -> float, then backward() -> d(loss)/d(prediction)."""
+import numpy as np
+
+from . import functional as F
+
+__all__ = ["CrossEntropyLoss", "MSELoss"]
+
+
+class CrossEntropyLoss:
+    """Mean softmax cross-entropy of logits (N, K) against integer class targets (N,), as
+    torch.nn.CrossEntropyLoss: one fused, stable (log-sum-exp) kernel."""
+
+    def __init__(self):
+        self._probs = self._dlogits = self._target = None
+
+    def forward(self, logits, target):
+        """logits (N, K) float32/float64, target (N,) integers in [0, K) -> the mean loss."""
+        logits = F.check.float_array("logits", logits, 2)
+        if self._probs is None or self._probs.shape != logits.shape \
+                or self._probs.dtype != logits.dtype:
+            self._probs = np.empty(logits.shape, logits.dtype)
+            self._dlogits = np.empty(logits.shape, logits.dtype)
+        loss, _ = F.cross_entropy_forward(logits, target, probs=self._probs)
+        self._target = target
+        return loss
+
+    __call__ = forward
+
+    def backward(self, dloss=1.0):
+        """d(dloss * loss)/d(logits), (N, K)."""
+        if self._target is None:
+            raise ValueError("CrossEntropyLoss.backward: called before forward")
+        scale = float(dloss) / max(1, self._probs.shape[0])
+        return F.cross_entropy_backward(self._probs, self._target, scale, dlogits=self._dlogits)
+
+    def __repr__(self):
+        return "CrossEntropyLoss()"
+
+
+class MSELoss:
+    """Mean squared error over all elements, as torch.nn.MSELoss."""
+
+    def __init__(self):
+        self._pred = self._target = self._dpred = None
+
+    def forward(self, pred, target):
+        """pred, target: float arrays of one shape -> mean((pred - target) ** 2)."""
+        pred = F.check.float_array("pred", pred, np.ndim(pred))
+        target = F.check.float_array("target", target, pred.ndim, pred.dtype)
+        F.check.shape("target", target, pred.shape)
+        loss = F.mse_forward(pred, target)
+        self._pred, self._target = pred, target
+        return loss
+
+    __call__ = forward
+
+    def backward(self, dloss=1.0):
+        """d(dloss * loss)/d(pred), pred's shape."""
+        if self._pred is None:
+            raise ValueError("MSELoss.backward: called before forward")
+        if self._dpred is None or self._dpred.shape != self._pred.shape \
+                or self._dpred.dtype != self._pred.dtype:
+            self._dpred = np.empty(self._pred.shape, self._pred.dtype)
+        scale = 2 * float(dloss) / max(1, self._pred.size)
+        return F.mse_backward(self._pred, self._target, scale, dpred=self._dpred)
+
+    def __repr__(self):
+        return "MSELoss()"
