@@ -15,7 +15,7 @@
 #include "runtime.h"
 
 #define BN_MIN_BLOCK 16 /* channels per block at least */
-#define BN_SEG 256      /* channels per segment */
+#define BN_SEG 1024     /* channels per segment: accumulators on the stack, rows long enough to stream */
 #define BN_CHUNK 64     /* rows per statistics chunk */
 
 #define REAL float
@@ -38,26 +38,29 @@
 
 #include "act_template.h"
 
-/* mean[0:n], m2[0:n] <- mean and sum of squared deviations of x[:, c0:c0+n] (B rows). */
+/* mean[0:n], m2[0:n] <- mean and sum of squared deviations of x[:, c0:c0+n] (B rows).
+ * Within a chunk the sums are in REAL (short: at most BN_CHUNK terms, and vectorised at full
+ * width); chunks are combined in double. */
+FASTNN_HOT
 static void SFX(segment_stats)(double *mean, double *m2, const REAL *x, int64_t B, int64_t C,
                                int64_t c0, int64_t n)
 {
-    double cmean[BN_SEG], cm2[BN_SEG];
+    REAL cmean[BN_SEG], cm2[BN_SEG];
     int64_t count = 0;
     for (int64_t j = 0; j < n; j++) mean[j] = m2[j] = 0;
     for (int64_t r0 = 0; r0 < B; r0 += BN_CHUNK) {
         int64_t r1 = r0 + BN_CHUNK < B ? r0 + BN_CHUNK : B;
-        double rows = (double)(r1 - r0);
+        REAL rows = (REAL)(r1 - r0);
         for (int64_t j = 0; j < n; j++) cmean[j] = cm2[j] = 0;
         for (int64_t i = r0; i < r1; i++) {
-            const REAL *xr = x + i * C + c0;
+            const REAL *restrict xr = x + i * C + c0;
             for (int64_t j = 0; j < n; j++) cmean[j] += xr[j];
         }
         for (int64_t j = 0; j < n; j++) cmean[j] /= rows;
         for (int64_t i = r0; i < r1; i++) {
-            const REAL *xr = x + i * C + c0;
+            const REAL *restrict xr = x + i * C + c0;
             for (int64_t j = 0; j < n; j++) {
-                double d = xr[j] - cmean[j];
+                REAL d = xr[j] - cmean[j];
                 cm2[j] += d * d;
             }
         }
@@ -74,6 +77,7 @@ static void SFX(segment_stats)(double *mean, double *m2, const REAL *x, int64_t 
 }
 
 /* out[:, c0:c0+n] <- act(x * scale + shift), row by row */
+FASTNN_HOT
 static void SFX(normalize_segment)(REAL *out, const REAL *x, const REAL *scale,
                                    const REAL *shift, int act, int64_t B, int64_t C,
                                    int64_t c0, int64_t n)
@@ -83,6 +87,58 @@ static void SFX(normalize_segment)(REAL *out, const REAL *x, const REAL *scale,
         REAL *restrict yr = out + i * C + c0;
         for (int64_t j = 0; j < n; j++) yr[j] = xr[j] * scale[j] + shift[j];
         SFX(act_inplace)(yr, act, n);
+    }
+}
+
+/* Row i, channels [c0, c0 + n) of dz = dout * act'(out): dout itself without an activation,
+ * else computed into buf. */
+static inline const REAL *SFX(dz_row)(REAL *buf, const REAL *dout, const REAL *out, int act,
+                                      int64_t i, int64_t C, int64_t c0, int64_t n)
+{
+    if (act == FASTNN_ACT_NONE) return dout + i * C + c0;
+    SFX(act_backward)(buf, dout + i * C + c0, out + i * C + c0, act, n);
+    return buf;
+}
+
+/* sum_dz[0:n] <- sum of dz over rows, sum_dz_xc[0:n] <- sum of dz * (x - mean), for the
+ * channels [c0, c0 + n); partial sums over a chunk of rows in REAL, chunks added in double */
+FASTNN_HOT
+static void SFX(segment_grad_sums)(double *sum_dz, double *sum_dz_xc, const REAL *dout,
+                                   const REAL *out, const REAL *x, const REAL *mu, int act,
+                                   int64_t B, int64_t C, int64_t c0, int64_t n)
+{
+    REAL part_dz[BN_SEG], part_dz_xc[BN_SEG], buf[BN_SEG];
+    for (int64_t j = 0; j < n; j++) sum_dz[j] = sum_dz_xc[j] = 0;
+    for (int64_t r0 = 0; r0 < B; r0 += BN_CHUNK) {
+        int64_t r1 = r0 + BN_CHUNK < B ? r0 + BN_CHUNK : B;
+        for (int64_t j = 0; j < n; j++) part_dz[j] = part_dz_xc[j] = 0;
+        for (int64_t i = r0; i < r1; i++) {
+            const REAL *restrict xr = x + i * C + c0;
+            const REAL *restrict dz = SFX(dz_row)(buf, dout, out, act, i, C, c0, n);
+            for (int64_t j = 0; j < n; j++) {
+                part_dz[j] += dz[j];
+                part_dz_xc[j] += dz[j] * (xr[j] - mu[j]);
+            }
+        }
+        for (int64_t j = 0; j < n; j++) {
+            sum_dz[j] += part_dz[j];
+            sum_dz_xc[j] += part_dz_xc[j];
+        }
+    }
+}
+
+/* dx[:, c0:c0+n] <- a * dz + b * (x - mean) + d */
+FASTNN_HOT
+static void SFX(segment_dx)(REAL *dx, const REAL *dout, const REAL *out, const REAL *x,
+                            const REAL *mu, const REAL *a, const REAL *b, const REAL *d,
+                            int act, int64_t B, int64_t C, int64_t c0, int64_t n)
+{
+    REAL buf[BN_SEG];
+    for (int64_t i = 0; i < B; i++) {
+        const REAL *restrict xr = x + i * C + c0;
+        const REAL *restrict dz = SFX(dz_row)(buf, dout, out, act, i, C, c0, n);
+        REAL *restrict dxr = dx + i * C + c0;
+        for (int64_t j = 0; j < n; j++) dxr[j] = a[j] * dz[j] + b[j] * (xr[j] - mu[j]) + d[j];
     }
 }
 
@@ -166,18 +222,8 @@ void SFX(batchnorm_backward)(REAL *dx, REAL *dgamma, REAL *dbeta, const REAL *do
         for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
             int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
             double sum_dz[BN_SEG], sum_dz_xc[BN_SEG];
-            REAL dz[BN_SEG], a[BN_SEG], b[BN_SEG], d[BN_SEG];
-            const REAL *mu = mean + s0;
-            for (int64_t j = 0; j < n; j++) sum_dz[j] = sum_dz_xc[j] = 0;
-            /* pass 1: sum(dz) and sum(dz * (x - mean)), dz = dout * act'(out) */
-            for (int64_t i = 0; i < B; i++) {
-                const REAL *restrict xr = x + i * C + s0;
-                SFX(act_backward)(dz, dout + i * C + s0, out + i * C + s0, act, n);
-                for (int64_t j = 0; j < n; j++) {
-                    sum_dz[j] += dz[j];
-                    sum_dz_xc[j] += (double)dz[j] * (xr[j] - mu[j]);
-                }
-            }
+            REAL a[BN_SEG], b[BN_SEG], d[BN_SEG];
+            SFX(segment_grad_sums)(sum_dz, sum_dz_xc, dout, out, x, mean + s0, act, B, C, s0, n);
             /* dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)) with k = gamma * invstd,
              * xhat = (x - mean) * invstd; in evaluation mode the statistics are constants:
              * dx = k * dz. Written as dx = a * dz + b * (x - mean) + d. */
@@ -191,14 +237,8 @@ void SFX(batchnorm_backward)(REAL *dx, REAL *dgamma, REAL *dbeta, const REAL *do
                 b[j] = train && B > 0 ? (REAL)(-k * is * dg / (double)B) : 0;
                 d[j] = train && B > 0 ? (REAL)(-k * sum_dz[j] / (double)B) : 0;
             }
-            if (!dx) continue;
-            /* pass 2 */
-            for (int64_t i = 0; i < B; i++) {
-                const REAL *restrict xr = x + i * C + s0;
-                REAL *restrict dxr = dx + i * C + s0;
-                SFX(act_backward)(dz, dout + i * C + s0, out + i * C + s0, act, n);
-                for (int64_t j = 0; j < n; j++) dxr[j] = a[j] * dz[j] + b[j] * (xr[j] - mu[j]) + d[j];
-            }
+            if (dx)
+                SFX(segment_dx)(dx, dout, out, x, mean + s0, a, b, d, act, B, C, s0, n);
         }
     }
 }
