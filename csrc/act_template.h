@@ -1,5 +1,5 @@
-/* Fused activations on one contiguous segment, shared by the kernels that fuse them
- * (linear.c, batchnorm.c). A template: include it inside a template body, where REAL, SFX,
+/* Activations on one contiguous segment, shared by the kernels that fuse them (linear.c,
+ * batchnorm.c, activation.c), and the softmax of one row (activation.c, loss.c). A template: include it inside a template body, where REAL, SFX,
  * TANH and EXP are defined. The switch sits outside the loops so that each loop vectorises.
  * act' is written in terms of the output y = act(z), so backward needs only the output. */
 
@@ -43,4 +43,21 @@ static inline void SFX(act_backward)(REAL *restrict dz, const REAL *restrict dou
         for (int64_t i = 0; i < n; i++) dz[i] = dout[i];
         break;
     }
+}
+
+/* p[0:K] <- softmax(x[0:K]), the sum in double; returns log-sum-exp(x). A row of -inf
+ * gives NaN rather than a division by a zero sum going unnoticed. */
+static inline double SFX(softmax_row)(REAL *restrict p, const REAL *restrict x, int64_t K)
+{
+    REAL max = -INFINITY;
+    for (int64_t j = 0; j < K; j++) max = x[j] > max ? x[j] : max;
+    if (max == -INFINITY) max = 0; /* exp(-inf - 0) = 0: 0/0 = NaN below */
+    double sum = 0;
+    for (int64_t j = 0; j < K; j++) {
+        p[j] = EXP(x[j] - max);
+        sum += p[j];
+    }
+    REAL inv = (REAL)(1 / sum);
+    for (int64_t j = 0; j < K; j++) p[j] *= inv;
+    return log(sum) + max;
 }

@@ -127,20 +127,7 @@ void SFX(softmax_forward)(REAL *out, const REAL *x, int64_t N, int64_t K)
 {
     int nthreads = fastnn_threads_for_elements(N * K);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t r = 0; r < N; r++) {
-        const REAL *restrict xr = x + r * K;
-        REAL *restrict yr = out + r * K;
-        REAL max = -INFINITY;
-        for (int64_t j = 0; j < K; j++) max = xr[j] > max ? xr[j] : max;
-        if (max == -INFINITY) max = 0; /* a row of -inf: exp(-inf - 0) = 0, giving 0/0 = NaN */
-        double sum = 0;
-        for (int64_t j = 0; j < K; j++) {
-            yr[j] = EXP(xr[j] - max);
-            sum += yr[j];
-        }
-        REAL inv = (REAL)(1 / sum);
-        for (int64_t j = 0; j < K; j++) yr[j] *= inv;
-    }
+    for (int64_t r = 0; r < N; r++) SFX(softmax_row)(out + r * K, x + r * K, K);
 }
 
 void SFX(softmax_backward)(REAL *dx, const REAL *dout, const REAL *y, int64_t N, int64_t K)

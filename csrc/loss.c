@@ -9,20 +9,22 @@
 #define REAL float
 #define SFX(name) name##_f32
 #define EXP expf
-#define LOG logf
+#define TANH tanhf
 #include "loss.c"
 #undef REAL
 #undef SFX
 #undef EXP
-#undef LOG
+#undef TANH
 
 #define REAL double
 #define SFX(name) name##_f64
 #define EXP exp
-#define LOG log
+#define TANH tanh
 #include "loss.c"
 
 #else /* template body */
+
+#include "act_template.h"
 
 /* Returns mean over rows of -log softmax(logits)[r, target[r]]; probs (N, K) <- softmax;
  * row_loss (N) is scratch. Targets are checked by the caller (0 <= t < K). */
@@ -32,19 +34,9 @@ double SFX(cross_entropy_forward)(REAL *probs, double *row_loss, const REAL *log
     int nthreads = fastnn_threads_for_elements(N * K);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t r = 0; r < N; r++) {
-        const REAL *restrict x = logits + r * K;
-        REAL *restrict p = probs + r * K;
-        REAL max = -INFINITY;
-        for (int64_t j = 0; j < K; j++) max = x[j] > max ? x[j] : max;
-        double sum = 0;
-        for (int64_t j = 0; j < K; j++) {
-            p[j] = EXP(x[j] - max);
-            sum += p[j];
-        }
-        REAL inv = (REAL)(1 / sum);
-        for (int64_t j = 0; j < K; j++) p[j] *= inv;
-        /* log-sum-exp - x[t], from the shifted logits: finite for any finite logits */
-        row_loss[r] = log(sum) - ((double)x[target[r]] - max);
+        /* log-sum-exp - x[t]: finite for any finite logits */
+        double lse = SFX(softmax_row)(probs + r * K, logits + r * K, K);
+        row_loss[r] = lse - (double)logits[r * K + target[r]];
     }
     double total = 0;
     for (int64_t r = 0; r < N; r++) total += row_loss[r];

@@ -50,6 +50,17 @@ def _linear_args(x, weight, bias):
     return x, weight, bias
 
 
+def _forward_output(y, activation, shape, dtype):
+    """The forward output a fused activation's backward reads (None when it reads none)."""
+    if activation == "none":
+        return None
+    if y is None:
+        raise ValueError(f"y: the forward output is needed for activation={activation!r}")
+    y = check.float_array("y", y, 2, dtype)
+    check.shape("y", y, shape)
+    return y
+
+
 def linear_forward(x, weight, bias=None, activation="none", out=None):
     """y = act(x @ weight.T + bias).
 
@@ -85,13 +96,7 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
     B, C, OC = x.shape[0], x.shape[1], weight.shape[0]
     dy = check.float_array("dy", dy, 2, x.dtype)
     check.shape("dy", dy, (B, OC))
-    if activation == "none":
-        y = None  # not read
-    else:
-        if y is None:
-            raise ValueError(f"y: the forward output is needed for activation={activation!r}")
-        y = check.float_array("y", y, 2, x.dtype)
-        check.shape("y", y, (B, OC))
+    y = _forward_output(y, activation, (B, OC), x.dtype)
     if dweight is not None:
         check.output_array("dweight", dweight, (OC, C), x.dtype)
     if dbias is not None:
@@ -186,13 +191,7 @@ def batchnorm_backward(dy, x, y, mean, invstd, weight=None, training=True, activ
     dy = check.float_array("dy", dy, 2, x.dtype)
     check.shape("dy", dy, (B, C))
     check.choice("activation", activation, ACTIVATIONS)
-    if activation == "none":
-        y = None  # not read
-    else:
-        if y is None:
-            raise ValueError(f"y: the forward output is needed for activation={activation!r}")
-        y = check.float_array("y", y, 2, x.dtype)
-        check.shape("y", y, (B, C))
+    y = _forward_output(y, activation, (B, C), x.dtype)
     mean = _channel_vector("mean", mean, C, x.dtype)
     invstd = _channel_vector("invstd", invstd, C, x.dtype)
     if mean is None or invstd is None:
