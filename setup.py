@@ -76,6 +76,7 @@ class BuildExt(build_ext):
 native = Extension(
     "fastnn._native",
     sources=["fastnn/_native.pyx"] + sorted(glob.glob("csrc/*.c")),
+    depends=sorted(glob.glob("csrc/*.h")),  # rebuild when a header changes
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
 )

@@ -10,24 +10,25 @@
 
 #include <math.h>
 #include "runtime.h"
+#include "fastmath.h"
 
 #define REAL float
 #define SFX(name) name##_f32
-#define TANH tanhf
-#define EXP expf
-#define ERF erff
+#define TANH fastnn_tanhf
+#define EXP fastnn_expf
+#define ERFC erfcf
 #include "activation.c"
 #undef REAL
 #undef SFX
 #undef TANH
 #undef EXP
-#undef ERF
+#undef ERFC
 
 #define REAL double
 #define SFX(name) name##_f64
 #define TANH tanh
 #define EXP exp
-#define ERF erf
+#define ERFC erfc
 #include "activation.c"
 
 #else /* template body */
@@ -45,15 +46,18 @@ static void SFX(activation_chunk)(REAL *restrict out, const REAL *restrict x, in
 {
     switch (act) {
     case FASTNN_ACT_LEAKY_RELU:
-        for (int64_t i = 0; i < n; i++) out[i] = x[i] < 0 ? slope * x[i] : x[i];
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : slope * x[i];
         break;
     case FASTNN_ACT_GELU:
-        for (int64_t i = 0; i < n; i++) out[i] = (REAL)0.5 * x[i] * (1 + ERF(x[i] * (REAL)SQRT1_2));
+        /* x * Phi(x) with Phi = erfc(-x / sqrt 2) / 2: no cancellation for x << 0 */
+        for (int64_t i = 0; i < n; i++) out[i] = (REAL)0.5 * x[i] * ERFC(-x[i] * (REAL)SQRT1_2);
         break;
     case FASTNN_ACT_GELU_TANH:
+        /* x * (1 + tanh(u)) / 2 = x * sigmoid(2u): no cancellation for x << 0 */
         for (int64_t i = 0; i < n; i++) {
             REAL v = x[i];
-            out[i] = (REAL)0.5 * v * (1 + TANH((REAL)SQRT2_PI * (v + (REAL)GELU_C * v * v * v)));
+            REAL u = (REAL)SQRT2_PI * (v + (REAL)GELU_C * v * v * v);
+            out[i] = v / (1 + EXP(-2 * u));
         }
         break;
     default:
@@ -72,23 +76,25 @@ static void SFX(activation_backward_chunk)(REAL *restrict dx, const REAL *restri
     case FASTNN_ACT_LEAKY_RELU:
         for (int64_t i = 0; i < n; i++) {
             REAL g = dout[i];
-            dx[i] = x[i] < 0 ? slope * g : g;
+            dx[i] = x[i] > 0 ? g : slope * g; /* at 0, slope: as torch */
         }
         break;
     case FASTNN_ACT_GELU:
         for (int64_t i = 0; i < n; i++) {
             REAL v = x[i];
-            REAL cdf = (REAL)0.5 * (1 + ERF(v * (REAL)SQRT1_2));
+            REAL cdf = (REAL)0.5 * ERFC(-v * (REAL)SQRT1_2);
             REAL pdf = (REAL)INV_SQRT_2PI * EXP((REAL)-0.5 * v * v);
             dx[i] = dout[i] * (cdf + v * pdf);
         }
         break;
     case FASTNN_ACT_GELU_TANH:
+        /* with s = sigmoid(2u): d/dx [x s] = s + 2 x s (1 - s) u' */
         for (int64_t i = 0; i < n; i++) {
             REAL v = x[i];
-            REAL t = TANH((REAL)SQRT2_PI * (v + (REAL)GELU_C * v * v * v));
-            REAL dt = (REAL)SQRT2_PI * (1 + 3 * (REAL)GELU_C * v * v);
-            dx[i] = dout[i] * ((REAL)0.5 * (1 + t) + (REAL)0.5 * v * (1 - t * t) * dt);
+            REAL u = (REAL)SQRT2_PI * (v + (REAL)GELU_C * v * v * v);
+            REAL du = (REAL)SQRT2_PI * (1 + 3 * (REAL)GELU_C * v * v);
+            REAL sg = 1 / (1 + EXP(-2 * u));
+            dx[i] = dout[i] * (sg + 2 * v * sg * (1 - sg) * du);
         }
         break;
     default:
@@ -140,7 +146,7 @@ void SFX(softmax_backward)(REAL *dx, const REAL *dout, const REAL *y, int64_t N,
         REAL *restrict dr = dx + r * K;
         double dot = 0;
         for (int64_t j = 0; j < K; j++) dot += (double)gr[j] * yr[j];
-        for (int64_t j = 0; j < K; j++) dr[j] = yr[j] * (gr[j] - (REAL)dot);
+        for (int64_t j = 0; j < K; j++) dr[j] = (REAL)(yr[j] * ((double)gr[j] - dot));
     }
 }
 

@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include "runtime.h"
+#include "fastmath.h"
 
 #define BN_MIN_BLOCK 16 /* channels per block at least */
 #define BN_SEG 1024     /* channels per segment: accumulators on the stack, rows long enough to stream */
@@ -20,8 +21,8 @@
 
 #define REAL float
 #define SFX(name) name##_f32
-#define TANH tanhf
-#define EXP expf
+#define TANH fastnn_tanhf
+#define EXP fastnn_expf
 #include "batchnorm.c"
 #undef REAL
 #undef SFX
@@ -40,27 +41,31 @@
 
 /* mean[0:n], m2[0:n] <- mean and sum of squared deviations of x[:, c0:c0+n] (B rows).
  * Within a chunk the sums are in REAL (short: at most BN_CHUNK terms, and vectorised at full
- * width); chunks are combined in double. */
+ * width) over x minus the channel's first value, so that a large common offset cancels
+ * exactly before anything is summed; chunks are combined in double. */
 FASTNN_HOT
 static void SFX(segment_stats)(double *mean, double *m2, const REAL *x, int64_t B, int64_t C,
                                int64_t c0, int64_t n)
 {
-    REAL cmean[BN_SEG], cm2[BN_SEG];
+    REAL shift[BN_SEG], cmean[BN_SEG], cm2[BN_SEG];
     int64_t count = 0;
-    for (int64_t j = 0; j < n; j++) mean[j] = m2[j] = 0;
+    for (int64_t j = 0; j < n; j++) {
+        shift[j] = x[c0 + j];
+        mean[j] = m2[j] = 0; /* mean of x - shift until the end */
+    }
     for (int64_t r0 = 0; r0 < B; r0 += BN_CHUNK) {
         int64_t r1 = r0 + BN_CHUNK < B ? r0 + BN_CHUNK : B;
         REAL rows = (REAL)(r1 - r0);
         for (int64_t j = 0; j < n; j++) cmean[j] = cm2[j] = 0;
         for (int64_t i = r0; i < r1; i++) {
             const REAL *restrict xr = x + i * C + c0;
-            for (int64_t j = 0; j < n; j++) cmean[j] += xr[j];
+            for (int64_t j = 0; j < n; j++) cmean[j] += xr[j] - shift[j];
         }
         for (int64_t j = 0; j < n; j++) cmean[j] /= rows;
         for (int64_t i = r0; i < r1; i++) {
             const REAL *restrict xr = x + i * C + c0;
             for (int64_t j = 0; j < n; j++) {
-                REAL d = xr[j] - cmean[j];
+                REAL d = (xr[j] - shift[j]) - cmean[j];
                 cm2[j] += d * d;
             }
         }
@@ -74,6 +79,7 @@ static void SFX(segment_stats)(double *mean, double *m2, const REAL *x, int64_t 
         }
         count += r1 - r0;
     }
+    for (int64_t j = 0; j < n; j++) mean[j] += shift[j];
 }
 
 /* out[:, c0:c0+n] <- act(x * scale + shift), row by row */
@@ -142,8 +148,8 @@ static void SFX(segment_dx)(REAL *dx, const REAL *dout, const REAL *out, const R
     }
 }
 
-/* The forward of both modes. Training (train != 0): batch statistics into save_mean and
- * save_invstd, running statistics updated when given. Evaluation: the running statistics,
+/* The forward of both modes. Training (train != 0, B > 1, checked by the caller): batch
+ * statistics into save_mean and save_invstd, running statistics updated when given. Evaluation: the running statistics,
  * copied into save_mean and save_invstd for the backward. */
 static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd,
                                    REAL *running_mean, REAL *running_var, const REAL *x,
@@ -158,20 +164,20 @@ static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd
         fastnn_block_range(blk, nblocks, C, &c0, &c1);
         for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
             int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
-            double mean[BN_SEG], m2[BN_SEG];
+            double mean[BN_SEG], var[BN_SEG];
             REAL scale[BN_SEG], shift[BN_SEG];
-            if (train && B > 0) {
-                SFX(segment_stats)(mean, m2, x, B, C, s0, n);
+            if (train) {
+                SFX(segment_stats)(mean, var, x, B, C, s0, n);
+                for (int64_t j = 0; j < n; j++) var[j] /= (double)B; /* biased; B > 1 */
             } else {
                 for (int64_t j = 0; j < n; j++) {
                     mean[j] = running_mean[s0 + j];
-                    m2[j] = (double)running_var[s0 + j] * (double)B; /* so m2 / B = var */
+                    var[j] = running_var[s0 + j];
                 }
             }
             for (int64_t j = 0; j < n; j++) {
                 int64_t c = s0 + j;
-                double var = B > 0 ? m2[j] / (double)B : 0;
-                double invstd = 1 / sqrt((var > 0 ? var : 0) + eps);
+                double invstd = 1 / sqrt((var[j] > 0 ? var[j] : 0) + eps);
                 double g = gamma ? gamma[c] : 1, b = beta ? beta[c] : 0;
                 scale[j] = (REAL)(g * invstd);
                 shift[j] = (REAL)(b - mean[j] * g * invstd);
@@ -179,8 +185,8 @@ static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd
                 save_invstd[c] = (REAL)invstd;
                 if (train && running_mean) {
                     running_mean[c] = (REAL)((1 - momentum) * running_mean[c] + momentum * mean[j]);
-                    /* unbiased variance, as PyTorch keeps; B > 1 is checked by the caller */
-                    double unbiased = B > 1 ? m2[j] / (double)(B - 1) : 0;
+                    /* the unbiased variance, as PyTorch keeps */
+                    double unbiased = var[j] * (double)B / (double)(B - 1);
                     running_var[c] = (REAL)((1 - momentum) * running_var[c] + momentum * unbiased);
                 }
             }

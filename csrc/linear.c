@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include "runtime.h"
+#include "fastmath.h"
 
 /* Rows (or output features) per block at least: smaller blocks waste time re-packing
  * the other operand inside gemm. */
@@ -24,8 +25,8 @@ static int imax1(int64_t v) { return v < 1 ? 1 : (int)v; }
 #define ACC double
 #define SFX(name) name##_f32
 #define GEMM fastnn_sgemm
-#define TANH tanhf
-#define EXP expf
+#define TANH fastnn_tanhf
+#define EXP fastnn_expf
 #include "linear.c"
 #undef REAL
 #undef ACC

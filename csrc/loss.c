@@ -5,11 +5,12 @@
 
 #include <math.h>
 #include "runtime.h"
+#include "fastmath.h"
 
 #define REAL float
 #define SFX(name) name##_f32
-#define EXP expf
-#define TANH tanhf
+#define EXP fastnn_expf
+#define TANH fastnn_tanhf
 #include "loss.c"
 #undef REAL
 #undef SFX

@@ -25,7 +25,8 @@ def float_array(name, a, ndim, dtype=None):
         raise ValueError(f"{name}: expected a {ndim}-d array, got {a.ndim}-d with shape {a.shape}")
     if max(a.shape, default=0) > MAX_DIM:
         raise ValueError(f"{name}: each dimension must be at most {MAX_DIM}, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+    # np.ascontiguousarray would turn a 0-d array into shape (1,)
+    return a if a.flags.c_contiguous else np.asarray(a, order="C")
 
 
 def shape(name, a, expected):
@@ -68,10 +69,9 @@ def index_array(name, a, bound, what="index"):
     a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.int64)
-    if a.size:
+    if a.size:  # checked before the conversion, which would wrap a huge unsigned value
         bad = (a < 0) | (a >= bound)
         if bad.any():
             value = a.reshape(-1)[np.argmax(bad.reshape(-1))]
             raise IndexError(f"{name}: {what} {value} is out of range [0, {bound})")
-    return a
+    return np.asarray(a, dtype=np.int64, order="C")

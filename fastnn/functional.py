@@ -329,7 +329,8 @@ def embedding_backward(dweight, dy, idx):
     return dweight
 
 
-def _logits_and_target(logits, target):
+def logits_and_target(logits, target):
+    """logits (N, K) float and target (N,) int64 classes in [0, K), checked."""
     logits = check.float_array("logits", logits, 2)
     target = np.asarray(target)
     if target.ndim != 1 or target.shape[0] != logits.shape[0]:
@@ -345,7 +346,7 @@ def cross_entropy_forward(logits, target, probs=None):
     Computed stably through log-sum-exp. Returns (loss, probs), probs = softmax(logits)
     (N, K), which cross_entropy_backward takes.
     """
-    logits, target = _logits_and_target(logits, target)
+    logits, target = logits_and_target(logits, target)
     probs = _output("probs", probs, logits.shape, logits.dtype)
     check.disjoint(("probs", "logits"), (probs, logits), 1)
     if get_backend() == "reference":
@@ -357,7 +358,7 @@ def cross_entropy_forward(logits, target, probs=None):
 def cross_entropy_backward(probs, target, scale=None, dlogits=None):
     """d(loss)/d(logits) = (probs - onehot(target)) * scale; scale defaults to 1 / N (the
     gradient of the mean)."""
-    probs, target = _logits_and_target(probs, target)
+    probs, target = logits_and_target(probs, target)
     if scale is None:
         scale = 1 / max(1, probs.shape[0])
     dlogits = _output("dlogits", dlogits, probs.shape, probs.dtype)

@@ -413,7 +413,7 @@ class Flatten(Module):
         if x.ndim < 1:
             raise ValueError(f"x: expected at least a 1-d array, got shape {x.shape}")
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
 
     def backward(self, dy):
         if self._shape is None:

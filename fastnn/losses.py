@@ -15,7 +15,7 @@ class CrossEntropyLoss:
 
     def forward(self, logits, target):
         """logits (N, K) float32/float64, target (N,) integers in [0, K) -> the mean loss."""
-        logits = F.check.float_array("logits", logits, 2)
+        logits, target = F.logits_and_target(logits, target)  # before touching any buffer
         if self._probs is None or self._probs.shape != logits.shape \
                 or self._probs.dtype != logits.dtype:
             self._probs = np.empty(logits.shape, logits.dtype)

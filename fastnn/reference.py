@@ -4,7 +4,7 @@ Each function has the same signature and semantics as its counterpart in fastnn.
 which validates the arguments before calling here or into the native kernels.
 """
 import numpy as np
-from scipy.special import erf
+from scipy.special import erfc, expit
 
 __all__ = [
     "activation_backward",
@@ -157,11 +157,12 @@ def activation_forward(x, kind, negative_slope=0.01, out=None):
     """act(x) elementwise, for kind in {"relu", "tanh", "sigmoid", "leaky_relu", "gelu",
     "gelu_tanh"} (gelu: x * Phi(x); gelu_tanh: its tanh approximation)."""
     if kind == "leaky_relu":
-        y = np.where(x < 0, negative_slope * x, x)
+        y = np.where(x > 0, x, negative_slope * x)
     elif kind == "gelu":
-        y = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+        y = 0.5 * x * erfc(-x / np.sqrt(2))  # x * Phi(x), no cancellation for x << 0
     elif kind == "gelu_tanh":
-        y = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+        # x * (1 + tanh(u)) / 2 = x * sigmoid(2u)
+        y = x * expit(2 * np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
     else:
         y = apply_activation(x, kind)
     return _write(out, y.astype(x.dtype, copy=False))
@@ -170,13 +171,12 @@ def activation_forward(x, kind, negative_slope=0.01, out=None):
 def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
     """dy * act'(x), given the input x and the output y of activation_forward."""
     if kind == "leaky_relu":
-        g = np.where(x < 0, negative_slope, 1)
+        g = np.where(x > 0, 1, negative_slope)  # negative_slope at 0, as torch
     elif kind == "gelu":
-        g = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+        g = 0.5 * erfc(-x / np.sqrt(2)) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
     elif kind == "gelu_tanh":
-        inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
-        t = np.tanh(inner)
-        g = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x * x)
+        s = expit(2 * np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
+        g = s + 2 * x * s * (1 - s) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x * x)
     else:
         g = activation_derivative(y, kind)
     return _write(dx, (dy * g).astype(dy.dtype, copy=False))
@@ -184,6 +184,8 @@ def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
 
 def softmax_forward(x, out=None):
     """softmax along the last axis, shifted by the row maximum for stability."""
+    if x.size == 0:
+        return _write(out, x.copy())
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return _write(out, e / e.sum(axis=-1, keepdims=True))
 
@@ -216,13 +218,15 @@ def embedding_forward(weight, idx, out=None):
 
 def embedding_backward(dweight, dy, idx):
     """dweight (V, D)[idx[i]] += dy[i], repeated indices adding up."""
-    np.add.at(dweight, idx.reshape(-1), dy.reshape(-1, dweight.shape[1]))
+    np.add.at(dweight, idx.reshape(-1), dy.reshape(idx.size, dweight.shape[1]))
     return dweight
 
 
 def cross_entropy_forward(logits, target, probs=None):
     """Mean over rows of -log softmax(logits)[target] (log-sum-exp form). Returns (loss,
     probs), probs = softmax(logits), which the backward takes."""
+    if logits.shape[0] == 0:
+        return float("nan"), _write(probs, logits.copy())
     shifted = logits - logits.max(axis=1, keepdims=True)
     lse = np.log(np.exp(shifted.astype(np.float64)).sum(axis=1))
     loss = float(np.mean(lse - shifted[np.arange(len(target)), target]))
