@@ -21,7 +21,7 @@ extern sgemm_fn fastnn_sgemm;
 extern dgemm_fn fastnn_dgemm;
 
 /* Below this many elements a memory-bound kernel runs on one thread. */
-#define FASTNN_PARALLEL_MIN_ELEMENTS (1 << 15)
+#define FASTNN_PARALLEL_MIN_ELEMENTS (1 << 16)
 
 /* Threads to use for a kernel doing `work` multiply-adds. */
 int fastnn_threads_for(double work);
