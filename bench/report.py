@@ -1,12 +1,15 @@
-"""Turn the Linear benchmarks' pytest-benchmark JSON into tables and charts.
+"""Turn the benchmark suites' pytest-benchmark JSON into tables and charts.
 
     python -m bench.report [--json FILE] [--run]
 
---run first measures: `python -m pytest bench/ --benchmark-only --benchmark-json=FILE`, from the
-repository root. Then, from FILE (default bench/results/linear.json), it prints one markdown
-table per workload, writes bench/results/linear.md and the PNG charts in bench/results/, and
-regenerates the section of BENCHMARKS.md between the markers below. Every number comes from
-the JSON; every file is replaced atomically.
+--run first measures the whole bench/ directory: `python -m pytest bench/ --benchmark-only
+--benchmark-json=FILE`, from the repository root. Then, from FILE (default
+bench/results/bench.json), it prints the markdown tables of each suite (Linear L1..L4 from
+bench/test_bench_linear.py, BatchNorm1d N1..N3 and the STREAM triad from
+bench/test_bench_batchnorm.py), writes bench/results/<suite>.md and the PNG charts in
+bench/results/, and regenerates each suite's section of BENCHMARKS.md and the summary in
+README.md between the markers below. Every number comes from the JSON; every file is replaced
+atomically.
 """
 import argparse
 import datetime
@@ -19,9 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_JSON = RESULTS / "linear.json"
+DEFAULT_JSON = RESULTS / "bench.json"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 START, END = "<!-- bench:linear:start -->", "<!-- bench:linear:end -->"
+BN_START, BN_END = "<!-- bench:batchnorm:start -->", "<!-- bench:batchnorm:end -->"
 README_MD = ROOT / "README.md"
 README_START, README_END = "<!-- bench:summary:start -->", "<!-- bench:summary:end -->"
 HEADER = """# Benchmarks
@@ -93,15 +97,30 @@ def finish_json(source, json_path, command):
     atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
+SUITES = ("linear", "batchnorm")
+
+
+def suite_of(bench):
+    """The suite a benchmark belongs to: its file's name, bench/test_bench_<suite>.py."""
+    module = bench.get("fullname", "").split("::", 1)[0]
+    stem = Path(module).stem
+    if stem.startswith("test_bench_"):
+        return stem[len("test_bench_"):]
+    return "linear" if "flops" in bench["extra_info"] else "batchnorm"
+
+
 def load(json_path):
-    """{(workload, phase, threads, impl): benchmark entry} and the whole JSON document."""
+    """{suite: {(workload, phase, threads, impl): benchmark entry}} and the whole JSON
+    document."""
     with open(json_path) as f:
         doc = json.load(f)
-    entries = {}
+    suites = {}
     for bench in doc["benchmarks"]:
         info = bench["extra_info"]
-        entries[info["workload"], info["phase"], info["threads"], info["impl"]] = bench
-    return entries, doc
+        # suites this report does not cover may label their benchmarks differently
+        key = tuple(info.get(k) for k in ("workload", "phase", "threads", "impl"))
+        suites.setdefault(suite_of(bench), {})[key] = bench
+    return suites, doc
 
 
 def best(entry):
@@ -191,6 +210,24 @@ def markdown_tables(entries):
 def write_charts(entries):
     """Speed-up bars (native over reference and over torch) and the fraction of the sgemm
     rate, as PNGs in bench/results/. Returns the paths written (none without matplotlib)."""
+    all_rows = rows(entries)
+    labels = [f"{r['workload']} {'fwd' if r['phase'] == 'forward' else 'fwd+bwd'} "
+              f"t{r['threads']}" for r in all_rows]
+    charts = {
+        "linear_speedup.png": (
+            [("vs reference", "vs_reference"), ("vs torch", "vs_torch")],
+            "native speed-up (best time of other / native)", 1.0, "{:.2f}x"),
+        "linear_sgemm_fraction.png": (
+            [("native", "sgemm_fraction")],
+            "native rate / raw 2-thread sgemm rate", None, "{:.0%}"),
+    }
+    return bar_charts(all_rows, labels, charts, "fastnn Linear+bias+ReLU, float32 (L1..L4)")
+
+
+def bar_charts(all_rows, labels, charts, title):
+    """One PNG of grouped bars per entry of charts, {file name: (series, ylabel, baseline,
+    label format)} with series [(legend, row key)], written to bench/results/. Returns the
+    paths written (none without matplotlib)."""
     try:
         import matplotlib
     except ImportError:
@@ -201,18 +238,7 @@ def write_charts(entries):
 
     import matplotlib.pyplot as plt
 
-    all_rows = rows(entries)
-    labels = [f"{r['workload']} {'fwd' if r['phase'] == 'forward' else 'fwd+bwd'} "
-              f"t{r['threads']}" for r in all_rows]
     x = range(len(all_rows))
-    charts = {
-        "linear_speedup.png": (
-            [("vs reference", "vs_reference"), ("vs torch", "vs_torch")],
-            "native speed-up (best time of other / native)", 1.0, "{:.2f}x"),
-        "linear_sgemm_fraction.png": (
-            [("native", "sgemm_fraction")],
-            "native rate / raw 2-thread sgemm rate", None, "{:.0%}"),
-    }
     written = []
     for name, (series, ylabel, baseline, label_fmt) in charts.items():
         fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(all_rows)), 4.5))
@@ -227,7 +253,7 @@ def write_charts(entries):
             ax.axhline(baseline, color="black", linewidth=0.8)
         ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
-        ax.set_title("fastnn Linear+bias+ReLU, float32 (L1..L4)")
+        ax.set_title(title)
         ax.margins(y=0.15)
         ax.legend()
         fig.tight_layout()
@@ -259,19 +285,24 @@ def build_summary(doc):
     return "\n".join(lines)
 
 
-def section(entries, doc, charts):
-    """The BENCHMARKS.md section between the markers."""
+def measured_line(doc):
+    """When and with what command the JSON was measured."""
     extra = doc.get("fastnn", {})
     try:
         date = datetime.datetime.fromisoformat(doc["datetime"]).strftime("%Y-%m-%d %H:%M %Z")
     except (KeyError, ValueError):
         date = "at an unknown date"
+    return (f"Measured on {date} with `{extra.get('command', 'pytest bench/ --benchmark-only')}` "
+            "(regenerate: `python -m bench.report --run`).")
+
+
+def section(entries, doc, charts):
+    """The BENCHMARKS.md section between the markers."""
     parts = [
         START,
         "## Linear + bias + ReLU (L1..L4)",
         "",
-        f"Measured on {date} with `{extra.get('command', 'pytest bench/ --benchmark-only')}` "
-        "(regenerate: `python -m bench.report --run`).",
+        measured_line(doc),
         "",
         build_summary(doc),
         "",
@@ -291,6 +322,120 @@ def section(entries, doc, charts):
     return "\n".join(parts)
 
 
+# ---- BatchNorm1d (N1..N3) and the STREAM triad ----
+
+BN_PHASE = "forward+backward"
+
+
+def gbps(entry):
+    """Achieved bandwidth: the bytes of the minimal passes over the best time, in GB/s."""
+    return entry["extra_info"]["bytes"] / best(entry) / 1e9
+
+
+def triad(entries, threads):
+    """The STREAM triad entry at `threads`, or None."""
+    return entries.get(("triad", "triad", threads, "native"))
+
+
+def bn_rows(entries):
+    """One dict per (workload, threads) with the best times, the speed-ups of native, its
+    bandwidth and that as a fraction of the triad's at the same thread count."""
+    keys = sorted({(w, t) for (w, p, t, i) in entries if p == BN_PHASE})
+    out = []
+    for w, t in keys:
+        row = {"workload": w, "threads": t}
+        for impl in IMPLS:
+            row[impl] = entries.get((w, BN_PHASE, t, impl))
+        native = row["native"]
+        for impl in ("reference", "torch"):
+            other = row[impl]
+            row[f"vs_{impl}"] = (best(other) / best(native)
+                                 if native is not None and other is not None else None)
+        row["gbps"] = gbps(native) if native is not None else None
+        stream = triad(entries, t)
+        row["triad_fraction"] = (row["gbps"] / gbps(stream)
+                                 if native is not None and stream is not None else None)
+        out.append(row)
+    return out
+
+
+def triad_line(entries):
+    """The sentence giving the machine's measured memory bandwidth."""
+    found = {t: triad(entries, t) for t in (1, 2)}
+    found = {t: e for t, e in found.items() if e is not None}
+    if not found:
+        return "No STREAM triad measurement in this run.\n"
+    n = next(iter(found.values()))["extra_info"]["shape"][0]
+    rates = "; ".join(f"{gbps(e):.1f} GB/s on {t} thread{'s' if t > 1 else ''} "
+                      f"({fmt_time(best(e))})" for t, e in sorted(found.items()))
+    return (f"Machine limit, STREAM triad (`fastnn._native.stream_triad`, a = b + s·c over "
+            f"{n / 1e6:.0f}M float64, 24 bytes per element): {rates}.\n")
+
+
+def bn_markdown_tables(entries):
+    """The triad line and one table over N1..N3, 1 and 2 threads."""
+    parts = [triad_line(entries),
+             "| workload | batch × C | threads | native | reference | torch "
+             "| native vs reference | native vs torch | native GB/s | of triad |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in bn_rows(entries):
+        sample = next(e for e in (r[i] for i in IMPLS) if e is not None)
+        B, C = sample["extra_info"]["shape"]
+        cells = [r["workload"], f"{B} × {C}", str(r["threads"])]
+        cells += [fmt_time(best(r[i])) if r[i] is not None else "–" for i in IMPLS]
+        cells += [f"{r[k]:.2f}x" if r[k] is not None else "–"
+                  for k in ("vs_reference", "vs_torch")]
+        cells.append(f"{r['gbps']:.1f}" if r["gbps"] is not None else "–")
+        cells.append(f"{r['triad_fraction']:.0%}" if r["triad_fraction"] is not None else "–")
+        parts.append("| " + " | ".join(cells) + " |")
+    parts.append("")
+    return "\n".join(parts)
+
+
+def bn_write_charts(entries):
+    """Speed-up bars and the fraction of the triad bandwidth, as PNGs in bench/results/."""
+    all_rows = bn_rows(entries)
+    labels = [f"{r['workload']} t{r['threads']}" for r in all_rows]
+    charts = {
+        "batchnorm_speedup.png": (
+            [("vs reference", "vs_reference"), ("vs torch", "vs_torch")],
+            "native speed-up (best time of other / native)", 1.0, "{:.2f}x"),
+        "batchnorm_triad_fraction.png": (
+            [("native", "triad_fraction")],
+            "native GB/s / STREAM triad GB/s (same threads)", None, "{:.0%}"),
+    }
+    return bar_charts(all_rows, labels, charts,
+                      "fastnn BatchNorm1d training fwd+bwd, float32 (N1..N3)")
+
+
+def bn_section(entries, doc, charts):
+    """The BENCHMARKS.md section between BN_START and BN_END."""
+    parts = [
+        BN_START,
+        "## BatchNorm1d training forward+backward (N1..N3)",
+        "",
+        measured_line(doc),
+        "",
+        build_summary(doc),
+        "",
+        "One training step: a forward normalising with the batch statistics and updating the "
+        "running statistics, then a backward accumulating dweight and dbias, every buffer "
+        "reused; torch is `torch.nn.functional.batch_norm` with autograd. Best round time per "
+        "step (the minimum over rounds). *native vs X* is X's best time over native's (above "
+        "1: native is faster). GB/s counts the minimal traffic, 8·B·C·4 bytes (forward: read "
+        "x for the statistics, read x and write y; backward: read dy and x for the sums, read "
+        "dy and x and write dx); *of triad* divides it by the STREAM triad's GB/s at the same "
+        "thread count. N1 and N2 (0.5 and 8 MB of arrays) stay largely in cache between "
+        "passes, so they can exceed the triad's rate; N3 (256 MB) cannot.",
+        "",
+        bn_markdown_tables(entries),
+    ]
+    for chart in charts:
+        parts.append(f"![{chart.stem}]({chart.relative_to(ROOT).as_posix()})")
+    parts += ["", BN_END]
+    return "\n".join(parts)
+
+
 def replace_section(path, start, end, text, header=""):
     """Replace the text between the markers start..end in `path` (appended, after `header`
     for a new file, when the markers are missing)."""
@@ -304,8 +449,9 @@ def replace_section(path, start, end, text, header=""):
     atomic_write(path, new)
 
 
-def readme_summary(entries):
-    """The 2-thread ratios, for README.md, between README_START and README_END."""
+def readme_summary(entries, bn_entries=None):
+    """The 2-thread ratios, for README.md, between README_START and README_END: Linear, then
+    BatchNorm1d when measured."""
     lines = [README_START,
              "| workload | forward vs NumPy twin | forward vs PyTorch | forward, % of sgemm "
              "| fwd+bwd vs NumPy twin | fwd+bwd vs PyTorch |",
@@ -322,6 +468,23 @@ def readme_summary(entries):
         frac = "–" if fwd["sgemm_fraction"] is None else f"{fwd['sgemm_fraction']:.0%}"
         lines.append(f"| {workload} | {ratio(fwd['vs_reference'])} | {ratio(fwd['vs_torch'])} "
                      f"| {frac} | {ratio(both['vs_reference'])} | {ratio(both['vs_torch'])} |")
+    bn = [r for r in bn_rows(bn_entries or {}) if r["threads"] == 2]
+    if bn:
+        stream = triad(bn_entries, 2)
+        limit = f", STREAM triad {gbps(stream):.1f} GB/s" if stream is not None else ""
+        lines += ["",
+                  "BatchNorm1d training forward+backward, float32, 2 threads (N1..N3 of "
+                  "DESIGN.md: (batch, C) = (128, 256), (512, 1024), (4096, 4096)"
+                  f"{limit}):",
+                  "",
+                  "| workload | vs NumPy twin | vs PyTorch | native GB/s | % of triad |",
+                  "|---|---|---|---|---|"]
+        for r in bn:
+            ref = "–" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}x"
+            tor = "–" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}x"
+            rate = "–" if r["gbps"] is None else f"{r['gbps']:.1f}"
+            frac = "–" if r["triad_fraction"] is None else f"{r['triad_fraction']:.0%}"
+            lines.append(f"| {r['workload']} | {ref} | {tor} | {rate} | {frac} |")
     lines.append(README_END)
     return "\n".join(lines)
 
@@ -338,18 +501,36 @@ def main(argv=None):
         run_benchmarks(args.json)
     if not Path(args.json).exists():
         sys.exit(f"{args.json}: no such file (use --run to measure)")
-    entries, doc = load(args.json)
-    if not entries:
+    suites, doc = load(args.json)
+    if not any(suites.values()):
         sys.exit(f"{args.json}: no benchmarks in it")
-    tables = markdown_tables(entries)
-    print(tables)
-    charts = write_charts(entries)
-    text = section(entries, doc, charts)
-    atomic_write(RESULTS / "linear.md", text.replace(START, "").replace(END, "").strip() + "\n")
-    replace_section(BENCHMARKS_MD, START, END, text, HEADER)
-    replace_section(README_MD, README_START, README_END, readme_summary(entries))
-    for path in [RESULTS / "linear.md", *charts, BENCHMARKS_MD, README_MD]:
+    written = []
+    entries = suites.get("linear", {})
+    if entries:
+        print(markdown_tables(entries))
+        charts = write_charts(entries)
+        text = section(entries, doc, charts)
+        atomic_write(RESULTS / "linear.md",
+                     text.replace(START, "").replace(END, "").strip() + "\n")
+        replace_section(BENCHMARKS_MD, START, END, text, HEADER)
+        written += [RESULTS / "linear.md", *charts]
+    bn_entries = suites.get("batchnorm", {})
+    if bn_entries:
+        print(bn_markdown_tables(bn_entries))
+        charts = bn_write_charts(bn_entries)
+        text = bn_section(bn_entries, doc, charts)
+        atomic_write(RESULTS / "batchnorm.md",
+                     text.replace(BN_START, "").replace(BN_END, "").strip() + "\n")
+        replace_section(BENCHMARKS_MD, BN_START, BN_END, text, HEADER)
+        written += [RESULTS / "batchnorm.md", *charts]
+    if entries:
+        replace_section(README_MD, README_START, README_END,
+                        readme_summary(entries, bn_entries))
+    for path in [*written, BENCHMARKS_MD, *([README_MD] if entries else [])]:
         print("wrote", path.relative_to(ROOT))
+    others = [suite_of(b) for b in doc["benchmarks"] if suite_of(b) not in SUITES]
+    for suite in sorted(set(others)):
+        print(f"not reported here: suite {suite!r} ({others.count(suite)} benchmarks)")
     return 0
 
 

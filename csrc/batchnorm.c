@@ -177,7 +177,7 @@ static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd
             }
             for (int64_t j = 0; j < n; j++) {
                 int64_t c = s0 + j;
-                double invstd = 1 / sqrt((var[j] > 0 ? var[j] : 0) + eps);
+                double invstd = 1 / sqrt((var[j] < 0 ? 0 : var[j]) + eps); /* NaN stays NaN */
                 double g = gamma ? gamma[c] : 1, b = beta ? beta[c] : 0;
                 scale[j] = (REAL)(g * invstd);
                 shift[j] = (REAL)(b - mean[j] * g * invstd);
