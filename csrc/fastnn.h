@@ -162,4 +162,48 @@ void squared_error_backward_f32(float *dpred, const float *pred, const float *ta
 void squared_error_backward_f64(double *dpred, const double *pred, const double *target,
                                 double scale, int64_t n);
 
+/* ---- Optimizers (optim.c) ----
+ * In place over flat buffers of n elements: parameters p, gradients grad, optimizer state.
+ * Rules as torch.optim documents them, with grad += weight_decay * p (coupled L2; AdamW
+ * instead scales p by 1 - lr * weight_decay) and grad += l1 * sign(p). A NULL state buffer
+ * turns its feature off (SGD momentum, RMSprop centering/momentum, Adam amsgrad).
+ *   sgd:     buf = first ? g : momentum * buf + (1 - dampening) * g;
+ *            g = nesterov ? g + momentum * buf : buf;  p -= lr * g
+ *   adagrad: sum += g * g;  p -= clr * g / (sqrt(sum) + eps)  (clr: lr after lr_decay)
+ *   rmsprop: sq = alpha sq + (1 - alpha) g^2;  centered: ga += (1 - alpha)(g - ga),
+ *            avg = sqrt(sq - ga^2) + eps, else sqrt(sq) + eps;
+ *            momentum: buf = momentum buf + g / avg, p -= lr buf; else p -= lr g / avg
+ *   adam:    m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2;  amsgrad: vmax = max(vmax, v);
+ *            p -= lr / (1 - b1^step) * m / (sqrt(v or vmax) / sqrt(1 - b2^step) + eps)
+ * sum_squares returns sum(x^2) in double, in a fixed order; scale_inplace and clamp_inplace
+ * serve gradient clipping. */
+void sgd_step_f32(float *p, float *buf, const float *grad, double lr, double momentum,
+                  double dampening, double weight_decay, double l1, int nesterov, int first,
+                  int64_t n);
+void sgd_step_f64(double *p, double *buf, const double *grad, double lr, double momentum,
+                  double dampening, double weight_decay, double l1, int nesterov, int first,
+                  int64_t n);
+void adagrad_step_f32(float *p, float *sum, const float *grad, double clr, double weight_decay,
+                      double l1, double eps, int64_t n);
+void adagrad_step_f64(double *p, double *sum, const double *grad, double clr,
+                      double weight_decay, double l1, double eps, int64_t n);
+void rmsprop_step_f32(float *p, float *square_avg, float *grad_avg, float *momentum_buf,
+                      const float *grad, double lr, double alpha, double eps,
+                      double weight_decay, double l1, double momentum, int64_t n);
+void rmsprop_step_f64(double *p, double *square_avg, double *grad_avg, double *momentum_buf,
+                      const double *grad, double lr, double alpha, double eps,
+                      double weight_decay, double l1, double momentum, int64_t n);
+void adam_step_f32(float *p, float *exp_avg, float *exp_avg_sq, float *max_exp_avg_sq,
+                   const float *grad, double lr, double beta1, double beta2, double eps,
+                   double weight_decay, double l1, int decoupled, int64_t step, int64_t n);
+void adam_step_f64(double *p, double *exp_avg, double *exp_avg_sq, double *max_exp_avg_sq,
+                   const double *grad, double lr, double beta1, double beta2, double eps,
+                   double weight_decay, double l1, int decoupled, int64_t step, int64_t n);
+double sum_squares_f32(const float *x, int64_t n);
+double sum_squares_f64(const double *x, int64_t n);
+void scale_inplace_f32(float *x, double s, int64_t n);
+void scale_inplace_f64(double *x, double s, int64_t n);
+void clamp_inplace_f32(float *x, double lo, double hi, int64_t n);
+void clamp_inplace_f64(double *x, double lo, double hi, int64_t n);
+
 #endif

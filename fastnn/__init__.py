@@ -5,7 +5,7 @@ Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a
 """
 __version__ = "0.1.0"
 
-from . import functional, reference
+from . import functional, optim, reference
 from .layers import (
     GELU,
     BatchNorm1d,
@@ -22,6 +22,7 @@ from .layers import (
     Tanh,
 )
 from .losses import CrossEntropyLoss, MSELoss
+from .optim import clip_grad_norm_, clip_grad_value_
 from .random import manual_seed
 from .runtime import (
     build_info,
@@ -49,10 +50,13 @@ __all__ = [
     "Softmax",
     "Tanh",
     "build_info",
+    "clip_grad_norm_",
+    "clip_grad_value_",
     "functional",
     "get_backend",
     "get_num_threads",
     "manual_seed",
+    "optim",
     "reference",
     "set_backend",
     "set_num_threads",

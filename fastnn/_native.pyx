@@ -95,6 +95,34 @@ cdef extern from "fastnn.h" nogil:
                                     double scale, int64_t n)
     void squared_error_backward_f64(double *dpred, const double *pred, const double *target,
                                     double scale, int64_t n)
+    void sgd_step_f32(float *p, float *buf, const float *grad, double lr, double momentum,
+                      double dampening, double weight_decay, double l1, int nesterov,
+                      int first, int64_t n)
+    void sgd_step_f64(double *p, double *buf, const double *grad, double lr, double momentum,
+                      double dampening, double weight_decay, double l1, int nesterov,
+                      int first, int64_t n)
+    void adagrad_step_f32(float *p, float *sum, const float *grad, double clr,
+                          double weight_decay, double l1, double eps, int64_t n)
+    void adagrad_step_f64(double *p, double *sum, const double *grad, double clr,
+                          double weight_decay, double l1, double eps, int64_t n)
+    void rmsprop_step_f32(float *p, float *square_avg, float *grad_avg, float *momentum_buf,
+                          const float *grad, double lr, double alpha, double eps,
+                          double weight_decay, double l1, double momentum, int64_t n)
+    void rmsprop_step_f64(double *p, double *square_avg, double *grad_avg,
+                          double *momentum_buf, const double *grad, double lr, double alpha,
+                          double eps, double weight_decay, double l1, double momentum, int64_t n)
+    void adam_step_f32(float *p, float *exp_avg, float *exp_avg_sq, float *max_exp_avg_sq,
+                       const float *grad, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, double l1, int decoupled, int64_t step, int64_t n)
+    void adam_step_f64(double *p, double *exp_avg, double *exp_avg_sq, double *max_exp_avg_sq,
+                       const double *grad, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, double l1, int decoupled, int64_t step, int64_t n)
+    double sum_squares_f32(const float *x, int64_t n)
+    double sum_squares_f64(const double *x, int64_t n)
+    void scale_inplace_f32(float *x, double s, int64_t n)
+    void scale_inplace_f64(double *x, double s, int64_t n)
+    void clamp_inplace_f32(float *x, double lo, double hi, int64_t n)
+    void clamp_inplace_f64(double *x, double lo, double hi, int64_t n)
     void stream_triad_f64(double *a, const double *b, const double *c, double s, int64_t n)
 
 
@@ -430,3 +458,113 @@ def squared_error_backward(cnp.ndarray dpred, cnp.ndarray pred, cnp.ndarray targ
             squared_error_backward_f32(<float *>pd, <float *>pp, <float *>pt, scale, n)
         else:
             squared_error_backward_f64(<double *>pd, <double *>pp, <double *>pt, scale, n)
+
+
+def sgd_step(cnp.ndarray p, object buf, cnp.ndarray grad, double lr, double momentum,
+             double dampening, double weight_decay, double l1, bint nesterov, bint first):
+    """One SGD update of the flat buffer p (buf: momentum state or None)."""
+    cdef void *pp = cnp.PyArray_DATA(p)
+    cdef void *pb = data_or_null(buf)
+    cdef void *pg = cnp.PyArray_DATA(grad)
+    cdef int64_t n = cnp.PyArray_SIZE(p)
+    cdef bint f32 = is_f32(p)
+    with nogil:
+        if f32:
+            sgd_step_f32(<float *>pp, <float *>pb, <float *>pg, lr, momentum, dampening,
+                         weight_decay, l1, nesterov, first, n)
+        else:
+            sgd_step_f64(<double *>pp, <double *>pb, <double *>pg, lr, momentum, dampening,
+                         weight_decay, l1, nesterov, first, n)
+
+
+def adagrad_step(cnp.ndarray p, cnp.ndarray state_sum, cnp.ndarray grad, double clr,
+                 double weight_decay, double l1, double eps):
+    """One Adagrad update of the flat buffer p."""
+    cdef void *pp = cnp.PyArray_DATA(p)
+    cdef void *ps = cnp.PyArray_DATA(state_sum)
+    cdef void *pg = cnp.PyArray_DATA(grad)
+    cdef int64_t n = cnp.PyArray_SIZE(p)
+    cdef bint f32 = is_f32(p)
+    with nogil:
+        if f32:
+            adagrad_step_f32(<float *>pp, <float *>ps, <float *>pg, clr, weight_decay, l1,
+                             eps, n)
+        else:
+            adagrad_step_f64(<double *>pp, <double *>ps, <double *>pg, clr, weight_decay, l1,
+                             eps, n)
+
+
+def rmsprop_step(cnp.ndarray p, cnp.ndarray square_avg, object grad_avg, object momentum_buf,
+                 cnp.ndarray grad, double lr, double alpha, double eps, double weight_decay,
+                 double l1, double momentum):
+    """One RMSprop update of the flat buffer p (grad_avg: centered, momentum_buf: momentum)."""
+    cdef void *pp = cnp.PyArray_DATA(p)
+    cdef void *ps = cnp.PyArray_DATA(square_avg)
+    cdef void *pa = data_or_null(grad_avg)
+    cdef void *pb = data_or_null(momentum_buf)
+    cdef void *pg = cnp.PyArray_DATA(grad)
+    cdef int64_t n = cnp.PyArray_SIZE(p)
+    cdef bint f32 = is_f32(p)
+    with nogil:
+        if f32:
+            rmsprop_step_f32(<float *>pp, <float *>ps, <float *>pa, <float *>pb, <float *>pg,
+                             lr, alpha, eps, weight_decay, l1, momentum, n)
+        else:
+            rmsprop_step_f64(<double *>pp, <double *>ps, <double *>pa, <double *>pb,
+                             <double *>pg, lr, alpha, eps, weight_decay, l1, momentum, n)
+
+
+def adam_step(cnp.ndarray p, cnp.ndarray exp_avg, cnp.ndarray exp_avg_sq,
+              object max_exp_avg_sq, cnp.ndarray grad, double lr, double beta1, double beta2,
+              double eps, double weight_decay, double l1, bint decoupled, int64_t step):
+    """One Adam (decoupled: AdamW) update of the flat buffer p; step counts from 1."""
+    cdef void *pp = cnp.PyArray_DATA(p)
+    cdef void *pm = cnp.PyArray_DATA(exp_avg)
+    cdef void *pv = cnp.PyArray_DATA(exp_avg_sq)
+    cdef void *px = data_or_null(max_exp_avg_sq)
+    cdef void *pg = cnp.PyArray_DATA(grad)
+    cdef int64_t n = cnp.PyArray_SIZE(p)
+    cdef bint f32 = is_f32(p)
+    with nogil:
+        if f32:
+            adam_step_f32(<float *>pp, <float *>pm, <float *>pv, <float *>px, <float *>pg, lr,
+                          beta1, beta2, eps, weight_decay, l1, decoupled, step, n)
+        else:
+            adam_step_f64(<double *>pp, <double *>pm, <double *>pv, <double *>px,
+                          <double *>pg, lr, beta1, beta2, eps, weight_decay, l1, decoupled,
+                          step, n)
+
+
+def sum_squares(cnp.ndarray x):
+    """sum(x ** 2) in float64, in an order fixed by the size and the machine."""
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef bint f32 = is_f32(x)
+    cdef double total
+    with nogil:
+        total = sum_squares_f32(<float *>px, n) if f32 else sum_squares_f64(<double *>px, n)
+    return total
+
+
+def scale_inplace(cnp.ndarray x, double s):
+    """x *= s."""
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef bint f32 = is_f32(x)
+    with nogil:
+        if f32:
+            scale_inplace_f32(<float *>px, s, n)
+        else:
+            scale_inplace_f64(<double *>px, s, n)
+
+
+def clamp_inplace(cnp.ndarray x, double lo, double hi):
+    """x = min(max(x, lo), hi)."""
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef bint f32 = is_f32(x)
+    with nogil:
+        if f32:
+            clamp_inplace_f32(<float *>px, lo, hi, n)
+        else:
+            clamp_inplace_f64(<double *>px, lo, hi, n)

@@ -15,6 +15,8 @@ __all__ = [
     "ELEMENTWISE",
     "activation_backward",
     "activation_forward",
+    "adagrad_step",
+    "adam_step",
     "batchnorm_backward",
     "batchnorm_forward",
     "cross_entropy_backward",
@@ -22,10 +24,15 @@ __all__ = [
     "dropout_apply",
     "embedding_backward",
     "embedding_forward",
+    "clamp_inplace",
     "mse_backward",
     "mse_forward",
+    "rmsprop_step",
+    "scale_inplace",
+    "sgd_step",
     "softmax_backward",
     "softmax_forward",
+    "sum_squares",
     "linear_backward",
     "linear_forward",
 ]
@@ -390,3 +397,98 @@ def mse_backward(pred, target, scale=None, dpred=None):
         return reference.mse_backward(pred, target, scale, dpred)
     _native.squared_error_backward(dpred, pred, target, float(scale))
     return dpred
+
+
+def _flat(names, arrays, writeable):
+    """Check flat optimizer buffers: 1-d, one float dtype and size, C-contiguous; the first
+    `writeable` of them (those updated in place) writeable and not overlapping any other."""
+    first = arrays[0]
+    if not isinstance(first, np.ndarray) or first.dtype not in check.FLOAT_DTYPES:
+        raise TypeError(f"{names[0]}: expected a float32 or float64 numpy.ndarray")
+    for i, (name, a) in enumerate(zip(names, arrays)):
+        if a is None:
+            continue
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+        if i < writeable:
+            check.output_array(name, a, (first.size,), first.dtype)
+        else:
+            check.shape(name, a, (first.size,))
+            if a.dtype != first.dtype or not a.flags.c_contiguous:
+                raise TypeError(f"{name}: expected a C-contiguous {first.dtype} array")
+    check.disjoint(names, arrays, writeable)
+
+
+def sgd_step(p, buf, grad, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
+             nesterov=False, first=False):
+    """torch.optim.SGD's update of the flat parameter buffer p (n,) in place, from grad (n,).
+
+    buf (n,): the momentum buffer, updated in place (None without momentum); first: this is
+    the buffer's first step (it takes the gradient itself). weight_decay: coupled L2; l1:
+    adds l1 * sign(p) to the gradient.
+    """
+    _flat(("p", "buf", "grad"), (p, buf, grad), 2)
+    if get_backend() == "reference":
+        return reference.sgd_step(p, buf, grad, lr, momentum, dampening, weight_decay, l1,
+                                  nesterov, first)
+    _native.sgd_step(p, buf, grad, lr, momentum, dampening, weight_decay, l1, nesterov, first)
+
+
+def adagrad_step(p, state_sum, grad, clr, weight_decay=0.0, l1=0.0, eps=1e-10):
+    """torch.optim.Adagrad's update in place; clr = lr / (1 + (step - 1) * lr_decay)."""
+    _flat(("p", "state_sum", "grad"), (p, state_sum, grad), 2)
+    if get_backend() == "reference":
+        return reference.adagrad_step(p, state_sum, grad, clr, weight_decay, l1, eps)
+    _native.adagrad_step(p, state_sum, grad, clr, weight_decay, l1, eps)
+
+
+def rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha=0.99, eps=1e-8,
+                 weight_decay=0.0, l1=0.0, momentum=0.0):
+    """torch.optim.RMSprop's update in place; grad_avg for centered=True, momentum_buf for
+    momentum > 0, else None."""
+    _flat(("p", "square_avg", "grad_avg", "momentum_buf", "grad"),
+          (p, square_avg, grad_avg, momentum_buf, grad), 4)
+    if get_backend() == "reference":
+        return reference.rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha,
+                                      eps, weight_decay, l1, momentum)
+    _native.rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps,
+                         weight_decay, l1, momentum)
+
+
+def adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, l1=0.0, decoupled=False, step=1):
+    """torch.optim.Adam's update in place (decoupled=True: AdamW's weight decay); step: the
+    step number, from 1; max_exp_avg_sq for amsgrad=True, else None."""
+    _flat(("p", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "grad"),
+          (p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad), 4)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step: expected an integer >= 1, got {step!r}")
+    if get_backend() == "reference":
+        return reference.adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1,
+                                   beta2, eps, weight_decay, l1, decoupled, step)
+    _native.adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps,
+                      weight_decay, l1, decoupled, int(step))
+
+
+def sum_squares(x):
+    """sum(x ** 2) over a flat float buffer, accumulated in float64 in a fixed order."""
+    _flat(("x",), (x,), 0)
+    if get_backend() == "reference":
+        return reference.sum_squares(x)
+    return _native.sum_squares(x)
+
+
+def scale_inplace(x, s):
+    """x *= s over a flat float buffer."""
+    _flat(("x",), (x,), 1)
+    if get_backend() == "reference":
+        return reference.scale_inplace(x, s)
+    _native.scale_inplace(x, float(s))
+
+
+def clamp_inplace(x, lo, hi):
+    """x = min(max(x, lo), hi) over a flat float buffer."""
+    _flat(("x",), (x,), 1)
+    if get_backend() == "reference":
+        return reference.clamp_inplace(x, lo, hi)
+    _native.clamp_inplace(x, float(lo), float(hi))

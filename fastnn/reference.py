@@ -9,6 +9,8 @@ from scipy.special import erfc, expit
 __all__ = [
     "activation_backward",
     "activation_derivative",
+    "adagrad_step",
+    "adam_step",
     "activation_forward",
     "apply_activation",
     "batchnorm_backward",
@@ -18,10 +20,15 @@ __all__ = [
     "dropout_apply",
     "embedding_backward",
     "embedding_forward",
+    "clamp_inplace",
     "mse_backward",
     "mse_forward",
+    "rmsprop_step",
+    "scale_inplace",
+    "sgd_step",
     "softmax_backward",
     "softmax_forward",
+    "sum_squares",
     "linear_backward",
     "linear_forward",
 ]
@@ -249,3 +256,83 @@ def mse_forward(pred, target):
 def mse_backward(pred, target, scale, dpred=None):
     """scale * (pred - target); scale = 2 * dloss / n for the mean."""
     return _write(dpred, (pred - target) * pred.dtype.type(scale))
+
+
+def _penalised(grad, p, weight_decay, l1):
+    """The gradient with the L2 (weight_decay * p) and L1 (l1 * sign(p)) penalties."""
+    g = grad
+    if weight_decay:
+        g = g + weight_decay * p
+    if l1:
+        g = g + l1 * np.sign(p)
+    return g
+
+
+def sgd_step(p, buf, grad, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
+             nesterov=False, first=False):
+    """torch.optim.SGD on flat arrays, in place. buf: the momentum buffer (None without
+    momentum); first: the first step, where buf takes the gradient itself."""
+    g = _penalised(grad, p, weight_decay, l1)
+    if buf is not None:
+        buf[...] = g if first else momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+
+
+def adagrad_step(p, state_sum, grad, clr, weight_decay=0.0, l1=0.0, eps=1e-10):
+    """torch.optim.Adagrad on flat arrays, in place; clr = lr / (1 + (step - 1) * lr_decay)."""
+    g = _penalised(grad, p, weight_decay, l1)
+    state_sum += g * g
+    p -= clr * g / (np.sqrt(state_sum) + eps)
+
+
+def rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha=0.99, eps=1e-8,
+                 weight_decay=0.0, l1=0.0, momentum=0.0):
+    """torch.optim.RMSprop on flat arrays, in place. grad_avg: the centered variant's mean
+    (None when not centered); momentum_buf: None without momentum."""
+    g = _penalised(grad, p, weight_decay, l1)
+    square_avg[...] = alpha * square_avg + (1 - alpha) * g * g
+    if grad_avg is not None:
+        grad_avg += (1 - alpha) * (g - grad_avg)
+        avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = np.sqrt(square_avg) + eps
+    if momentum_buf is not None:
+        momentum_buf[...] = momentum * momentum_buf + g / avg
+        p -= lr * momentum_buf
+    else:
+        p -= lr * g / avg
+
+
+def adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, l1=0.0, decoupled=False, step=1):
+    """torch.optim.Adam (decoupled=True: AdamW) on flat arrays, in place; step counts from 1;
+    max_exp_avg_sq: the amsgrad state (None without amsgrad)."""
+    if decoupled:
+        p *= 1 - lr * weight_decay
+        g = _penalised(grad, p, 0.0, l1)
+    else:
+        g = _penalised(grad, p, weight_decay, l1)
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    v = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    step_size = lr / (1 - beta1**step)
+    bc2_sqrt = np.sqrt(1 - beta2**step)
+    p -= step_size * exp_avg / (np.sqrt(v) / bc2_sqrt + eps)
+
+
+def sum_squares(x):
+    """sum(x ** 2) in float64."""
+    x = x.astype(np.float64, copy=False)
+    return float(np.dot(x.ravel(), x.ravel()))
+
+
+def scale_inplace(x, s):
+    x *= x.dtype.type(s)
+
+
+def clamp_inplace(x, lo, hi):
+    np.clip(x, lo, hi, out=x)

@@ -1,0 +1,201 @@
+/* Fused optimizer updates over flat parameter buffers (n elements): each kernel reads the
+ * gradient and its state once and writes the parameter and state once. Semantics are
+ * torch.optim's documented update rules; l1 adds l1 * sign(p) to the gradient (an L1
+ * penalty), weight_decay adds weight_decay * p (L2, coupled) except in AdamW's decoupled
+ * form. Elementwise over fixed chunks, so results never depend on the thread count.
+ * A template: this file includes itself once per element type. */
+#ifndef REAL
+
+#include <math.h>
+#include "runtime.h"
+
+#define REAL float
+#define SFX(name) name##_f32
+#define SQRT sqrtf
+#include "optim.c"
+#undef REAL
+#undef SFX
+#undef SQRT
+
+#define REAL double
+#define SFX(name) name##_f64
+#define SQRT sqrt
+#include "optim.c"
+
+#else /* template body */
+
+/* the chunk [*i0, *i1) of the loop below */
+#define CHUNKED_LOOP(n, BODY)                                                  \
+    do {                                                                       \
+        int64_t nchunks_ = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS); \
+        int nthreads_ = fastnn_threads_for_elements(n);                        \
+        _Pragma("omp parallel for schedule(static) num_threads(nthreads_) if (nthreads_ > 1)") \
+        for (int64_t c_ = 0; c_ < nchunks_; c_++) {                            \
+            int64_t i0, i1;                                                    \
+            fastnn_block_range(c_, nchunks_, n, &i0, &i1);                     \
+            BODY                                                               \
+        }                                                                      \
+    } while (0)
+
+/* the gradient with the L2 and L1 penalties added */
+static inline REAL SFX(penalised)(REAL g, REAL p, REAL wd, REAL l1)
+{
+    if (wd != 0) g += wd * p; /* skipped when off, so that an inf parameter gives no NaN */
+    if (l1 != 0) g += l1 * (REAL)((p > 0) - (p < 0));
+    return g;
+}
+
+FASTNN_HOT
+static void SFX(sgd_chunk)(REAL *restrict p, REAL *restrict buf, const REAL *restrict grad,
+                           REAL lr, REAL mu, REAL damp, REAL wd, REAL l1, int nesterov,
+                           int first, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        REAL g = SFX(penalised)(grad[i], p[i], wd, l1);
+        if (buf) {
+            REAL b = first ? g : mu * buf[i] + (1 - damp) * g;
+            buf[i] = b;
+            g = nesterov ? g + mu * b : b;
+        }
+        p[i] -= lr * g;
+    }
+}
+
+void SFX(sgd_step)(REAL *p, REAL *buf, const REAL *grad, double lr, double momentum,
+                   double dampening, double weight_decay, double l1, int nesterov, int first,
+                   int64_t n)
+{
+    CHUNKED_LOOP(n, SFX(sgd_chunk)(p + i0, buf ? buf + i0 : 0, grad + i0, (REAL)lr,
+                                   (REAL)momentum, (REAL)dampening, (REAL)weight_decay,
+                                   (REAL)l1, nesterov, first, i1 - i0););
+}
+
+FASTNN_HOT
+static void SFX(adagrad_chunk)(REAL *restrict p, REAL *restrict sum, const REAL *restrict grad,
+                               REAL clr, REAL wd, REAL l1, REAL eps, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        REAL g = SFX(penalised)(grad[i], p[i], wd, l1);
+        REAL s = sum[i] + g * g;
+        sum[i] = s;
+        p[i] -= clr * g / (SQRT(s) + eps);
+    }
+}
+
+void SFX(adagrad_step)(REAL *p, REAL *sum, const REAL *grad, double clr, double weight_decay,
+                       double l1, double eps, int64_t n)
+{
+    CHUNKED_LOOP(n, SFX(adagrad_chunk)(p + i0, sum + i0, grad + i0, (REAL)clr,
+                                       (REAL)weight_decay, (REAL)l1, (REAL)eps, i1 - i0););
+}
+
+FASTNN_HOT
+static void SFX(rmsprop_chunk)(REAL *restrict p, REAL *restrict sq, REAL *restrict gavg,
+                               REAL *restrict buf, const REAL *restrict grad, REAL lr,
+                               REAL alpha, REAL eps, REAL wd, REAL l1, REAL mu, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        REAL g = SFX(penalised)(grad[i], p[i], wd, l1);
+        REAL s = alpha * sq[i] + (1 - alpha) * g * g;
+        sq[i] = s;
+        REAL avg;
+        if (gavg) {
+            REAL a = gavg[i] + (1 - alpha) * (g - gavg[i]);
+            gavg[i] = a;
+            avg = SQRT(s - a * a) + eps;
+        } else {
+            avg = SQRT(s) + eps;
+        }
+        if (buf) {
+            REAL b = mu * buf[i] + g / avg;
+            buf[i] = b;
+            p[i] -= lr * b;
+        } else {
+            p[i] -= lr * g / avg;
+        }
+    }
+}
+
+void SFX(rmsprop_step)(REAL *p, REAL *square_avg, REAL *grad_avg, REAL *momentum_buf,
+                       const REAL *grad, double lr, double alpha, double eps,
+                       double weight_decay, double l1, double momentum, int64_t n)
+{
+    CHUNKED_LOOP(n, SFX(rmsprop_chunk)(p + i0, square_avg + i0, grad_avg ? grad_avg + i0 : 0,
+                                       momentum_buf ? momentum_buf + i0 : 0, grad + i0,
+                                       (REAL)lr, (REAL)alpha, (REAL)eps, (REAL)weight_decay,
+                                       (REAL)l1, (REAL)momentum, i1 - i0););
+}
+
+FASTNN_HOT
+static void SFX(adam_chunk)(REAL *restrict p, REAL *restrict m, REAL *restrict v,
+                            REAL *restrict vmax, const REAL *restrict grad, REAL lr, REAL b1,
+                            REAL b2, REAL eps, REAL wd, REAL l1, int decoupled, REAL step_size,
+                            REAL bc2_sqrt, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        REAL pi = p[i];
+        REAL g;
+        if (decoupled) {
+            pi *= 1 - lr * wd;
+            g = SFX(penalised)(grad[i], pi, 0, l1);
+        } else {
+            g = SFX(penalised)(grad[i], pi, wd, l1);
+        }
+        REAL mi = m[i] + (1 - b1) * (g - m[i]);
+        REAL vi = b2 * v[i] + (1 - b2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        if (vmax) {
+            vi = vmax[i] > vi ? vmax[i] : vi;
+            vmax[i] = vi;
+        }
+        p[i] = pi - step_size * mi / (SQRT(vi) / bc2_sqrt + eps);
+    }
+}
+
+void SFX(adam_step)(REAL *p, REAL *exp_avg, REAL *exp_avg_sq, REAL *max_exp_avg_sq,
+                    const REAL *grad, double lr, double beta1, double beta2, double eps,
+                    double weight_decay, double l1, int decoupled, int64_t step, int64_t n)
+{
+    double step_size = lr / (1 - pow(beta1, (double)step));
+    double bc2_sqrt = sqrt(1 - pow(beta2, (double)step));
+    CHUNKED_LOOP(n, SFX(adam_chunk)(p + i0, exp_avg + i0, exp_avg_sq + i0,
+                                    max_exp_avg_sq ? max_exp_avg_sq + i0 : 0, grad + i0,
+                                    (REAL)lr, (REAL)beta1, (REAL)beta2, (REAL)eps,
+                                    (REAL)weight_decay, (REAL)l1, decoupled, (REAL)step_size,
+                                    (REAL)bc2_sqrt, i1 - i0););
+}
+
+FASTNN_HOT
+static double SFX(sum_squares_chunk)(const REAL *restrict x, int64_t n)
+{
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+double SFX(sum_squares)(const REAL *x, int64_t n)
+{
+    int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
+    double partial[nchunks]; /* at most one chunk per processor; added in order below */
+    CHUNKED_LOOP(n, partial[c_] = SFX(sum_squares_chunk)(x + i0, i1 - i0););
+    double total = 0;
+    for (int64_t c = 0; c < nchunks; c++) total += partial[c];
+    return total;
+}
+
+void SFX(scale_inplace)(REAL *x, double s, int64_t n)
+{
+    REAL f = (REAL)s;
+    CHUNKED_LOOP(n, for (int64_t i = i0; i < i1; i++) x[i] *= f;);
+}
+
+void SFX(clamp_inplace)(REAL *x, double lo, double hi, int64_t n)
+{
+    REAL l = (REAL)lo, h = (REAL)hi;
+    CHUNKED_LOOP(n, for (int64_t i = i0; i < i1; i++) x[i] = x[i] < l ? l : (x[i] > h ? h : x[i]););
+}
+
+#undef CHUNKED_LOOP
+
+#endif
