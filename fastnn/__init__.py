@@ -5,7 +5,8 @@ Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a
 """
 __version__ = "0.1.0"
 
-from . import functional, optim, reference
+from . import functional, init, optim, reference
+from .checkpoint import load, save
 from .layers import (
     GELU,
     BatchNorm1d,
@@ -17,6 +18,7 @@ from .layers import (
     Module,
     Parameter,
     ReLU,
+    Sequential,
     Sigmoid,
     Softmax,
     Tanh,
@@ -46,6 +48,7 @@ __all__ = [
     "Module",
     "Parameter",
     "ReLU",
+    "Sequential",
     "Sigmoid",
     "Softmax",
     "Tanh",
@@ -55,9 +58,12 @@ __all__ = [
     "functional",
     "get_backend",
     "get_num_threads",
+    "init",
+    "load",
     "manual_seed",
     "optim",
     "reference",
+    "save",
     "set_backend",
     "set_num_threads",
     "use_backend",

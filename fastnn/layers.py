@@ -10,6 +10,8 @@ import numbers
 import numpy as np
 
 from . import functional as F
+from .arena import Arena
+from .init import INITS
 from .random import get_rng
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "Module",
     "Parameter",
     "ReLU",
+    "Sequential",
     "Sigmoid",
     "Softmax",
     "Tanh",
@@ -49,9 +52,17 @@ class Parameter:
 
 
 class Module:
-    """Base class: forward(x) / backward(dy), parameters(), zero_grad(), train() / eval()."""
+    """Base class of layers and models.
+
+    forward(x) (also __call__) and backward(dy) -> dx; parameters() / named_parameters()
+    over this module and its sub-modules, zero_grad(), train() / eval(), state_dict() /
+    load_state_dict() (parameters and buffers such as BatchNorm's running statistics), and
+    config(): the constructor arguments, from which fastnn.load rebuilds a saved model.
+    """
 
     training = True
+    # names of non-trainable arrays that belong in the state_dict (e.g. running statistics)
+    _buffer_names = ()
 
     def forward(self, x):
         raise NotImplementedError
@@ -62,20 +73,138 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    def children(self):
+        """The direct sub-modules, in order."""
+        return [v for v in vars(self).values() if isinstance(v, Module)]
+
+    def named_parameters(self, prefix=""):
+        """(name, Parameter) pairs, e.g. ("0.weight", ...), in a fixed order."""
+        for name, v in vars(self).items():
+            if isinstance(v, Parameter):
+                yield prefix + name, v
+            elif isinstance(v, Module):
+                yield from v.named_parameters(f"{prefix}{name}.")
+
     def parameters(self):
-        """The layer's Parameters, in a fixed order."""
-        return [v for v in vars(self).values() if isinstance(v, Parameter)]
+        """The Parameters of this module and its sub-modules, in a fixed order."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for name in self._buffer_names:
+            yield prefix + name, getattr(self, name)
+        for name, v in vars(self).items():
+            if isinstance(v, Module):
+                yield from v.named_buffers(f"{prefix}{name}.")
 
     def zero_grad(self):
         for p in self.parameters():
             p.grad.fill(0)
 
     def train(self, mode=True):
+        """Training mode (mode=True) or evaluation mode, for this module and its children."""
         self.training = bool(mode)
+        for child in self.children():
+            child.train(mode)
         return self
 
     def eval(self):
         return self.train(False)
+
+    def state_dict(self):
+        """{name: copy of the array} for every parameter and buffer."""
+        items = list(self.named_parameters()) + list(self.named_buffers())
+        return {name: (v.data if isinstance(v, Parameter) else v).copy() for name, v in items}
+
+    def load_state_dict(self, state):
+        """Copy arrays into this module's parameters and buffers, in place (views, such as an
+        optimizer's arena, stay valid). The names, shapes and dtypes must match exactly."""
+        targets = {name: (v.data if isinstance(v, Parameter) else v)
+                   for name, v in list(self.named_parameters()) + list(self.named_buffers())}
+        missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
+        if missing or unexpected:
+            raise ValueError(f"state_dict: does not match this model: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, target in targets.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape or value.dtype != target.dtype:
+                raise ValueError(f"state_dict: {name} has shape {value.shape} and dtype "
+                                 f"{value.dtype}, this model's has {target.shape}, {target.dtype}")
+        for name, target in targets.items():
+            target[...] = state[name]
+
+    def config(self):
+        """The constructor arguments of this module, as JSON-friendly values."""
+        return {}
+
+    def save(self, path):
+        """Save to a .npz file (see fastnn.save)."""
+        from .checkpoint import save
+
+        save(self, path)
+
+    def load(self, path):
+        """Load a file saved from a model of the same architecture into this one."""
+        from .checkpoint import load_into
+
+        return load_into(self, path)
+
+
+class Sequential(Module):
+    """Layers applied in order: forward runs them first to last, backward last to first.
+
+    net[i] is the i-th layer; len(net) and iteration work as for a list. Building one packs
+    the parameters of all its layers into one flat arena per dtype (fastnn.arena), so an
+    optimizer over net.parameters() updates one buffer. An Embedding first in the stack
+    takes the integer input.
+    """
+
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}]: expected a fastnn Module, got "
+                                f"{type(layer).__name__}")
+        self.layers = list(layers)
+        params = self.parameters()
+        for dtype in dict.fromkeys(p.data.dtype for p in params):
+            Arena([p for p in params if p.data.dtype == dtype])
+
+    def children(self):
+        return list(self.layers)
+
+    def named_parameters(self, prefix=""):
+        for i, layer in enumerate(self.layers):
+            yield from layer.named_parameters(f"{prefix}{i}.")
+
+    def named_buffers(self, prefix=""):
+        for i, layer in enumerate(self.layers):
+            yield from layer.named_buffers(f"{prefix}{i}.")
+
+    def __getitem__(self, index):
+        return Sequential(*self.layers[index]) if isinstance(index, slice) else self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def config(self):
+        return {"layers": [{"type": type(layer).__name__, **layer.config()}
+                           for layer in self.layers]}
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
 
 
 def _positive_int(name, value):
@@ -105,15 +234,21 @@ class Linear(Module):
     """y = act(x @ weight.T + bias): x (B, in_features) -> y (B, out_features).
 
     weight: (out_features, in_features), bias: (out_features,), both initialised from
-    U(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch. `activation` ("relu", "tanh",
-    "sigmoid" or None) is fused into the same kernel.
+    U(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch, unless init= names a scheme
+    of fastnn.init ("xavier_normal", "xavier_uniform", "he_normal", "he_uniform"; the gain
+    follows the activation; the bias is then zero). `activation` ("relu", "tanh", "sigmoid"
+    or None) is fused into the same kernel.
     """
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, activation=None):
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, activation=None,
+                 init=None):
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         self.dtype = _float_dtype(dtype)
         self.activation = F.check.choice("activation", activation or "none", F.ACTIVATIONS)
+        if init is not None:
+            F.check.choice("init", init, INITS)
+        self.init = init
         bound = 1 / math.sqrt(self.in_features)
         rng = get_rng()
         shape = (self.out_features, self.in_features)
@@ -122,10 +257,17 @@ class Linear(Module):
             Parameter(rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
             if bias else None
         )
+        if init is not None:  # the chosen scheme for the weight, zero bias
+            INITS[init](self.weight.data, self.activation)
+            if self.bias is not None:
+                self.bias.data[...] = 0
         self._x = self._y = self._dx = self._work = None
 
-    def parameters(self):
-        return [self.weight] if self.bias is None else [self.weight, self.bias]
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "dtype": self.dtype.name,
+                "activation": None if self.activation == "none" else self.activation,
+                "init": self.init}
 
     def forward(self, x):
         """x: (B, in_features) array of the layer's dtype -> (B, out_features)."""
@@ -186,8 +328,12 @@ class BatchNorm1d(Module):
         self._x = self._y = self._dx = None
         self._trained_forward = True
 
-    def parameters(self):
-        return [self.weight, self.bias] if self.affine else []
+    _buffer_names = ("running_mean", "running_var")
+
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine, "dtype": self.dtype.name,
+                "activation": None if self.activation == "none" else self.activation}
 
     def forward(self, x):
         """x: (B, num_features) array of the layer's dtype -> (B, num_features)."""
@@ -283,6 +429,9 @@ class LeakyReLU(_Elementwise):
             raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
+    def config(self):
+        return {"negative_slope": self.negative_slope}
+
     def __repr__(self):
         return f"LeakyReLU(negative_slope={self.negative_slope})"
 
@@ -296,6 +445,9 @@ class GELU(_Elementwise):
         F.check.choice("approximate", approximate, {"none", "tanh"})
         self.approximate = approximate
         self.kind = "gelu" if approximate == "none" else "gelu_tanh"
+
+    def config(self):
+        return {"approximate": self.approximate}
 
     def __repr__(self):
         return f"GELU(approximate={self.approximate!r})"
@@ -364,6 +516,9 @@ class Dropout(Module):
         self._dx = _buffer(self._dx, dy.shape, dy.dtype)
         return F.dropout_apply(dy, self.p, self.seed, self._mask_offset, out=self._dx)
 
+    def config(self):
+        return {"p": self.p, "seed": self.seed}
+
     def __repr__(self):
         return f"Dropout(p={self.p})"
 
@@ -396,6 +551,10 @@ class Embedding(Module):
             raise ValueError("Embedding.backward: called before forward")
         F.embedding_backward(self.weight.grad, dy, self._idx)
         return None
+
+    def config(self):
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "dtype": self.dtype.name}
 
     def __repr__(self):
         return f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype})"

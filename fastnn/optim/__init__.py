@@ -24,6 +24,7 @@ import numbers
 import numpy as np
 
 from .. import functional as F
+from ..arena import Arena, contiguous_run
 from ..layers import Parameter
 from . import lr_scheduler
 
@@ -39,57 +40,6 @@ __all__ = [
     "clip_grad_value_",
     "lr_scheduler",
 ]
-
-
-def _address(a):
-    return a.__array_interface__["data"][0]
-
-
-def _contiguous_run(arrays):
-    """One flat view covering `arrays` when they lie back to back in one buffer, else None."""
-    base = arrays[0].base
-    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
-        return None
-    start = _address(arrays[0])
-    address = start
-    for a in arrays:
-        if a.base is not base or not a.flags.c_contiguous or _address(a) != address:
-            return None
-        address += a.nbytes
-    offset = (start - _address(base)) // base.itemsize
-    return base[offset:offset + (address - start) // base.itemsize]
-
-
-class Arena:
-    """The parameters of one dtype in one contiguous buffer: `.data` and `.grad` are flat
-    (n,) arrays, and each Parameter's .data / .grad are views of them. Parameters that
-    already lie back to back in one buffer (an earlier arena) are used in place."""
-
-    def __init__(self, params):
-        self.params = list(params)
-        self.dtype = self.params[0].data.dtype
-        data = _contiguous_run([p.data for p in self.params])
-        grad = _contiguous_run([p.grad for p in self.params])
-        if data is None or grad is None:
-            data, grad = self._pack()
-        self.data, self.grad = data, grad
-
-    def _pack(self):
-        n = sum(p.data.size for p in self.params)
-        data, grad = np.empty(n, self.dtype), np.empty(n, self.dtype)
-        offset = 0
-        for p in self.params:
-            size, shape = p.data.size, p.data.shape
-            data[offset:offset + size] = p.data.reshape(-1)
-            grad[offset:offset + size] = p.grad.reshape(-1)
-            p.data = data[offset:offset + size].reshape(shape)
-            p.grad = grad[offset:offset + size].reshape(shape)
-            offset += size
-        return data, grad
-
-    @property
-    def size(self):
-        return self.data.size
 
 
 def _check(name, value, low=0.0, high=None, high_open=False):
@@ -335,13 +285,13 @@ def _grad_runs(params):
         raise TypeError("params: expected fastnn.Parameter objects")
     runs, current = [], []
     for g in grads:
-        if current and (g.dtype != current[0].dtype or _contiguous_run(current + [g]) is None):
+        if current and (g.dtype != current[0].dtype or contiguous_run(current + [g]) is None):
             runs.append(current)
             current = []
         current.append(g)
     if current:
         runs.append(current)
-    return [_contiguous_run(r) if len(r) > 1 else r[0].reshape(-1) for r in runs]
+    return [contiguous_run(r) if len(r) > 1 else r[0].reshape(-1) for r in runs]
 
 
 def clip_grad_norm_(params, max_norm, norm_type=2.0):
