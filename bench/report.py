@@ -6,9 +6,11 @@
 --benchmark-json=FILE`, from the repository root. Then, from FILE (default
 bench/results/bench.json), it prints the markdown tables of each suite (Linear L1..L4 from
 bench/test_bench_linear.py, BatchNorm1d N1..N3 and the STREAM triad from
-bench/test_bench_batchnorm.py), writes bench/results/<suite>.md and the PNG charts in
-bench/results/, and regenerates each suite's section of BENCHMARKS.md and the summary in
-README.md between the markers below. Every number comes from the JSON; every file is replaced
+bench/test_bench_batchnorm.py, activations, softmax and cross-entropy from
+bench/test_bench_ops.py), writes bench/results/<suite>.md and the PNG charts in
+bench/results/, and regenerates each suite's section of BENCHMARKS.md and its table in the
+summary in README.md between the markers below. A suite absent from FILE leaves its section
+and its summary table as they are. Every number comes from the JSON; every file is replaced
 atomically.
 """
 import argparse
@@ -24,10 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_JSON = RESULTS / "bench.json"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-START, END = "<!-- bench:linear:start -->", "<!-- bench:linear:end -->"
-BN_START, BN_END = "<!-- bench:batchnorm:start -->", "<!-- bench:batchnorm:end -->"
 README_MD = ROOT / "README.md"
-README_START, README_END = "<!-- bench:summary:start -->", "<!-- bench:summary:end -->"
 HEADER = """# Benchmarks
 
 Measured by the pytest-benchmark suites in bench/ and written by the scripts there
@@ -36,6 +35,7 @@ side by side in one run are what to quote; absolute times depend on the machine.
 """
 IMPLS = ("native", "reference", "torch")
 PHASES = ("forward", "forward+backward")
+PHASE = "forward+backward"  # the only phase of the batchnorm and ops suites
 SGEMM_API = {"sgemm-scipy": "scipy.linalg.blas.sgemm", "sgemm-numpy": "numpy.matmul(out=)"}
 
 
@@ -97,7 +97,14 @@ def finish_json(source, json_path, command):
     atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
-SUITES = ("linear", "batchnorm")
+SUITES = ("linear", "batchnorm", "ops")
+
+
+def markers(name):
+    """The start and end markers of a generated block: a suite's section of BENCHMARKS.md
+    (name = the suite), the README summary ("summary") or a suite's table in it
+    ("summary:<suite>")."""
+    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
 
 
 def suite_of(bench):
@@ -106,19 +113,21 @@ def suite_of(bench):
     stem = Path(module).stem
     if stem.startswith("test_bench_"):
         return stem[len("test_bench_"):]
-    return "linear" if "flops" in bench["extra_info"] else "batchnorm"
+    info = bench["extra_info"]
+    return "linear" if "flops" in info else "ops" if "op" in info else "batchnorm"
 
 
 def load(json_path):
     """{suite: {(workload, phase, threads, impl): benchmark entry}} and the whole JSON
-    document."""
+    document. The ops suite names its workload "op"."""
     with open(json_path) as f:
         doc = json.load(f)
     suites = {}
     for bench in doc["benchmarks"]:
         info = bench["extra_info"]
         # suites this report does not cover may label their benchmarks differently
-        key = tuple(info.get(k) for k in ("workload", "phase", "threads", "impl"))
+        key = (info.get("workload", info.get("op")),
+               *(info.get(k) for k in ("phase", "threads", "impl")))
         suites.setdefault(suite_of(bench), {})[key] = bench
     return suites, doc
 
@@ -133,6 +142,11 @@ def gflops(entry):
     return entry["extra_info"]["flops"] / best(entry) / 1e9
 
 
+def gbps(entry):
+    """Achieved bandwidth: the bytes of the minimal passes over the best time, in GB/s."""
+    return entry["extra_info"]["bytes"] / best(entry) / 1e9
+
+
 def fmt_time(seconds):
     for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
         if seconds >= scale:
@@ -140,88 +154,54 @@ def fmt_time(seconds):
     return f"{seconds / 1e-9:.3g} ns"
 
 
-def best_sgemm(entries, workload):
-    """The fastest raw sgemm entry of a workload, or None."""
-    found = [e for (w, phase, _, _), e in entries.items() if w == workload and phase == "sgemm"]
-    return min(found, key=best, default=None)
+# ---- shared by the suites: rows, table cells, charts, sections ----
+
+def compare(entries, workload, phase, threads):
+    """The row of one (workload, phase, threads): each implementation's entry (None where not
+    measured) and native's speed-ups vs_reference and vs_torch (the other's best time over
+    native's; None without both)."""
+    row = {"workload": workload, "phase": phase, "threads": threads}
+    for impl in IMPLS:
+        row[impl] = entries.get((workload, phase, threads, impl))
+    native = row["native"]
+    for impl in ("reference", "torch"):
+        other = row[impl]
+        row[f"vs_{impl}"] = (best(other) / best(native)
+                             if native is not None and other is not None else None)
+    return row
 
 
-def rows(entries):
-    """One dict per (workload, phase, threads) with the best times and the derived ratios."""
-    keys = sorted({(w, p, t) for (w, p, t, i) in entries if p in PHASES},
-                  key=lambda k: (k[0], PHASES.index(k[1]), k[2]))
-    out = []
-    for w, p, t in keys:
-        row = {"workload": w, "phase": p, "threads": t}
-        for impl in IMPLS:
-            row[impl] = entries.get((w, p, t, impl))
-        native = row["native"]
-        sgemm = best_sgemm(entries, w)
-        for impl in ("reference", "torch"):
-            other = row[impl]
-            row[f"vs_{impl}"] = (best(other) / best(native)
-                                 if native is not None and other is not None else None)
-        row["gflops"] = gflops(native) if native is not None else None
-        row["sgemm_fraction"] = (row["gflops"] / gflops(sgemm)
-                                 if native is not None and sgemm is not None else None)
-        out.append(row)
-    return out
+def ratio(value, native, other):
+    """native's `value` over `other`'s (the same function of two entries), or None."""
+    return value(native) / value(other) if native is not None and other is not None else None
 
 
-def markdown_tables(entries):
-    """One markdown table per workload, with a line on its raw sgemm rate."""
-    parts = []
-    all_rows = rows(entries)
-    for workload in sorted({r["workload"] for r in all_rows}):
-        sample = next(e for (w, *_), e in entries.items() if w == workload)
-        B, C, OC = sample["extra_info"]["shape"]
-        dtype = sample["extra_info"]["dtype"]
-        parts.append(f"#### {workload}: batch {B}, in {C}, out {OC}, {dtype}\n")
-        sgemm = best_sgemm(entries, workload)
-        if sgemm is not None:
-            info = sgemm["extra_info"]
-            others = [e for (w, p, _, _), e in entries.items()
-                      if w == workload and p == "sgemm" and e is not sgemm]
-            also = "".join(f"; {SGEMM_API.get(e['extra_info']['impl'], e['extra_info']['impl'])}"
-                           f" {gflops(e):.1f}" for e in others)
-            parts.append(
-                f"Raw sgemm of the forward's shape, {info['threads']} threads: "
-                f"{gflops(sgemm):.1f} GFLOP/s in {fmt_time(best(sgemm))} with "
-                f"{SGEMM_API.get(info['impl'], info['impl'])}{also}.\n"
-            )
-        parts.append("| phase | threads | native | reference | torch | native vs reference "
-                     "| native vs torch | native GFLOP/s | of sgemm rate |")
-        parts.append("|---|---|---|---|---|---|---|---|---|")
-        for r in all_rows:
-            if r["workload"] != workload:
-                continue
-            cells = [r["phase"], str(r["threads"])]
-            cells += [fmt_time(best(r[i])) if r[i] is not None else "–" for i in IMPLS]
-            cells += [f"{r[k]:.2f}x" if r[k] is not None else "–"
-                      for k in ("vs_reference", "vs_torch")]
-            cells.append(f"{r['gflops']:.1f}" if r["gflops"] is not None else "–")
-            cells.append(f"{r['sgemm_fraction']:.0%}" if r["sgemm_fraction"] is not None
-                         else "–")
-            parts.append("| " + " | ".join(cells) + " |")
-        parts.append("")
-    return "\n".join(parts)
+def sample(row):
+    """Any measured entry of a row, for its shape and dtype."""
+    return next(row[i] for i in IMPLS if row[i] is not None)
 
 
-def write_charts(entries):
-    """Speed-up bars (native over reference and over torch) and the fraction of the sgemm
-    rate, as PNGs in bench/results/. Returns the paths written (none without matplotlib)."""
-    all_rows = rows(entries)
-    labels = [f"{r['workload']} {'fwd' if r['phase'] == 'forward' else 'fwd+bwd'} "
-              f"t{r['threads']}" for r in all_rows]
-    charts = {
-        "linear_speedup.png": (
-            [("vs reference", "vs_reference"), ("vs torch", "vs_torch")],
-            "native speed-up (best time of other / native)", 1.0, "{:.2f}x"),
-        "linear_sgemm_fraction.png": (
-            [("native", "sgemm_fraction")],
-            "native rate / raw 2-thread sgemm rate", None, "{:.0%}"),
-    }
-    return bar_charts(all_rows, labels, charts, "fastnn Linear+bias+ReLU, float32 (L1..L4)")
+def cell(value, fmt):
+    return "–" if value is None else fmt.format(value)
+
+
+IMPL_HEADER = ["native", "reference", "torch", "native vs reference", "native vs torch"]
+
+
+def impl_cells(row):
+    """The cells under IMPL_HEADER: each implementation's best time, native's speed-ups."""
+    return ([fmt_time(best(row[i])) if row[i] is not None else "–" for i in IMPLS]
+            + [cell(row[k], "{:.2f}x") for k in ("vs_reference", "vs_torch")])
+
+
+def table(header, lines):
+    """A markdown table: the header cells, then one list of cells per row."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
+SPEEDUP_CHART = ([("vs reference", "vs_reference"), ("vs torch", "vs_torch")],
+                 "native speed-up (best time of other / native)", 1.0, "{:.2f}x")
 
 
 def bar_charts(all_rows, labels, charts, title):
@@ -296,144 +276,225 @@ def measured_line(doc):
             "(regenerate: `python -m bench.report --run`).")
 
 
-def section(entries, doc, charts):
-    """The BENCHMARKS.md section between the markers."""
-    parts = [
-        START,
-        "## Linear + bias + ReLU (L1..L4)",
-        "",
-        measured_line(doc),
-        "",
-        build_summary(doc),
-        "",
-        "Best round time per step (the minimum over rounds: on this shared machine noise only "
-        "adds time). *native vs X* is X's best time over native's (above 1: native is "
-        "faster). GFLOP/s counts 2·B·in·out for the forward and 6·B·in·out for forward+"
-        "backward (bias and ReLU not counted); *of sgemm rate* divides it by the faster raw "
-        "2-thread sgemm of the forward's shape. forward+backward is one forward and one "
-        "backward accumulating dweight and dbias, every buffer reused; torch's forward runs "
-        "under no_grad, its backward through autograd.",
-        "",
-        markdown_tables(entries),
-    ]
+def section(suite, title, doc, intro, tables, charts):
+    """A suite's BENCHMARKS.md section, between its markers."""
+    start, end = markers(suite)
+    parts = [start, f"## {title}", "", measured_line(doc), "", build_summary(doc), "", intro,
+             "", tables]
     for chart in charts:
         parts.append(f"![{chart.stem}]({chart.relative_to(ROOT).as_posix()})")
-    parts += ["", END]
+    parts += ["", end]
     return "\n".join(parts)
 
 
-# ---- BatchNorm1d (N1..N3) and the STREAM triad ----
-
-BN_PHASE = "forward+backward"
-
-
-def gbps(entry):
-    """Achieved bandwidth: the bytes of the minimal passes over the best time, in GB/s."""
-    return entry["extra_info"]["bytes"] / best(entry) / 1e9
-
-
-def triad(entries, threads):
-    """The STREAM triad entry at `threads`, or None."""
-    return entries.get(("triad", "triad", threads, "native"))
+def publish(suite, title, doc, intro, tables, charts):
+    """Print a suite's tables, write bench/results/<suite>.md and its BENCHMARKS.md section;
+    returns the paths written."""
+    print(tables)
+    text = section(suite, title, doc, intro, tables, charts)
+    start, end = markers(suite)
+    atomic_write(RESULTS / f"{suite}.md",
+                 text.replace(start, "").replace(end, "").strip() + "\n")
+    replace_section(BENCHMARKS_MD, start, end, text, HEADER)
+    return [RESULTS / f"{suite}.md", *charts]
 
 
-def bn_rows(entries):
-    """One dict per (workload, threads) with the best times, the speed-ups of native, its
-    bandwidth and that as a fraction of the triad's at the same thread count."""
-    keys = sorted({(w, t) for (w, p, t, i) in entries if p == BN_PHASE})
+# ---- Linear + bias + ReLU (L1..L4) ----
+
+LINEAR_INTRO = (
+    "Best round time per step (the minimum over rounds: on this shared machine noise only "
+    "adds time). *native vs X* is X's best time over native's (above 1: native is "
+    "faster). GFLOP/s counts 2·B·in·out for the forward and 6·B·in·out for forward+"
+    "backward (bias and ReLU not counted); *of sgemm rate* divides it by the faster raw "
+    "2-thread sgemm of the forward's shape. forward+backward is one forward and one "
+    "backward accumulating dweight and dbias, every buffer reused; torch's forward runs "
+    "under no_grad, its backward through autograd.")
+
+
+def best_sgemm(entries, workload):
+    """The fastest raw sgemm entry of a workload, or None."""
+    found = [e for (w, phase, _, _), e in entries.items() if w == workload and phase == "sgemm"]
+    return min(found, key=best, default=None)
+
+
+def rows(entries):
+    """One dict per (workload, phase, threads) with the best times and the derived ratios."""
+    keys = sorted({(w, p, t) for (w, p, t, i) in entries if p in PHASES},
+                  key=lambda k: (k[0], PHASES.index(k[1]), k[2]))
     out = []
-    for w, t in keys:
-        row = {"workload": w, "threads": t}
-        for impl in IMPLS:
-            row[impl] = entries.get((w, BN_PHASE, t, impl))
+    for w, p, t in keys:
+        row = compare(entries, w, p, t)
         native = row["native"]
-        for impl in ("reference", "torch"):
-            other = row[impl]
-            row[f"vs_{impl}"] = (best(other) / best(native)
-                                 if native is not None and other is not None else None)
-        row["gbps"] = gbps(native) if native is not None else None
-        stream = triad(entries, t)
-        row["triad_fraction"] = (row["gbps"] / gbps(stream)
-                                 if native is not None and stream is not None else None)
+        row["gflops"] = gflops(native) if native is not None else None
+        row["sgemm_fraction"] = ratio(gflops, native, best_sgemm(entries, w))
         out.append(row)
     return out
 
 
-def triad_line(entries):
+def markdown_tables(entries):
+    """One markdown table per workload, with a line on its raw sgemm rate."""
+    parts = []
+    all_rows = rows(entries)
+    for workload in sorted({r["workload"] for r in all_rows}):
+        first = next(e for (w, *_), e in entries.items() if w == workload)
+        B, C, OC = first["extra_info"]["shape"]
+        dtype = first["extra_info"]["dtype"]
+        parts.append(f"#### {workload}: batch {B}, in {C}, out {OC}, {dtype}\n")
+        sgemm = best_sgemm(entries, workload)
+        if sgemm is not None:
+            info = sgemm["extra_info"]
+            others = [e for (w, p, _, _), e in entries.items()
+                      if w == workload and p == "sgemm" and e is not sgemm]
+            also = "".join(f"; {SGEMM_API.get(e['extra_info']['impl'], e['extra_info']['impl'])}"
+                           f" {gflops(e):.1f}" for e in others)
+            parts.append(
+                f"Raw sgemm of the forward's shape, {info['threads']} threads: "
+                f"{gflops(sgemm):.1f} GFLOP/s in {fmt_time(best(sgemm))} with "
+                f"{SGEMM_API.get(info['impl'], info['impl'])}{also}.\n"
+            )
+        parts.append(table(
+            ["phase", "threads", *IMPL_HEADER, "native GFLOP/s", "of sgemm rate"],
+            [[r["phase"], str(r["threads"]), *impl_cells(r), cell(r["gflops"], "{:.1f}"),
+              cell(r["sgemm_fraction"], "{:.0%}")]
+             for r in all_rows if r["workload"] == workload]))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_charts(entries):
+    """Speed-up bars (native over reference and over torch) and the fraction of the sgemm
+    rate, as PNGs in bench/results/. Returns the paths written (none without matplotlib)."""
+    all_rows = rows(entries)
+    labels = [f"{r['workload']} {'fwd' if r['phase'] == 'forward' else 'fwd+bwd'} "
+              f"t{r['threads']}" for r in all_rows]
+    charts = {
+        "linear_speedup.png": SPEEDUP_CHART,
+        "linear_sgemm_fraction.png": (
+            [("native", "sgemm_fraction")],
+            "native rate / raw 2-thread sgemm rate", None, "{:.0%}"),
+    }
+    return bar_charts(all_rows, labels, charts, "fastnn Linear+bias+ReLU, float32 (L1..L4)")
+
+
+def linear_summary(entries):
+    """The README table of the 2-thread ratios of L1..L4."""
+    by_key = {(r["workload"], r["phase"], r["threads"]): r for r in rows(entries)}
+    lines = []
+    for workload in sorted({w for w, _, _ in by_key}):
+        fwd, both = by_key.get((workload, "forward", 2)), by_key.get((workload, PHASE, 2))
+        if fwd is None or both is None:
+            continue
+        lines.append([workload, cell(fwd["vs_reference"], "{:.2f}x"),
+                      cell(fwd["vs_torch"], "{:.2f}x"), cell(fwd["sgemm_fraction"], "{:.0%}"),
+                      cell(both["vs_reference"], "{:.2f}x"), cell(both["vs_torch"], "{:.2f}x")])
+    return table(["workload", "forward vs NumPy twin", "forward vs PyTorch", "forward, % of sgemm",
+                  "fwd+bwd vs NumPy twin", "fwd+bwd vs PyTorch"], lines)
+
+
+# ---- memory-bound suites (BatchNorm1d, ops): GB/s against the STREAM triad ----
+
+def triads(entries):
+    """{threads: STREAM triad entry} among the batchnorm suite's entries."""
+    return {t: e for (w, p, t, i), e in entries.items()
+            if (w, p, i) == ("triad", "triad", "native")}
+
+
+def bandwidth_rows(entries, triad):
+    """One dict per (workload, threads) of the PHASE benchmarks, workloads in the order
+    measured: the best times, native's speed-ups, its bandwidth and that as a fraction of the
+    triad's (`triad`: {threads: entry}) at the same thread count."""
+    order = list(dict.fromkeys(w for w, *_ in entries))
+    keys = sorted({(w, t) for (w, p, t, i) in entries if p == PHASE},
+                  key=lambda k: (order.index(k[0]), k[1]))
+    out = []
+    for w, t in keys:
+        row = compare(entries, w, PHASE, t)
+        native = row["native"]
+        row["gbps"] = gbps(native) if native is not None else None
+        row["triad_fraction"] = ratio(gbps, native, triad.get(t))
+        out.append(row)
+    return out
+
+
+def triad_line(triad):
     """The sentence giving the machine's measured memory bandwidth."""
-    found = {t: triad(entries, t) for t in (1, 2)}
-    found = {t: e for t, e in found.items() if e is not None}
-    if not found:
+    if not triad:
         return "No STREAM triad measurement in this run.\n"
-    n = next(iter(found.values()))["extra_info"]["shape"][0]
+    n = next(iter(triad.values()))["extra_info"]["shape"][0]
     rates = "; ".join(f"{gbps(e):.1f} GB/s on {t} thread{'s' if t > 1 else ''} "
-                      f"({fmt_time(best(e))})" for t, e in sorted(found.items()))
+                      f"({fmt_time(best(e))})" for t, e in sorted(triad.items()))
     return (f"Machine limit, STREAM triad (`fastnn._native.stream_triad`, a = b + s·c over "
             f"{n / 1e6:.0f}M float64, 24 bytes per element): {rates}.\n")
 
 
-def bn_markdown_tables(entries):
-    """The triad line and one table over N1..N3, 1 and 2 threads."""
-    parts = [triad_line(entries),
-             "| workload | batch × C | threads | native | reference | torch "
-             "| native vs reference | native vs torch | native GB/s | of triad |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in bn_rows(entries):
-        sample = next(e for e in (r[i] for i in IMPLS) if e is not None)
-        B, C = sample["extra_info"]["shape"]
-        cells = [r["workload"], f"{B} × {C}", str(r["threads"])]
-        cells += [fmt_time(best(r[i])) if r[i] is not None else "–" for i in IMPLS]
-        cells += [f"{r[k]:.2f}x" if r[k] is not None else "–"
-                  for k in ("vs_reference", "vs_torch")]
-        cells.append(f"{r['gbps']:.1f}" if r["gbps"] is not None else "–")
-        cells.append(f"{r['triad_fraction']:.0%}" if r["triad_fraction"] is not None else "–")
-        parts.append("| " + " | ".join(cells) + " |")
-    parts.append("")
-    return "\n".join(parts)
+def bandwidth_tables(entries, triad, names):
+    """The triad line and one table over the workloads and thread counts; `names` heads the
+    workload and shape columns. Without a triad the *of triad* column is left out."""
+    lines = []
+    for r in bandwidth_rows(entries, triad):
+        cells = [r["workload"], " × ".join(map(str, sample(r)["extra_info"]["shape"])),
+                 str(r["threads"]), *impl_cells(r), cell(r["gbps"], "{:.1f}")]
+        lines.append(cells + ([cell(r["triad_fraction"], "{:.0%}")] if triad else []))
+    header = [*names, "threads", *IMPL_HEADER, "native GB/s", *(["of triad"] if triad else [])]
+    return triad_line(triad) + "\n" + table(header, lines) + "\n"
 
 
-def bn_write_charts(entries):
-    """Speed-up bars and the fraction of the triad bandwidth, as PNGs in bench/results/."""
-    all_rows = bn_rows(entries)
+def bandwidth_charts(entries, triad, charts, title):
+    """The charts of a memory-bound suite, labelled workload and threads."""
+    all_rows = bandwidth_rows(entries, triad)
     labels = [f"{r['workload']} t{r['threads']}" for r in all_rows]
-    charts = {
-        "batchnorm_speedup.png": (
-            [("vs reference", "vs_reference"), ("vs torch", "vs_torch")],
-            "native speed-up (best time of other / native)", 1.0, "{:.2f}x"),
-        "batchnorm_triad_fraction.png": (
-            [("native", "triad_fraction")],
-            "native GB/s / STREAM triad GB/s (same threads)", None, "{:.0%}"),
-    }
-    return bar_charts(all_rows, labels, charts,
-                      "fastnn BatchNorm1d training fwd+bwd, float32 (N1..N3)")
+    return bar_charts(all_rows, labels, charts, title)
 
 
-def bn_section(entries, doc, charts):
-    """The BENCHMARKS.md section between BN_START and BN_END."""
-    parts = [
-        BN_START,
-        "## BatchNorm1d training forward+backward (N1..N3)",
-        "",
-        measured_line(doc),
-        "",
-        build_summary(doc),
-        "",
-        "One training step: a forward normalising with the batch statistics and updating the "
-        "running statistics, then a backward accumulating dweight and dbias, every buffer "
-        "reused; torch is `torch.nn.functional.batch_norm` with autograd. Best round time per "
-        "step (the minimum over rounds). *native vs X* is X's best time over native's (above "
-        "1: native is faster). GB/s counts the minimal traffic, 8·B·C·4 bytes (forward: read "
-        "x for the statistics, read x and write y; backward: read dy and x for the sums, read "
-        "dy and x and write dx); *of triad* divides it by the STREAM triad's GB/s at the same "
-        "thread count. N1 and N2 (0.5 and 8 MB of arrays) stay largely in cache between "
-        "passes, so they can exceed the triad's rate; N3 (256 MB) cannot.",
-        "",
-        bn_markdown_tables(entries),
-    ]
-    for chart in charts:
-        parts.append(f"![{chart.stem}]({chart.relative_to(ROOT).as_posix()})")
-    parts += ["", BN_END]
-    return "\n".join(parts)
+def bandwidth_summary(entries, triad, first, lead):
+    """The README table of the 2-thread ratios, after `lead` (which ends before its closing
+    parenthesis, where the triad's rate goes); `first` heads the workload column."""
+    found = [r for r in bandwidth_rows(entries, triad) if r["threads"] == 2]
+    if not found:
+        return None
+    limit = f", STREAM triad {gbps(triad[2]):.1f} GB/s" if 2 in triad else ""
+    lines = [[r["workload"], cell(r["vs_reference"], "{:.2f}x"), cell(r["vs_torch"], "{:.2f}x"),
+              cell(r["gbps"], "{:.1f}")] + ([cell(r["triad_fraction"], "{:.0%}")] if triad else [])
+             for r in found]
+    header = [first, "vs NumPy twin", "vs PyTorch", "native GB/s",
+              *(["% of triad"] if triad else [])]
+    return f"{lead}{limit}):\n\n" + table(header, lines)
+
+
+BN_INTRO = (
+    "One training step: a forward normalising with the batch statistics and updating the "
+    "running statistics, then a backward accumulating dweight and dbias, every buffer "
+    "reused; torch is `torch.nn.functional.batch_norm` with autograd. Best round time per "
+    "step (the minimum over rounds). *native vs X* is X's best time over native's (above "
+    "1: native is faster). GB/s counts the minimal traffic, 8·B·C·4 bytes (forward: read "
+    "x for the statistics, read x and write y; backward: read dy and x for the sums, read "
+    "dy and x and write dx); *of triad* divides it by the STREAM triad's GB/s at the same "
+    "thread count. N1 and N2 (0.5 and 8 MB of arrays) stay largely in cache between "
+    "passes, so they can exceed the triad's rate; N3 (256 MB) cannot.")
+
+OPS_INTRO = (
+    "One step: a forward, then a backward from a fixed upstream gradient; relu, tanh and "
+    "gelu elementwise, softmax along the last axis, cross-entropy the mean over the rows "
+    "of logits against integer targets (its backward is d loss / d logits). fastnn reuses "
+    "every buffer (out=, dx=, probs=, dlogits=); torch runs eagerly, its backward through "
+    "autograd. Best round time per step (the minimum over rounds). *native vs X* is X's "
+    "best time over native's (above 1: native is faster). GB/s counts the least traffic, "
+    "each array read or written once per pass: 5 arrays for an activation or softmax (read "
+    "x, write y, read dy and x or y, write dx), 4 for cross-entropy (read logits, write "
+    "probs, read probs, write dlogits)")
+OPS_TRIAD = ("; *of triad* divides it by the STREAM triad's GB/s at the same thread count, "
+             "measured in the same run by the BatchNorm1d suite.")
+
+
+def ops_lead(entries):
+    """The README line over the ops table: which ops ran on which shape."""
+    shapes = {}
+    for (op, *_), e in entries.items():
+        shape = tuple(e["extra_info"]["shape"])
+        if op not in shapes.setdefault(shape, []):
+            shapes[shape].append(op)
+    where = "; ".join(f"{', '.join(ops)} on {shape}" for shape, ops in shapes.items())
+    return f"Activations, softmax and cross-entropy forward+backward, float32, 2 threads ({where}"
 
 
 def replace_section(path, start, end, text, header=""):
@@ -449,44 +510,38 @@ def replace_section(path, start, end, text, header=""):
     atomic_write(path, new)
 
 
-def readme_summary(entries, bn_entries=None):
-    """The 2-thread ratios, for README.md, between README_START and README_END: Linear, then
-    BatchNorm1d when measured."""
-    lines = [README_START,
-             "| workload | forward vs NumPy twin | forward vs PyTorch | forward, % of sgemm "
-             "| fwd+bwd vs NumPy twin | fwd+bwd vs PyTorch |",
-             "|---|---|---|---|---|---|"]
-    by_key = {(r["workload"], r["phase"], r["threads"]): r for r in rows(entries)}
-    for workload in sorted({w for w, _, _ in by_key}):
-        fwd, both = by_key.get((workload, "forward", 2)), by_key.get((workload, PHASES[1], 2))
-        if fwd is None or both is None:
-            continue
+def between(text, start, end):
+    """The text from marker `start` to marker `end`, both included, or None."""
+    if start not in text or end not in text.split(start, 1)[1]:
+        return None
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end
 
-        def ratio(v):
-            return "–" if v is None else f"{v:.2f}x"
 
-        frac = "–" if fwd["sgemm_fraction"] is None else f"{fwd['sgemm_fraction']:.0%}"
-        lines.append(f"| {workload} | {ratio(fwd['vs_reference'])} | {ratio(fwd['vs_torch'])} "
-                     f"| {frac} | {ratio(both['vs_reference'])} | {ratio(both['vs_torch'])} |")
-    bn = [r for r in bn_rows(bn_entries or {}) if r["threads"] == 2]
-    if bn:
-        stream = triad(bn_entries, 2)
-        limit = f", STREAM triad {gbps(stream):.1f} GB/s" if stream is not None else ""
-        lines += ["",
-                  "BatchNorm1d training forward+backward, float32, 2 threads (N1..N3 of "
-                  "DESIGN.md: (batch, C) = (128, 256), (512, 1024), (4096, 4096)"
-                  f"{limit}):",
-                  "",
-                  "| workload | vs NumPy twin | vs PyTorch | native GB/s | % of triad |",
-                  "|---|---|---|---|---|"]
-        for r in bn:
-            ref = "–" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}x"
-            tor = "–" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}x"
-            rate = "–" if r["gbps"] is None else f"{r['gbps']:.1f}"
-            frac = "–" if r["triad_fraction"] is None else f"{r['triad_fraction']:.0%}"
-            lines.append(f"| {r['workload']} | {ref} | {tor} | {rate} | {frac} |")
-    lines.append(README_END)
-    return "\n".join(lines)
+def update_readme_summary(tables):
+    """Rewrite README.md's summary block: each suite's table ({suite: markdown, or None for
+    nothing to show}) between its own markers, in SUITES order; a suite absent from `tables`
+    keeps the table the block has for it."""
+    start, end = markers("summary")
+    old = between(README_MD.read_text() if README_MD.exists() else "", start, end) or ""
+    inner = old[len(start):-len(end)]
+    kept = {suite: between(inner, *markers(f"summary:{suite}")) for suite in SUITES}
+    # text outside the per-suite markers is a block written before them, holding the Linear
+    # and BatchNorm1d tables: it stays, first, while neither suite is measured
+    legacy = inner
+    for block in filter(None, kept.values()):
+        legacy = legacy.replace(block, "")
+    blocks = []
+    if legacy.strip() and not tables.keys() & {"linear", "batchnorm"}:
+        blocks.append(legacy.strip("\n"))
+    for suite in SUITES:
+        s_start, s_end = markers(f"summary:{suite}")
+        if suite in tables:
+            block = tables[suite] and f"{s_start}\n{tables[suite]}\n{s_end}"
+        else:
+            block = kept[suite]
+        if block:
+            blocks.append(block)
+    replace_section(README_MD, start, end, "\n".join([start, "\n\n".join(blocks), end]))
 
 
 def main(argv=None):
@@ -504,29 +559,41 @@ def main(argv=None):
     suites, doc = load(args.json)
     if not any(suites.values()):
         sys.exit(f"{args.json}: no benchmarks in it")
-    written = []
-    entries = suites.get("linear", {})
+    written, summary = [], {}
+    entries = suites.get("linear")
     if entries:
-        print(markdown_tables(entries))
-        charts = write_charts(entries)
-        text = section(entries, doc, charts)
-        atomic_write(RESULTS / "linear.md",
-                     text.replace(START, "").replace(END, "").strip() + "\n")
-        replace_section(BENCHMARKS_MD, START, END, text, HEADER)
-        written += [RESULTS / "linear.md", *charts]
+        written += publish("linear", "Linear + bias + ReLU (L1..L4)", doc, LINEAR_INTRO,
+                           markdown_tables(entries), write_charts(entries))
+        summary["linear"] = linear_summary(entries)
     bn_entries = suites.get("batchnorm", {})
+    triad = triads(bn_entries)
     if bn_entries:
-        print(bn_markdown_tables(bn_entries))
-        charts = bn_write_charts(bn_entries)
-        text = bn_section(bn_entries, doc, charts)
-        atomic_write(RESULTS / "batchnorm.md",
-                     text.replace(BN_START, "").replace(BN_END, "").strip() + "\n")
-        replace_section(BENCHMARKS_MD, BN_START, BN_END, text, HEADER)
-        written += [RESULTS / "batchnorm.md", *charts]
-    if entries:
-        replace_section(README_MD, README_START, README_END,
-                        readme_summary(entries, bn_entries))
-    for path in [*written, BENCHMARKS_MD, *([README_MD] if entries else [])]:
+        charts = {"batchnorm_speedup.png": SPEEDUP_CHART}
+        if triad:
+            charts["batchnorm_triad_fraction.png"] = (
+                [("native", "triad_fraction")],
+                "native GB/s / STREAM triad GB/s (same threads)", None, "{:.0%}")
+        written += publish(
+            "batchnorm", "BatchNorm1d training forward+backward (N1..N3)", doc, BN_INTRO,
+            bandwidth_tables(bn_entries, triad, ["workload", "batch × C"]),
+            bandwidth_charts(bn_entries, triad, charts,
+                             "fastnn BatchNorm1d training fwd+bwd, float32 (N1..N3)"))
+        summary["batchnorm"] = bandwidth_summary(
+            bn_entries, triad, "workload",
+            "BatchNorm1d training forward+backward, float32, 2 threads (N1..N3 of DESIGN.md: "
+            "(batch, C) = (128, 256), (512, 1024), (4096, 4096)")
+    ops_entries = suites.get("ops")
+    if ops_entries:
+        written += publish(
+            "ops", "Activations, softmax and cross-entropy forward+backward", doc,
+            OPS_INTRO + (OPS_TRIAD if triad else "."),
+            bandwidth_tables(ops_entries, triad, ["op", "shape"]),
+            bandwidth_charts(ops_entries, triad, {"ops_speedup.png": SPEEDUP_CHART},
+                             "fastnn activations, softmax, cross-entropy fwd+bwd, float32"))
+        summary["ops"] = bandwidth_summary(ops_entries, triad, "op", ops_lead(ops_entries))
+    if summary:
+        update_readme_summary(summary)
+    for path in [*written, BENCHMARKS_MD, *([README_MD] if summary else [])]:
         print("wrote", path.relative_to(ROOT))
     others = [suite_of(b) for b in doc["benchmarks"] if suite_of(b) not in SUITES]
     for suite in sorted(set(others)):

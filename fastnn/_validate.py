@@ -69,9 +69,10 @@ def index_array(name, a, bound, what="index"):
     a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
-    if a.size:  # checked before the conversion, which would wrap a huge unsigned value
-        bad = (a < 0) | (a >= bound)
-        if bad.any():
-            value = a.reshape(-1)[np.argmax(bad.reshape(-1))]
-            raise IndexError(f"{name}: {what} {value} is out of range [0, {bound})")
+    # checked before the conversion, which would wrap a huge unsigned value; min and max
+    # allocate nothing, so a training step with valid indices stays allocation-free
+    if a.size and (a.min() < 0 or a.max() >= bound):
+        flat = a.reshape(-1)
+        value = flat[np.argmax((flat < 0) | (flat >= bound))]
+        raise IndexError(f"{name}: {what} {value} is out of range [0, {bound})")
     return np.asarray(a, dtype=np.int64, order="C")

@@ -347,18 +347,18 @@ def logits_and_target(logits, target):
     return logits, target
 
 
-def cross_entropy_forward(logits, target, probs=None):
+def cross_entropy_forward(logits, target, probs=None, row_loss=None):
     """Mean softmax cross-entropy of logits (N, K) against integer classes target (N,).
 
     Computed stably through log-sum-exp. Returns (loss, probs), probs = softmax(logits)
-    (N, K), which cross_entropy_backward takes.
+    (N, K), which cross_entropy_backward takes. row_loss: optional (N,) float64 scratch.
     """
     logits, target = logits_and_target(logits, target)
     probs = _output("probs", probs, logits.shape, logits.dtype)
-    check.disjoint(("probs", "logits"), (probs, logits), 1)
+    row_loss = _output("row_loss", row_loss, (logits.shape[0],), np.dtype(np.float64))
+    check.disjoint(("probs", "row_loss", "logits"), (probs, row_loss, logits), 2)
     if get_backend() == "reference":
         return reference.cross_entropy_forward(logits, target, probs)
-    row_loss = np.empty(logits.shape[0], np.float64)
     return _native.cross_entropy_forward(probs, row_loss, logits, target), probs
 
 

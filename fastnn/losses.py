@@ -11,7 +11,7 @@ class CrossEntropyLoss:
     torch.nn.CrossEntropyLoss: one fused, stable (log-sum-exp) kernel."""
 
     def __init__(self):
-        self._probs = self._dlogits = self._target = None
+        self._probs = self._dlogits = self._row_loss = self._target = None
 
     def forward(self, logits, target):
         """logits (N, K) float32/float64, target (N,) integers in [0, K) -> the mean loss."""
@@ -20,7 +20,8 @@ class CrossEntropyLoss:
                 or self._probs.dtype != logits.dtype:
             self._probs = np.empty(logits.shape, logits.dtype)
             self._dlogits = np.empty(logits.shape, logits.dtype)
-        loss, _ = F.cross_entropy_forward(logits, target, probs=self._probs)
+            self._row_loss = np.empty(logits.shape[0], np.float64)
+        loss, _ = F.cross_entropy_forward(logits, target, self._probs, self._row_loss)
         self._target = target
         return loss
 

@@ -1,6 +1,8 @@
 """Numerical comparison helpers for the tests."""
 import numpy as np
 
+import fastnn
+
 # Normwise relative tolerance of native vs reference, per dtype (DESIGN.md).
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
@@ -19,3 +21,29 @@ def assert_close(actual, expected, dtype=None):
     dtype = np.dtype(dtype or np.asarray(expected).dtype)
     err = rel_error(actual, expected)
     assert err <= TOL[dtype], f"relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
+
+
+def numerical_grad(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of a (in place)."""
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + eps
+        fp = f()
+        a[i] = old - eps
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def on_one_and_two_threads(run):
+    """[run() with 1 thread, run() with 2]: the thread count is left at 2, so a test calling
+    this takes the `threads` fixture, which restores it."""
+    results = []
+    for n in (1, 2):
+        fastnn.set_num_threads(n)
+        results.append(run())
+    return results

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import fastnn
 from fastnn import functional as F
-from helpers import assert_close
+from helpers import assert_close, numerical_grad, on_one_and_two_threads
 
 # (kind, negative_slope): every elementwise kind except the identity
 KINDS = [("relu", 0.01), ("tanh", 0.01), ("sigmoid", 0.01), ("leaky_relu", 0.2),
@@ -192,22 +192,6 @@ def test_activation_gradient_matches_finite_differences(kind, backend):
     np.testing.assert_allclose(dx, numeric, rtol=1e-7, atol=1e-9)
 
 
-def numerical_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_gradient_matches_finite_differences(backend):
     rng = np.random.default_rng(4)
@@ -225,10 +209,7 @@ def test_softmax_gradient_matches_finite_differences(backend):
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_activation_one_and_two_threads_bitwise_equal(kind, dtype, threads):
     x, dy = make_data((300, 301), dtype, seed=5)
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        results.append(act_both(x, dy, *kind, "native"))
+    results = on_one_and_two_threads(lambda: act_both(x, dy, *kind, "native"))
     for a, b in zip(*results):
         assert np.array_equal(a, b), "results differ between 1 and 2 threads"
 
@@ -236,10 +217,7 @@ def test_activation_one_and_two_threads_bitwise_equal(kind, dtype, threads):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_one_and_two_threads_bitwise_equal(dtype, threads):
     x, dy = make_data((301, 257), dtype, seed=6)
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        results.append(softmax_both(x, dy, "native"))
+    results = on_one_and_two_threads(lambda: softmax_both(x, dy, "native"))
     for a, b in zip(*results):
         assert np.array_equal(a, b), "results differ between 1 and 2 threads"
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import fastnn
 from fastnn import functional as F
-from helpers import assert_close
+from helpers import assert_close, numerical_grad, on_one_and_two_threads
 
 ACTS = ["none", "relu", "tanh", "sigmoid"]
 DTYPES = [np.float32, np.float64]
@@ -140,22 +140,6 @@ def test_eval_with_a_batch_of_one_matches_reference():
 
 # ---- gradients vs central differences, float64 ----
 
-def numerical_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("act", ACTS)
@@ -204,10 +188,8 @@ def test_gradient_without_affine_matches_finite_differences(backend):
 def test_one_and_two_threads_bitwise_equal(shape, act, training, dtype, threads):
     assert shape[0] * shape[1] >= 65536  # large enough to run on the team
     x, w, b, rm, rv, dy = make_problem(*shape, dtype, seed=3)
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        results.append(run_both_ways(x, w, b, rm, rv, dy, training, act, "native"))
+    results = on_one_and_two_threads(
+        lambda: run_both_ways(x, w, b, rm, rv, dy, training, act, "native"))
     for name in results[0]:
         assert np.array_equal(results[0][name], results[1][name]), \
             f"{name} differs between 1 and 2 threads"

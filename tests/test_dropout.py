@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import fastnn
 from fastnn import functional as F
+from helpers import on_one_and_two_threads
 
 DTYPES = [np.float32, np.float64]
 BACKENDS = ["reference", "native"]
@@ -209,12 +210,12 @@ def test_native_matches_reference_bitwise_large(p, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_and_two_threads_bitwise_equal(dtype, threads):
     x = nonzero_data((100_003,), dtype, seed=14)
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
+
+    def run():
         layer = fastnn.Dropout(0.4, seed=15)
-        results.append((layer(x).copy(), layer.backward(x).copy()))
-    for a, b in zip(*results):
+        return layer(x).copy(), layer.backward(x).copy()
+
+    for a, b in zip(*on_one_and_two_threads(run)):
         np.testing.assert_array_equal(a, b)
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import fastnn
 from fastnn import functional as F
-from helpers import assert_close
+from helpers import assert_close, on_one_and_two_threads
 
 DTYPES = [np.float32, np.float64]
 BACKENDS = ["reference", "native"]
@@ -173,11 +173,8 @@ def test_backward_one_and_two_threads_bitwise_equal(dtype, threads):
     rng = np.random.default_rng(4)
     idx = rng.integers(0, 5, 20_000)
     dy = rng.standard_normal((20_000, 64)).astype(dtype)
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        dweight = np.zeros((5, 64), dtype)
-        results.append(F.embedding_backward(dweight, dy, idx))
+    results = on_one_and_two_threads(
+        lambda: F.embedding_backward(np.zeros((5, 64), dtype), dy, idx))
     np.testing.assert_array_equal(results[0], results[1])
     with fastnn.use_backend("reference"):
         want = F.embedding_backward(np.zeros((5, 64), dtype), dy, idx)
@@ -187,10 +184,7 @@ def test_backward_one_and_two_threads_bitwise_equal(dtype, threads):
 def test_forward_one_and_two_threads_bitwise_equal(threads):
     weight = make_table(50, 96, np.float32)
     idx = np.random.default_rng(5).integers(0, 50, (40, 30))
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        results.append(F.embedding_forward(weight, idx))
+    results = on_one_and_two_threads(lambda: F.embedding_forward(weight, idx))
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], weight[idx])
 

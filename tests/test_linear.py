@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import fastnn
 from fastnn import functional as F
-from helpers import assert_close
+from helpers import assert_close, numerical_grad, on_one_and_two_threads
 
 ACTS = ["none", "relu", "tanh", "sigmoid"]
 DTYPES = [np.float32, np.float64]
@@ -67,22 +67,6 @@ def test_matches_reference_blocked_shapes(shape, act, dtype):
     check_native_matches_reference(*shape, dtype, act)
 
 
-def numerical_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("backend", ["reference", "native"])
 @pytest.mark.parametrize("act", ACTS)
 def test_gradients_match_finite_differences(act, backend):
@@ -107,10 +91,7 @@ def test_gradients_match_finite_differences(act, backend):
 @pytest.mark.parametrize("shape", [(301, 203, 157), (64, 300, 400)])
 def test_one_and_two_threads_bitwise_equal(shape, act, dtype, threads):
     x, w, b, dy = make_problem(*shape, dtype, seed=3)
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        results.append(run_both_ways(x, w, b, dy, act, "native"))
+    results = on_one_and_two_threads(lambda: run_both_ways(x, w, b, dy, act, "native"))
     for a, b_ in zip(*results):
         assert np.array_equal(a, b_), "results differ between 1 and 2 threads"
 

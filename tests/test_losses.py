@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import fastnn
 from fastnn import functional as F
-from helpers import assert_close
+from helpers import assert_close, numerical_grad, on_one_and_two_threads
 
 DTYPES = [np.float32, np.float64]
 BACKENDS = ["reference", "native"]
@@ -127,22 +127,6 @@ def test_cross_entropy_empty_batch(backend):
 
 
 # ---- cross-entropy: gradients ----
-
-def numerical_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cross_entropy_gradient_matches_finite_differences(backend):
@@ -294,11 +278,7 @@ def test_mse_zero_dim():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy_one_and_two_threads_bitwise_equal(dtype, threads):
     logits, target = ce_problem(700, 101, dtype, seed=9, scale=3.0)  # >= 65536: parallel
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        loss, probs, dlogits = ce_both(logits, target, "native")
-        results.append((loss, probs, dlogits))
+    results = on_one_and_two_threads(lambda: ce_both(logits, target, "native"))
     assert results[0][0] == results[1][0]  # the loss value too
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_array_equal(results[0][2], results[1][2])
@@ -309,10 +289,7 @@ def test_mse_one_and_two_threads_bitwise_equal(dtype, threads):
     rng = np.random.default_rng(10)
     pred = rng.standard_normal(100_003).astype(dtype)
     target = rng.standard_normal(100_003).astype(dtype)
-    results = []
-    for n in (1, 2):
-        fastnn.set_num_threads(n)
-        results.append(mse_both(pred, target, "native"))
+    results = on_one_and_two_threads(lambda: mse_both(pred, target, "native"))
     assert results[0][0] == results[1][0]
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
