@@ -152,7 +152,9 @@ class Module:
 class Sequential(Module):
     """Layers applied in order: forward runs them first to last, backward last to first.
 
-    net[i] is the i-th layer; len(net) and iteration work as for a list. Building one packs
+    net[i] is the i-th layer; len(net) and iteration work as for a list. net.outputs[i] and
+    net.grads[i] hold the last forward's output of layer i and the last backward's gradient
+    with respect to it (the layer's own buffers, not copies). Building one packs
     the parameters of all its layers into one flat arena per dtype (fastnn.arena), so an
     optimizer over net.parameters() updates one buffer. An Embedding first in the stack
     takes the integer input.
@@ -164,6 +166,8 @@ class Sequential(Module):
                 raise TypeError(f"layers[{i}]: expected a fastnn Module, got "
                                 f"{type(layer).__name__}")
         self.layers = list(layers)
+        self.outputs = [None] * len(self.layers)  # the last forward's output of each layer
+        self.grads = [None] * len(self.layers)  # the last backward's gradient at each output
         params = self.parameters()
         for dtype in dict.fromkeys(p.data.dtype for p in params):
             Arena([p for p in params if p.data.dtype == dtype])
@@ -189,13 +193,17 @@ class Sequential(Module):
         return iter(self.layers)
 
     def forward(self, x):
-        for layer in self.layers:
+        """Run the layers in order; outputs[i] keeps layer i's output (for diagnostics)."""
+        for i, layer in enumerate(self.layers):
             x = layer(x)
+            self.outputs[i] = x
         return x
 
     def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        """Run the backwards in reverse; grads[i] keeps the gradient w.r.t. layer i's output."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            self.grads[i] = dy
+            dy = self.layers[i].backward(dy)
         return dy
 
     def config(self):
