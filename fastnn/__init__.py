@@ -5,7 +5,7 @@ Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a
 """
 __version__ = "0.1.0"
 
-from . import functional, init, optim, reference
+from . import data, datasets, functional, init, optim, reference, train
 from .checkpoint import load, save
 from .layers import (
     GELU,
@@ -53,6 +53,8 @@ __all__ = [
     "Softmax",
     "Tanh",
     "build_info",
+    "data",
+    "datasets",
     "clip_grad_norm_",
     "clip_grad_value_",
     "functional",
@@ -66,5 +68,6 @@ __all__ = [
     "save",
     "set_backend",
     "set_num_threads",
+    "train",
     "use_backend",
 ]

@@ -1,10 +1,12 @@
 """The `fastnn` command line.
 
+    fastnn train   train an MLP on a dataset (default: the embedded 8x8 digits) and report
+                   the test accuracy; writes the model and a loss-curve PNG to --output
     fastnn info    what this build is (version, OpenMP, threads, BLAS, flags)
-    fastnn demo    train a small regression MLP built from fastnn.Linear layers
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -12,46 +14,126 @@ import numpy as np
 
 import fastnn
 
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop",
+              "adagrad": "Adagrad"}
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 
-def demo(args):
-    """Fit y = sin(3 x0) * cos(2 x1) with a 2-64-64-1 MLP of fused Linear layers and plain SGD.
 
-    (The optimizers, losses and the training loop arrive with the layer API; this shows the
-    Linear kernels learning.)"""
+class _Parser(argparse.ArgumentParser):
+    """Bad options: a one-line error and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _sizes(text):
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+def _probability(text):
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0 <= p < 1:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {text!r}")
+    return p
+
+
+def build_mlp(n_in, hidden, n_out, activation="relu", batchnorm=True, dropout=0.0):
+    """Linear (+ BatchNorm1d) + activation (+ Dropout) per hidden size, then Linear.
+    With BatchNorm the Linear has no bias (BatchNorm's beta takes its place) and the
+    activation is fused into BatchNorm; without it, into the Linear where it can be."""
+    fusable = activation in ("relu", "tanh", "sigmoid")
+    layers, width = [], n_in
+    for size in hidden:
+        init = "he_normal" if activation in ("relu", "leaky_relu", "gelu") else "xavier_normal"
+        act = activation if fusable else None
+        if batchnorm:
+            layers.append(fastnn.Linear(width, size, bias=False, init=init))
+            layers.append(fastnn.BatchNorm1d(size, activation=act))
+        else:
+            layers.append(fastnn.Linear(width, size, activation=act, init=init))
+        if not fusable:
+            layers.append(fastnn.LeakyReLU() if activation == "leaky_relu" else fastnn.GELU())
+        if dropout > 0:
+            layers.append(fastnn.Dropout(dropout))
+        width = size
+    layers.append(fastnn.Linear(width, n_out))
+    return fastnn.Sequential(*layers)
+
+
+def _load_data(args):
+    if args.dataset == "digits":
+        X, y = fastnn.datasets.load_digits()
+        return fastnn.data.split(X, y, (0.8, 0.1, 0.1), seed=args.seed)
+    if args.data_path is None:
+        raise SystemExit("fastnn train: error: --dataset mnist needs --data-path DIR "
+                         "(the folder holding the IDX files)")
+    X, y = fastnn.datasets.load_mnist(args.data_path, "train")
+    X_test, y_test = fastnn.datasets.load_mnist(args.data_path, "test")
+    (X_train, y_train), (X_val, y_val), _ = fastnn.data.split(X, y, (0.9, 0.05, 0.05),
+                                                              seed=args.seed)
+    return (X_train, y_train), (X_val, y_val), (X_test, y_test)
+
+
+def train(args):
+    if args.threads is not None:
+        fastnn.set_num_threads(args.threads)
     fastnn.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    X = rng.uniform(-1, 1, (args.samples, 2)).astype(np.float32)
-    Y = (np.sin(3 * X[:, :1]) * np.cos(2 * X[:, 1:])).astype(np.float32)
-    layers = [
-        fastnn.Linear(2, 64, activation="tanh"),
-        fastnn.Linear(64, 64, activation="tanh"),
-        fastnn.Linear(64, 1),
-    ]
-    params = [p for layer in layers for p in layer.parameters()]
-    print(f"fastnn {fastnn.__version__}: {fastnn.get_num_threads()} threads, "
-          f"backend {fastnn.get_backend()}")
     start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        order = rng.permutation(args.samples)
-        total = 0.0
-        for i in range(0, args.samples, args.batch_size):
-            idx = order[i:i + args.batch_size]
-            h = X[idx]
-            for layer in layers:
-                h = layer(h)
-            err = h - Y[idx]
-            total += float(np.sum(err * err))
-            grad = (2 / len(idx)) * err  # d(mean squared error)/d(output)
-            for p in params:
-                p.grad.fill(0)
-            for layer in reversed(layers):
-                grad = layer.backward(grad)
-            for p in params:
-                p.data -= args.lr * p.grad
-        if epoch == 1 or epoch % max(1, args.epochs // 10) == 0 or epoch == args.epochs:
-            print(f"epoch {epoch:4d}  mse {total / args.samples:.5f}")
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = _load_data(args)
+    scaler = fastnn.data.Standardizer().fit(X_train)  # fitted on the training split only
+    X_train, X_val, X_test = (scaler.transform(a) for a in (X_train, X_val, X_test))
+    n_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
+    model = build_mlp(X_train.shape[1], args.hidden, n_classes, args.activation,
+                      args.batchnorm, args.dropout)
+    optimizer = getattr(fastnn.optim, OPTIMIZERS[args.optimizer])(
+        model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    trainer = fastnn.train.Trainer(model, optimizer, patience=args.patience,
+                                   progress=args.progress)
+    print(f"fastnn {fastnn.__version__}: {args.dataset}, {len(X_train)} train / {len(X_val)} "
+          f"validation / {len(X_test)} test samples, {fastnn.get_num_threads()} threads")
+    print(model)
+
+    class Report(fastnn.train.Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            print(f"epoch {epoch:3d}  train loss {logs['train_loss']:.4f} "
+                  f"acc {logs['train_acc']:.4f}  validation loss {logs['val_loss']:.4f} "
+                  f"acc {logs['val_acc']:.4f}", flush=True)
+
+    trainer.callbacks.append(Report())
+    history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=args.epochs,
+                          batch_size=args.batch_size, seed=args.seed)
+    test_loss, test_acc = trainer.evaluate(X_test, y_test)
     seconds = time.perf_counter() - start
-    print(f"trained {args.epochs} epochs in {seconds:.2f} s")
+    os.makedirs(args.output, exist_ok=True)
+    model_path = os.path.join(args.output, "model.npz")
+    fastnn.save(model, model_path)
+    from . import plot  # matplotlib is imported only here
+
+    curve_path = plot.plot_history(history, os.path.join(args.output, "loss.png"))
+    print(f"test loss {test_loss:.4f}  test accuracy {test_acc:.4f}  "
+          f"({len(history['train_loss'])} epochs, {seconds:.1f} s)")
+    print(f"wrote {model_path} and {curve_path}")
     return 0
 
 
@@ -61,17 +143,33 @@ def info(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastnn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fastnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("info", help="show what this build is").set_defaults(func=info)
-    p = sub.add_parser("demo", help="train a small MLP from fastnn.Linear layers")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--samples", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    p = sub.add_parser("train", help="train an MLP and report its test accuracy")
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
+    p.add_argument("--data-path", help="folder with the MNIST IDX files (for --dataset mnist)")
+    p.add_argument("--hidden", type=_sizes, default=[256, 128],
+                   help="hidden layer sizes, comma-separated (default 256,128)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    p.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dropout", type=_probability, default=0.0)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    p.add_argument("--lr", type=_positive(float), default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--epochs", type=_positive(int), default=40)
+    p.add_argument("--batch-size", type=_positive(int), default=64)
+    p.add_argument("--patience", type=_positive(int), default=10,
+                   help="early stopping: epochs without a better validation loss")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=demo)
+    p.add_argument("--threads", type=_positive(int), default=None)
+    p.add_argument("--output", default="fastnn-output", help="folder for model.npz, loss.png")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
+    p.set_defaults(func=train)
     args = parser.parse_args(argv)
+    if args.command == "train" and args.weight_decay < 0:
+        parser.exit(2, f"fastnn train: error: --weight-decay must be >= 0, got {args.weight_decay}\n")
     return args.func(args)
 
 

@@ -26,7 +26,7 @@ def _float_dtype(dtype):
 @lru_cache(maxsize=1)
 def _digits_uint8():
     # importlib.resources finds the file in a source tree, an installed wheel or a zip.
-    res = resources.files("fastnn").joinpath("data").joinpath("digits.npz")
+    res = resources.files("fastnn").joinpath("data-files").joinpath("digits.npz")
     with np.load(io.BytesIO(res.read_bytes()), allow_pickle=False) as f:
         images, labels = f["images"], f["labels"]
     images.flags.writeable = labels.flags.writeable = False
@@ -38,7 +38,7 @@ def load_digits(dtype=np.float32):
 
     Returns X (1797, 64) of `dtype`: each row an 8x8 image (row-major) with integer values in
     [0, 16]; y (1797,) int64: the digit, 0..9 (174 to 183 images per class). New arrays at
-    every call. The data file is part of fastnn (fastnn/data/, see its README for source and
+    every call. The data file is part of fastnn (fastnn/data-files/, see its README for source and
     licence). Scale or standardise X yourself (e.g. X / 16 or fastnn.data.Standardizer).
     """
     dtype = _float_dtype(dtype)
@@ -75,12 +75,13 @@ def _read_idx(path, magic, ndim):
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: not a valid gzip file ({e})") from None
+    found = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
+    if found != magic:
+        got = f"none (a {len(raw)}-byte file)" if found is None else f"{found:#010x}"
+        raise ValueError(f"{path}: bad magic number {got}, expected {magic:#010x} "
+                         f"(an IDX file of unsigned bytes with {ndim} dimension(s))")
     if len(raw) < 4 + 4 * ndim:
         raise ValueError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    (found,) = struct.unpack(">I", raw[:4])
-    if found != magic:
-        raise ValueError(f"{path}: bad magic number {found:#010x}, expected {magic:#010x} "
-                         f"(an IDX file of unsigned bytes with {ndim} dimension(s))")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     size = int(np.prod(shape, dtype=np.int64))
     data = raw[4 + 4 * ndim:]

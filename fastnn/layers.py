@@ -497,7 +497,9 @@ class Dropout(Module):
             raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
         self.p = float(p)
         self.seed = int(get_rng().integers(2**63)) if seed is None else int(seed)
-        self.offset = 0  # counter of the next forward's first element
+        # the counter of the next forward's first element: a buffer, so that a checkpoint
+        # resumes the same sequence of masks
+        self.counter = np.zeros((), np.uint64)
         self._shape = None
         self._mask_offset = 0
         self._out = self._dx = None
@@ -510,8 +512,8 @@ class Dropout(Module):
             return x
         self._identity = False
         self._out = _buffer(self._out, x.shape, x.dtype)
-        self._mask_offset = self.offset
-        self.offset = (self.offset + x.size) % 2**64
+        self._mask_offset = int(self.counter)
+        self.counter[...] = (self._mask_offset + x.size) % 2**64
         return F.dropout_apply(x, self.p, self.seed, self._mask_offset, out=self._out)
 
     def backward(self, dy):
@@ -523,6 +525,8 @@ class Dropout(Module):
             return dy
         self._dx = _buffer(self._dx, dy.shape, dy.dtype)
         return F.dropout_apply(dy, self.p, self.seed, self._mask_offset, out=self._dx)
+
+    _buffer_names = ("counter",)
 
     def config(self):
         return {"p": self.p, "seed": self.seed}

@@ -63,7 +63,7 @@ def test_identity_in_eval_mode(dtype):
     dy = nonzero_data((8, 9), dtype, seed=1)
     np.testing.assert_array_equal(layer(x), x)
     np.testing.assert_array_equal(layer.backward(dy), dy)
-    assert layer.offset == 0  # no mask drawn
+    assert layer.counter == 0  # no mask drawn
     layer.train()
     assert (layer(x) == 0).any()
 
@@ -143,7 +143,7 @@ def test_consecutive_forwards_use_fresh_masks():
     # the counter advances by the element count: two forwards are one call over twice the data
     both = F.dropout_apply(np.concatenate([x, x]), 0.5, seed=8)
     np.testing.assert_array_equal(np.concatenate([y1, y2]), both)
-    assert layer.offset == 2 * x.size
+    assert layer.counter == 2 * x.size
 
 
 def test_counter_wraps_around_2_to_the_64():

@@ -1,0 +1,257 @@
+"""Training loop: epochs of mini-batches with validation, history, early stopping, gradient
+clipping, a learning-rate schedule, checkpoints and resume, a progress bar and callbacks.
+
+    trainer = Trainer(model, optim.Adam(model.parameters(), lr=1e-3), patience=5)
+    history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=30, batch_size=64)
+    test_loss, test_acc = trainer.evaluate(X_test, y_test)
+"""
+import json
+import os
+
+import numpy as np
+
+from . import checkpoint
+from .data import batches
+from .losses import CrossEntropyLoss
+from .optim import clip_grad_norm_
+from .optim.lr_scheduler import ReduceLROnPlateau
+
+__all__ = ["Callback", "Trainer"]
+
+
+class Callback:
+    """Hooks a Trainer calls; override the ones you need. on_step_end runs after the
+    optimizer step and before the next zero_grad, so gradients are still in .grad."""
+
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_begin(self, trainer, epoch):
+        pass
+
+    def on_step_end(self, trainer, step, loss):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        pass
+
+    def on_train_end(self, trainer):
+        pass
+
+
+class Trainer:
+    """Trains `model` (a Module mapping (B, ...) inputs to (B, K) outputs) with `optimizer`.
+
+    loss_fn: a loss with forward(output, target) -> float and backward() (default
+    CrossEntropyLoss; accuracy is reported for it). scheduler: stepped once per epoch
+    (ReduceLROnPlateau with the validation loss). clip_grad_norm: max global gradient norm
+    per step, or None. patience: stop after this many epochs without a lower validation loss
+    and restore the best weights (restore_best), or None. checkpoint_dir/checkpoint_every:
+    write a resumable checkpoint every N epochs. progress: show a tqdm bar per epoch.
+
+    history: "train_loss", "train_acc", "val_loss", "val_acc", "lr" per epoch, "step_loss"
+    per step.
+    """
+
+    def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm=None,
+                 patience=None, restore_best=True, checkpoint_dir=None, checkpoint_every=None,
+                 callbacks=(), progress=True):
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
+                                     or patience < 1):
+            raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
+        if checkpoint_every is not None and checkpoint_dir is None:
+            raise ValueError("checkpoint_dir: needed with checkpoint_every")
+        self.model, self.optimizer = model, optimizer
+        self.loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss()
+        self.scheduler, self.clip_grad_norm = scheduler, clip_grad_norm
+        self.patience, self.restore_best = patience, restore_best
+        self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
+        self.callbacks, self.progress = list(callbacks), progress
+        self.history = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                        "step_loss")}
+        self.step = 0
+        self.epoch = 0  # epochs completed
+        self.stop_training = False
+        self._best = (np.inf, None)  # (val loss, state_dict) of the best epoch so far
+        self._bad_epochs = 0
+        self._classifier = isinstance(self.loss_fn, CrossEntropyLoss)
+
+    def _call(self, hook, *args):
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def fit(self, train, val=None, epochs=10, batch_size=64, seed=0, resume=None):
+        """Train for `epochs` epochs (counting those of a resumed checkpoint) on
+        train = (X, y); val = (X_val, y_val) or None. resume: a checkpoint path. Returns
+        the history."""
+        X, y = train
+        drop_last = len(X) > batch_size  # constant batch shape: no re-allocation, no BN of 1
+        data = batches(X, y, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+        params = self.model.parameters()
+        if resume is not None:
+            self._load_checkpoint(resume, data)
+        self._call("on_train_begin")
+        while self.epoch < epochs and not self.stop_training:
+            epoch = self.epoch + 1
+            self._call("on_epoch_begin", epoch)
+            self.model.train()
+            total_loss = total_correct = seen = 0
+            bar = self._bar(data, epoch, epochs)
+            for xb, yb in bar:
+                self.optimizer.zero_grad()
+                out = self.model(xb)
+                loss = self.loss_fn(out, yb)
+                self.model.backward(self.loss_fn.backward())
+                if self.clip_grad_norm is not None:
+                    clip_grad_norm_(params, self.clip_grad_norm)
+                self.optimizer.step()
+                self.step += 1
+                n = len(xb)
+                total_loss += loss * n
+                seen += n
+                if self._classifier:
+                    total_correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                self.history["step_loss"].append(loss)
+                self._call("on_step_end", self.step, loss)
+                if self.progress:
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            logs = {"train_loss": total_loss / max(seen, 1),
+                    "train_acc": total_correct / max(seen, 1) if self._classifier else None,
+                    "val_loss": None, "val_acc": None,
+                    "lr": self.optimizer.param_groups[0]["lr"]}
+            if val is not None:
+                logs["val_loss"], logs["val_acc"] = self.evaluate(*val)
+            for key, value in logs.items():
+                self.history[key].append(value)
+            self.epoch = epoch
+            self._schedule(logs)
+            self._early_stopping(logs)
+            self._call("on_epoch_end", epoch, logs)
+            if self.checkpoint_every and epoch % self.checkpoint_every == 0:
+                self.save_checkpoint(os.path.join(self.checkpoint_dir, "checkpoint.npz"), data)
+        if self.restore_best and self._best[1] is not None:
+            self.model.load_state_dict(self._best[1])
+        self._call("on_train_end")
+        return self.history
+
+    def _bar(self, data, epoch, epochs):
+        if not self.progress:
+            return data
+        from tqdm import tqdm  # imported only when a bar is shown
+
+        return tqdm(data, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")
+
+    def _schedule(self, logs):
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            metric = logs["val_loss"] if logs["val_loss"] is not None else logs["train_loss"]
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+    def _early_stopping(self, logs):
+        if logs["val_loss"] is None:
+            return
+        if logs["val_loss"] < self._best[0]:
+            state = self.model.state_dict() if (self.patience or self.restore_best) else None
+            self._best, self._bad_epochs = (logs["val_loss"], state), 0
+        else:
+            self._bad_epochs += 1
+            if self.patience is not None and self._bad_epochs >= self.patience:
+                self.stop_training = True
+
+    def evaluate(self, X, y, batch_size=1024):
+        """(mean loss, accuracy or None) of the model on (X, y), in evaluation mode."""
+        training = self.model.training
+        self.model.eval()
+        total_loss = total_correct = 0.0
+        try:
+            for start in range(0, len(X), batch_size):
+                xb, yb = X[start:start + batch_size], y[start:start + batch_size]
+                out = self.model(xb)
+                total_loss += self.loss_fn(out, yb) * len(xb)
+                if self._classifier:
+                    total_correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+        finally:
+            self.model.train(training)
+        n = max(len(X), 1)
+        return total_loss / n, (total_correct / n if self._classifier else None)
+
+    def predict(self, X, batch_size=1024):
+        """The model's outputs for X in evaluation mode, (n, K), a new array."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            return np.concatenate([np.array(self.model(X[s:s + batch_size]))
+                                   for s in range(0, len(X), batch_size)])
+        finally:
+            self.model.train(training)
+
+    # ---- checkpoints: model, optimizer state, trainer progress, data order ----
+
+    def save_checkpoint(self, path, data=None):
+        """Write a resumable checkpoint (atomically) to `path`."""
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        scalars = {"param_groups": _jsonable(opt["param_groups"]), "opt_scalars": [],
+                   "epoch": self.epoch, "step": self.step, "history": _jsonable(self.history),
+                   "best_loss": float(self._best[0]), "bad_epochs": self._bad_epochs,
+                   "data_rng": data._rng.bit_generator.state if data is not None else None,
+                   "scheduler": getattr(self.scheduler, "state_dict", lambda: None)()}
+        for g, states in enumerate(opt["state"]):
+            group_scalars = []
+            for a, state in enumerate(states):
+                kept = {}
+                for key, value in state.items():
+                    if isinstance(value, np.ndarray):
+                        arrays[f"opt/{g}/{a}/{key}"] = value
+                    else:
+                        kept[key] = value
+                group_scalars.append(kept)
+            scalars["opt_scalars"].append(group_scalars)
+        if self._best[1] is not None:
+            arrays.update({f"best/{k}": v for k, v in self._best[1].items()})
+        arrays["trainer"] = np.array(json.dumps(scalars))
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        checkpoint.atomic_write(path, lambda f: np.savez(f, **arrays))
+
+    def _load_checkpoint(self, path, data):
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+        scalars = json.loads(str(files.pop("trainer")))
+        self.model.load_state_dict({k[6:]: v for k, v in files.items() if k.startswith("model/")})
+        state = []
+        for g, group_scalars in enumerate(scalars["opt_scalars"]):
+            state.append([])
+            for a, kept in enumerate(group_scalars):
+                s = dict(kept)
+                for k, v in files.items():
+                    if k.startswith(f"opt/{g}/{a}/"):
+                        s[k.split("/", 3)[3]] = v
+                state[-1].append(s)
+        groups = scalars["param_groups"]
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.epoch, self.step = scalars["epoch"], scalars["step"]
+        self.history = scalars["history"]
+        best = {k[5:]: v for k, v in files.items() if k.startswith("best/")}
+        self._best = (scalars["best_loss"], best or None)
+        self._bad_epochs = scalars["bad_epochs"]
+        if scalars["data_rng"] is not None:
+            data._rng.bit_generator.state = scalars["data_rng"]
+        if scalars["scheduler"] is not None and hasattr(self.scheduler, "load_state_dict"):
+            self.scheduler.load_state_dict(scalars["scheduler"])
+
+
+def _jsonable(value):
+    """Lists, dicts, tuples and numbers as plain JSON values (NumPy scalars converted)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
