@@ -37,6 +37,9 @@
         }                                                                      \
     } while (0)
 
+/* Coefficients such as 1 - beta2 are formed in double by the callers and rounded once: in
+ * float32, 1 - 0.999f is 0.00099998713, 1.3e-5 away from 0.001f. */
+
 /* the gradient with the L2 and L1 penalties added */
 static inline REAL SFX(penalised)(REAL g, REAL p, REAL wd, REAL l1)
 {
@@ -47,13 +50,13 @@ static inline REAL SFX(penalised)(REAL g, REAL p, REAL wd, REAL l1)
 
 FASTNN_HOT
 static void SFX(sgd_chunk)(REAL *restrict p, REAL *restrict buf, const REAL *restrict grad,
-                           REAL lr, REAL mu, REAL damp, REAL wd, REAL l1, int nesterov,
-                           int first, int64_t n)
+                           REAL lr, REAL mu, REAL one_minus_damp, REAL wd, REAL l1,
+                           int nesterov, int first, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         REAL g = SFX(penalised)(grad[i], p[i], wd, l1);
         if (buf) {
-            REAL b = first ? g : mu * buf[i] + (1 - damp) * g;
+            REAL b = first ? g : mu * buf[i] + one_minus_damp * g;
             buf[i] = b;
             g = nesterov ? g + mu * b : b;
         }
@@ -66,7 +69,7 @@ void SFX(sgd_step)(REAL *p, REAL *buf, const REAL *grad, double lr, double momen
                    int64_t n)
 {
     CHUNKED_LOOP(n, SFX(sgd_chunk)(p + i0, buf ? buf + i0 : 0, grad + i0, (REAL)lr,
-                                   (REAL)momentum, (REAL)dampening, (REAL)weight_decay,
+                                   (REAL)momentum, (REAL)(1 - dampening), (REAL)weight_decay,
                                    (REAL)l1, nesterov, first, i1 - i0););
 }
 
@@ -92,15 +95,16 @@ void SFX(adagrad_step)(REAL *p, REAL *sum, const REAL *grad, double clr, double 
 FASTNN_HOT
 static void SFX(rmsprop_chunk)(REAL *restrict p, REAL *restrict sq, REAL *restrict gavg,
                                REAL *restrict buf, const REAL *restrict grad, REAL lr,
-                               REAL alpha, REAL eps, REAL wd, REAL l1, REAL mu, int64_t n)
+                               REAL alpha, REAL one_minus_alpha, REAL eps, REAL wd, REAL l1,
+                               REAL mu, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         REAL g = SFX(penalised)(grad[i], p[i], wd, l1);
-        REAL s = alpha * sq[i] + (1 - alpha) * g * g;
+        REAL s = alpha * sq[i] + one_minus_alpha * g * g;
         sq[i] = s;
         REAL avg;
         if (gavg) {
-            REAL a = gavg[i] + (1 - alpha) * (g - gavg[i]);
+            REAL a = gavg[i] + one_minus_alpha * (g - gavg[i]);
             gavg[i] = a;
             avg = SQRT(s - a * a) + eps;
         } else {
@@ -122,27 +126,28 @@ void SFX(rmsprop_step)(REAL *p, REAL *square_avg, REAL *grad_avg, REAL *momentum
 {
     CHUNKED_LOOP(n, SFX(rmsprop_chunk)(p + i0, square_avg + i0, grad_avg ? grad_avg + i0 : 0,
                                        momentum_buf ? momentum_buf + i0 : 0, grad + i0,
-                                       (REAL)lr, (REAL)alpha, (REAL)eps, (REAL)weight_decay,
+                                       (REAL)lr, (REAL)alpha, (REAL)(1 - alpha), (REAL)eps,
+                                       (REAL)weight_decay,
                                        (REAL)l1, (REAL)momentum, i1 - i0););
 }
 
 FASTNN_HOT
 static void SFX(adam_chunk)(REAL *restrict p, REAL *restrict m, REAL *restrict v,
-                            REAL *restrict vmax, const REAL *restrict grad, REAL lr, REAL b1,
-                            REAL b2, REAL eps, REAL wd, REAL l1, int decoupled, REAL step_size,
-                            REAL bc2_sqrt, int64_t n)
+                            REAL *restrict vmax, const REAL *restrict grad, REAL decay,
+                            REAL one_minus_b1, REAL b2, REAL one_minus_b2, REAL eps, REAL wd,
+                            REAL l1, int decoupled, REAL step_size, REAL bc2_sqrt, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         REAL pi = p[i];
         REAL g;
         if (decoupled) {
-            pi *= 1 - lr * wd;
+            pi *= decay;
             g = SFX(penalised)(grad[i], pi, 0, l1);
         } else {
             g = SFX(penalised)(grad[i], pi, wd, l1);
         }
-        REAL mi = m[i] + (1 - b1) * (g - m[i]);
-        REAL vi = b2 * v[i] + (1 - b2) * g * g;
+        REAL mi = m[i] + one_minus_b1 * (g - m[i]);
+        REAL vi = b2 * v[i] + one_minus_b2 * g * g;
         m[i] = mi;
         v[i] = vi;
         if (vmax) {
@@ -161,7 +166,8 @@ void SFX(adam_step)(REAL *p, REAL *exp_avg, REAL *exp_avg_sq, REAL *max_exp_avg_
     double bc2_sqrt = sqrt(1 - pow(beta2, (double)step));
     CHUNKED_LOOP(n, SFX(adam_chunk)(p + i0, exp_avg + i0, exp_avg_sq + i0,
                                     max_exp_avg_sq ? max_exp_avg_sq + i0 : 0, grad + i0,
-                                    (REAL)lr, (REAL)beta1, (REAL)beta2, (REAL)eps,
+                                    (REAL)(1 - lr * weight_decay), (REAL)(1 - beta1),
+                                    (REAL)beta2, (REAL)(1 - beta2), (REAL)eps,
                                     (REAL)weight_decay, (REAL)l1, decoupled, (REAL)step_size,
                                     (REAL)bc2_sqrt, i1 - i0););
 }

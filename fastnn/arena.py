@@ -26,18 +26,25 @@ def contiguous_run(arrays):
 
 
 class Arena:
-    """The parameters of one dtype in one contiguous buffer: `.data` and `.grad` are flat
-    (n,) arrays, and each Parameter's .data / .grad are views of them. Parameters that
-    already lie back to back in one buffer (an earlier arena) are used in place."""
+    """The parameters of one dtype as flat buffers.
+
+    Parameters that own their memory are packed into one contiguous buffer: each
+    Parameter's .data / .grad become views of the flat `.data` / `.grad` (values kept).
+    Parameters that are already views of a buffer (an earlier arena, e.g. the model's) are
+    left where they are, so every other holder of that buffer keeps working: they are
+    covered by `.runs`, the maximal stretches that lie back to back, one kernel call each.
+
+    runs: list of (offset, data (m,), grad (m,)) flat views; offsets index a flat state
+    buffer of `size` elements that follows the parameters' order.
+    """
 
     def __init__(self, params):
         self.params = list(params)
         self.dtype = self.params[0].data.dtype
-        data = contiguous_run([p.data for p in self.params])
-        grad = contiguous_run([p.grad for p in self.params])
-        if data is None or grad is None:
-            data, grad = self._pack()
-        self.data, self.grad = data, grad
+        if all(p.data.base is None and p.grad.base is None for p in self.params):
+            self._pack()
+        self.runs = self._find_runs()
+        self.size = sum(p.data.size for p in self.params)
 
     def _pack(self):
         n = sum(p.data.size for p in self.params)
@@ -50,8 +57,37 @@ class Arena:
             p.data = data[offset:offset + size].reshape(shape)
             p.grad = grad[offset:offset + size].reshape(shape)
             offset += size
-        return data, grad
+
+    def _find_runs(self):
+        runs, start, offset = [], 0, 0
+        for i in range(1, len(self.params) + 1):
+            group = self.params[start:i]
+            ends = i == len(self.params)
+            if not ends:
+                nxt = group + [self.params[i]]
+                if (contiguous_run([p.data for p in nxt]) is not None
+                        and contiguous_run([p.grad for p in nxt]) is not None):
+                    continue
+            data = contiguous_run([p.data for p in group]) if len(group) > 1 \
+                else group[0].data.reshape(-1)
+            grad = contiguous_run([p.grad for p in group]) if len(group) > 1 \
+                else group[0].grad.reshape(-1)
+            runs.append((offset, data, grad))
+            offset += data.size
+            start = i
+        return runs
 
     @property
-    def size(self):
-        return self.data.size
+    def data(self):
+        """The flat parameter buffer (n,), when the arena is one run."""
+        return self._single(1)
+
+    @property
+    def grad(self):
+        """The flat gradient buffer (n,), when the arena is one run."""
+        return self._single(2)
+
+    def _single(self, field):
+        if len(self.runs) != 1:
+            raise ValueError(f"arena: its parameters lie in {len(self.runs)} separate runs")
+        return self.runs[0][field]

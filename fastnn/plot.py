@@ -140,7 +140,7 @@ def plot_update_ratios(update_ratio, path):
     return _save(fig, path)
 
 
-def _histograms(stats, path, title, describe):
+def _histograms(stats, path, title, xlabel, describe):
     fig, (ax,) = _figure(1, 1, (9, 4.5))
     for i in sorted(stats.latest):
         t = np.asarray(stats.latest[i], dtype=np.float64).ravel()
@@ -151,6 +151,7 @@ def _histograms(stats, path, title, describe):
         label = stats.labels.get(i, f"layer {i}")
         ax.plot(0.5 * (hx[:-1] + hx[1:]), hy, label=f"{label}: {describe(stats, i, label, t)}")
     ax.set_title(title)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.grid(True, alpha=0.3)
     if ax.lines:
@@ -179,9 +180,8 @@ def plot_activation_histograms(activation_stats, path):
         return text
 
     step = activation_stats.steps[-1] if activation_stats.steps else "-"
-    fig_path = _histograms(activation_stats, path, f"activation distribution (step {step})",
-                           describe)
-    return fig_path
+    return _histograms(activation_stats, path, f"activation distribution (step {step})",
+                       "layer output", describe)
 
 
 def plot_gradient_histograms(gradient_stats, path):
@@ -191,4 +191,5 @@ def plot_gradient_histograms(gradient_stats, path):
         return f"mean {t.mean():+.2e}, std {t.std():.2e}"
 
     step = gradient_stats.steps[-1] if gradient_stats.steps else "-"
-    return _histograms(gradient_stats, path, f"gradient distribution (step {step})", describe)
+    return _histograms(gradient_stats, path, f"gradient distribution (step {step})",
+                       "gradient w.r.t. the layer output", describe)

@@ -194,7 +194,8 @@ class Trainer:
         """Write a resumable checkpoint (atomically) to `path`."""
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         opt = self.optimizer.state_dict()
-        scalars = {"param_groups": _jsonable(opt["param_groups"]), "opt_scalars": [],
+        scalars = {"optimizer": opt["optimizer"], "param_groups": _jsonable(opt["param_groups"]),
+                   "opt_scalars": [],
                    "epoch": self.epoch, "step": self.step, "history": _jsonable(self.history),
                    "best_loss": float(self._best[0]), "bad_epochs": self._bad_epochs,
                    "data_rng": data._rng.bit_generator.state if data is not None else None,
@@ -234,7 +235,8 @@ class Trainer:
         for g in groups:
             if "betas" in g:
                 g["betas"] = tuple(g["betas"])
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.optimizer.load_state_dict({"optimizer": scalars["optimizer"], "state": state,
+                                        "param_groups": groups})
         self.epoch, self.step = scalars["epoch"], scalars["step"]
         self.history = scalars["history"]
         best = {k[5:]: v for k, v in files.items() if k.startswith("best/")}

@@ -94,16 +94,25 @@ class Optimizer:
         self._state.append([self._new_state(group, a) for a in arenas])
 
     def zero_grad(self):
-        """Zero every gradient: one fill per arena."""
+        """Zero every gradient: one fill per flat buffer."""
         for arenas in self._arenas:
             for arena in arenas:
-                arena.grad.fill(0)
+                for _, _, grad in arena.runs:
+                    grad.fill(0)
 
     def step(self):
-        """One update of every parameter, with the hyperparameters now in param_groups."""
+        """One update of every parameter, with the hyperparameters now in param_groups: one
+        kernel call per flat run of parameters (one per group and dtype when packed)."""
         for group, arenas, states in zip(self.param_groups, self._arenas, self._state):
             for arena, state in zip(arenas, states):
-                self._update(group, arena, state)
+                self._begin_step(group, arena, state)
+                for offset, data, grad in arena.runs:
+                    part = {k: (v[offset:offset + data.size] if isinstance(v, np.ndarray)
+                                else v) for k, v in state.items()}
+                    self._update(group, data, grad, part)
+
+    def _begin_step(self, group, arena, state):
+        """Per-step bookkeeping before the updates (step counts, lazy state buffers)."""
 
     def state_dict(self):
         """{"state": per group, per arena, the flat state buffers (copies) and step counts;
@@ -117,10 +126,14 @@ class Optimizer:
             groups.append(hyper)
         state = [[{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                   for s in states] for states in self._state]
-        return {"state": state, "param_groups": groups}
+        return {"optimizer": type(self).__name__, "state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
         """Restore what state_dict() returned, for an optimizer over the same parameters."""
+        kind = state_dict.get("optimizer", type(self).__name__)
+        if kind != type(self).__name__:
+            raise ValueError(f"state_dict: saved from {kind}, this optimizer is "
+                             f"{type(self).__name__}")
         groups, state = state_dict["param_groups"], state_dict["state"]
         if len(groups) != len(self.param_groups) or len(state) != len(self._state):
             raise ValueError(f"state_dict: {len(groups)} parameter groups, this optimizer "
@@ -176,15 +189,17 @@ class SGD(Optimizer):
                              f"dampening={g['dampening']}")
 
     def _new_state(self, group, arena):
-        return {"momentum_buffer": None}
+        return {"momentum_buffer": None, "first": True}
 
-    def _update(self, g, arena, state):
-        buf, first = None, False
+    def _begin_step(self, g, arena, state):
         if g["momentum"] != 0:
-            first = state["momentum_buffer"] is None
-            buf = self._buffer(state, "momentum_buffer", arena)
-        F.sgd_step(arena.data, buf, arena.grad, g["lr"], g["momentum"], g["dampening"],
-                   g["weight_decay"], g["l1"], g["nesterov"], first)
+            state["first"] = state["momentum_buffer"] is None
+            self._buffer(state, "momentum_buffer", arena)
+
+    def _update(self, g, data, grad, state):
+        buf = state["momentum_buffer"] if g["momentum"] != 0 else None
+        F.sgd_step(data, buf, grad, g["lr"], g["momentum"], g["dampening"],
+                   g["weight_decay"], g["l1"], g["nesterov"], buf is not None and state["first"])
 
 
 class Adagrad(Optimizer):
@@ -205,11 +220,12 @@ class Adagrad(Optimizer):
         return {"step": 0,
                 "sum": np.full(arena.size, group["initial_accumulator_value"], arena.dtype)}
 
-    def _update(self, g, arena, state):
+    def _begin_step(self, g, arena, state):
         state["step"] += 1
+
+    def _update(self, g, data, grad, state):
         clr = g["lr"] / (1 + (state["step"] - 1) * g["lr_decay"])
-        F.adagrad_step(arena.data, state["sum"], arena.grad, clr, g["weight_decay"], g["l1"],
-                       g["eps"])
+        F.adagrad_step(data, state["sum"], grad, clr, g["weight_decay"], g["l1"], g["eps"])
 
 
 class RMSprop(Optimizer):
@@ -229,12 +245,18 @@ class RMSprop(Optimizer):
         return {"step": 0, "square_avg": np.zeros(arena.size, arena.dtype),
                 "grad_avg": None, "momentum_buffer": None}
 
-    def _update(self, g, arena, state):
+    def _begin_step(self, g, arena, state):
         state["step"] += 1
-        grad_avg = self._buffer(state, "grad_avg", arena) if g["centered"] else None
-        buf = self._buffer(state, "momentum_buffer", arena) if g["momentum"] > 0 else None
-        F.rmsprop_step(arena.data, state["square_avg"], grad_avg, buf, arena.grad, g["lr"],
-                       g["alpha"], g["eps"], g["weight_decay"], g["l1"], g["momentum"])
+        if g["centered"]:
+            self._buffer(state, "grad_avg", arena)
+        if g["momentum"] > 0:
+            self._buffer(state, "momentum_buffer", arena)
+
+    def _update(self, g, data, grad, state):
+        grad_avg = state["grad_avg"] if g["centered"] else None
+        buf = state["momentum_buffer"] if g["momentum"] > 0 else None
+        F.rmsprop_step(data, state["square_avg"], grad_avg, buf, grad, g["lr"], g["alpha"],
+                       g["eps"], g["weight_decay"], g["l1"], g["momentum"])
 
 
 class Adam(Optimizer):
@@ -259,13 +281,16 @@ class Adam(Optimizer):
         return {"step": 0, "exp_avg": np.zeros(arena.size, arena.dtype),
                 "exp_avg_sq": np.zeros(arena.size, arena.dtype), "max_exp_avg_sq": None}
 
-    def _update(self, g, arena, state):
+    def _begin_step(self, g, arena, state):
         state["step"] += 1
-        vmax = self._buffer(state, "max_exp_avg_sq", arena) if g["amsgrad"] else None
+        if g["amsgrad"]:
+            self._buffer(state, "max_exp_avg_sq", arena)
+
+    def _update(self, g, data, grad, state):
+        vmax = state["max_exp_avg_sq"] if g["amsgrad"] else None
         beta1, beta2 = g["betas"]
-        F.adam_step(arena.data, state["exp_avg"], state["exp_avg_sq"], vmax, arena.grad,
-                    g["lr"], beta1, beta2, g["eps"], g["weight_decay"], g["l1"],
-                    self.decoupled, state["step"])
+        F.adam_step(data, state["exp_avg"], state["exp_avg_sq"], vmax, grad, g["lr"], beta1,
+                    beta2, g["eps"], g["weight_decay"], g["l1"], self.decoupled, state["step"])
 
 
 class AdamW(Adam):
