@@ -15,12 +15,20 @@ __all__ = ["atomic_write", "load", "load_into", "save"]
 _ARCH = "__fastnn_architecture__"
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call write(file) on a temporary file next to `path`, fsync it, rename it to `path`."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

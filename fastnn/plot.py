@@ -8,9 +8,10 @@ session that already uses pyplot (a notebook) is left alone.
 """
 import math
 import os
-import tempfile
 
 import numpy as np
+
+from .checkpoint import atomic_write
 
 __all__ = [
     "plot_activation_histograms",
@@ -34,31 +35,8 @@ def _figure(nrows=1, ncols=1, size=(8, 4.5)):
 
 def _save(fig, path):
     """Write fig as a PNG to path atomically; returns path."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable, where the platform allows it
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    return os.fspath(path)
 
 
 def _floats(values):
