@@ -139,7 +139,8 @@ class Trainer:
             return data
         from tqdm import tqdm  # imported only when a bar is shown
 
-        return tqdm(data, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")
+        # disable=None: no bar when the output is not a terminal (logs, CI)
+        return tqdm(data, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch", disable=None)
 
     def _schedule(self, logs):
         if self.scheduler is None:
