@@ -40,12 +40,13 @@
 /* Coefficients such as 1 - beta2 are formed in double by the callers and rounded once: in
  * float32, 1 - 0.999f is 0.00099998713, 1.3e-5 away from 0.001f. */
 
-/* the gradient with the L2 and L1 penalties added */
+/* the gradient with the L2 and L1 penalties added; selects, not branches, so that loops
+ * vectorise; an off penalty adds 0 even for an infinite parameter (no inf * 0 = NaN) */
 static inline REAL SFX(penalised)(REAL g, REAL p, REAL wd, REAL l1)
 {
-    if (wd != 0) g += wd * p; /* skipped when off, so that an inf parameter gives no NaN */
-    if (l1 != 0) g += l1 * (REAL)((p > 0) - (p < 0));
-    return g;
+    REAL l2_term = wd != 0 ? wd * p : 0;
+    REAL l1_term = l1 != 0 ? l1 * (REAL)((p > 0) - (p < 0)) : 0;
+    return g + l2_term + l1_term;
 }
 
 FASTNN_HOT
@@ -92,25 +93,26 @@ void SFX(adagrad_step)(REAL *p, REAL *sum, const REAL *grad, double clr, double 
                                        (REAL)weight_decay, (REAL)l1, (REAL)eps, i1 - i0););
 }
 
-FASTNN_HOT
-static void SFX(rmsprop_chunk)(REAL *restrict p, REAL *restrict sq, REAL *restrict gavg,
-                               REAL *restrict buf, const REAL *restrict grad, REAL lr,
-                               REAL alpha, REAL one_minus_alpha, REAL eps, REAL wd, REAL l1,
-                               REAL mu, int64_t n)
+/* The loop bodies below take their optional features as constant flags and are always
+ * inlined, so each caller gets a branch-free, vectorised loop per combination. */
+static inline __attribute__((always_inline)) void SFX(rmsprop_body)(
+    REAL *restrict p, REAL *restrict sq, REAL *restrict gavg, REAL *restrict buf,
+    const REAL *restrict grad, REAL lr, REAL alpha, REAL one_minus_alpha, REAL eps, REAL wd,
+    REAL l1, REAL mu, const int centered, const int momentum, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         REAL g = SFX(penalised)(grad[i], p[i], wd, l1);
         REAL s = alpha * sq[i] + one_minus_alpha * g * g;
         sq[i] = s;
         REAL avg;
-        if (gavg) {
+        if (centered) {
             REAL a = gavg[i] + one_minus_alpha * (g - gavg[i]);
             gavg[i] = a;
             avg = SQRT(s - a * a) + eps;
         } else {
             avg = SQRT(s) + eps;
         }
-        if (buf) {
+        if (momentum) {
             REAL b = mu * buf[i] + g / avg;
             buf[i] = b;
             p[i] -= lr * b;
@@ -118,6 +120,21 @@ static void SFX(rmsprop_chunk)(REAL *restrict p, REAL *restrict sq, REAL *restri
             p[i] -= lr * g / avg;
         }
     }
+}
+
+FASTNN_HOT
+static void SFX(rmsprop_chunk)(REAL *restrict p, REAL *restrict sq, REAL *restrict gavg,
+                               REAL *restrict buf, const REAL *restrict grad, REAL lr,
+                               REAL alpha, REAL one_minus_alpha, REAL eps, REAL wd, REAL l1,
+                               REAL mu, int64_t n)
+{
+#define RMSPROP(C, M) SFX(rmsprop_body)(p, sq, gavg, buf, grad, lr, alpha, one_minus_alpha, \
+                                        eps, wd, l1, mu, C, M, n)
+    if (gavg && buf) RMSPROP(1, 1);
+    else if (gavg) RMSPROP(1, 0);
+    else if (buf) RMSPROP(0, 1);
+    else RMSPROP(0, 0);
+#undef RMSPROP
 }
 
 void SFX(rmsprop_step)(REAL *p, REAL *square_avg, REAL *grad_avg, REAL *momentum_buf,
@@ -131,31 +148,38 @@ void SFX(rmsprop_step)(REAL *p, REAL *square_avg, REAL *grad_avg, REAL *momentum
                                        (REAL)l1, (REAL)momentum, i1 - i0););
 }
 
-FASTNN_HOT
-static void SFX(adam_chunk)(REAL *restrict p, REAL *restrict m, REAL *restrict v,
-                            REAL *restrict vmax, const REAL *restrict grad, REAL decay,
-                            REAL one_minus_b1, REAL b2, REAL one_minus_b2, REAL eps, REAL wd,
-                            REAL l1, int decoupled, REAL step_size, REAL bc2_sqrt, int64_t n)
+static inline __attribute__((always_inline)) void SFX(adam_body)(
+    REAL *restrict p, REAL *restrict m, REAL *restrict v, REAL *restrict vmax,
+    const REAL *restrict grad, REAL decay, REAL one_minus_b1, REAL b2, REAL one_minus_b2,
+    REAL eps, REAL wd, REAL l1, REAL step_size, REAL bc2_sqrt, const int amsgrad, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
-        REAL pi = p[i];
-        REAL g;
-        if (decoupled) {
-            pi *= decay;
-            g = SFX(penalised)(grad[i], pi, 0, l1);
-        } else {
-            g = SFX(penalised)(grad[i], pi, wd, l1);
-        }
+        REAL pi = p[i] * decay; /* decay = 1 - lr * weight_decay for AdamW, else 1 */
+        REAL g = SFX(penalised)(grad[i], pi, wd, l1);
         REAL mi = m[i] + one_minus_b1 * (g - m[i]);
         REAL vi = b2 * v[i] + one_minus_b2 * g * g;
         m[i] = mi;
         v[i] = vi;
-        if (vmax) {
+        if (amsgrad) {
             vi = vmax[i] > vi ? vmax[i] : vi;
             vmax[i] = vi;
         }
         p[i] = pi - step_size * mi / (SQRT(vi) / bc2_sqrt + eps);
     }
+}
+
+FASTNN_HOT
+static void SFX(adam_chunk)(REAL *restrict p, REAL *restrict m, REAL *restrict v,
+                            REAL *restrict vmax, const REAL *restrict grad, REAL decay,
+                            REAL one_minus_b1, REAL b2, REAL one_minus_b2, REAL eps, REAL wd,
+                            REAL l1, REAL step_size, REAL bc2_sqrt, int64_t n)
+{
+    if (vmax)
+        SFX(adam_body)(p, m, v, vmax, grad, decay, one_minus_b1, b2, one_minus_b2, eps, wd, l1,
+                       step_size, bc2_sqrt, 1, n);
+    else
+        SFX(adam_body)(p, m, v, vmax, grad, decay, one_minus_b1, b2, one_minus_b2, eps, wd, l1,
+                       step_size, bc2_sqrt, 0, n);
 }
 
 void SFX(adam_step)(REAL *p, REAL *exp_avg, REAL *exp_avg_sq, REAL *max_exp_avg_sq,
@@ -164,12 +188,14 @@ void SFX(adam_step)(REAL *p, REAL *exp_avg, REAL *exp_avg_sq, REAL *max_exp_avg_
 {
     double step_size = lr / (1 - pow(beta1, (double)step));
     double bc2_sqrt = sqrt(1 - pow(beta2, (double)step));
+    /* AdamW shrinks p; Adam adds weight_decay * p to the gradient */
+    double decay = decoupled ? 1 - lr * weight_decay : 1;
+    double coupled_wd = decoupled ? 0 : weight_decay;
     CHUNKED_LOOP(n, SFX(adam_chunk)(p + i0, exp_avg + i0, exp_avg_sq + i0,
                                     max_exp_avg_sq ? max_exp_avg_sq + i0 : 0, grad + i0,
-                                    (REAL)(1 - lr * weight_decay), (REAL)(1 - beta1),
-                                    (REAL)beta2, (REAL)(1 - beta2), (REAL)eps,
-                                    (REAL)weight_decay, (REAL)l1, decoupled, (REAL)step_size,
-                                    (REAL)bc2_sqrt, i1 - i0););
+                                    (REAL)decay, (REAL)(1 - beta1), (REAL)beta2,
+                                    (REAL)(1 - beta2), (REAL)eps, (REAL)coupled_wd, (REAL)l1,
+                                    (REAL)step_size, (REAL)bc2_sqrt, i1 - i0););
 }
 
 FASTNN_HOT

@@ -111,21 +111,15 @@ def test_native_matches_reference(cls, kw, dtype):
         assert_close(a, r, dtype)
 
 
-# The float32 kernels form 1 - beta2 in float32: 1 - 0.999f = 0.00099998713, 1.3e-5 below
-# the 0.001f that the reference and torch use (both form it in float64, then round).
-ONE_MINUS_BETA2_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG: csrc/optim.c computes (1 - b2) from the float32-rounded beta2 "
-    "(1 - 0.999f = 0.00099998713 vs 0.001f): exp_avg_sq off by 1.3e-5 relative in float32")
+# The float32 kernels take coefficients such as 1 - beta2 formed in double and rounded once,
+# as the reference and torch do: in float32, 1 - 0.999f = 0.00099998713, 1.3e-5 below 0.001f.
 
 
 def state_cases():
     for case in CASES:
         cls, kw = case.values
         for dtype in DTYPES:
-            bug = (cls in (optim.Adam, optim.AdamW) and dtype == np.float32
-                   and kw.get("betas", (0.9, 0.999))[1] == 0.999)
-            yield pytest.param(cls, kw, dtype, id=f"{case.id}-{np.dtype(dtype).name}",
-                               marks=[ONE_MINUS_BETA2_BUG] if bug else [])
+            yield pytest.param(cls, kw, dtype, id=f"{case.id}-{np.dtype(dtype).name}")
 
 
 @pytest.mark.parametrize("cls, kw, dtype", list(state_cases()))
@@ -142,13 +136,14 @@ def test_native_state_matches_reference(cls, kw, dtype):
                 assert a[k] == r[k], k
 
 
-@ONE_MINUS_BETA2_BUG
-def test_adam_float32_second_moment_after_one_step():
-    """Minimal reproducer: one Adam step with g = 1 gives exp_avg_sq = (1 - beta2) * 1."""
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_adam_float32_second_moment_after_one_step(backend):
+    """One Adam step with g = 1 gives exp_avg_sq = float32(1 - beta2), not 1 - 0.999f."""
     p = Parameter(np.zeros(4, np.float32))
     p.grad[...] = 1
-    opt = optim.Adam([p])
-    opt.step()
+    with fastnn.use_backend(backend):
+        opt = optim.Adam([p])
+        opt.step()
     assert_close(opt.state_dict()["state"][0][0]["exp_avg_sq"], np.full(4, np.float32(0.001)))
 
 
@@ -427,19 +422,45 @@ def test_second_optimizer_reuses_the_arena():
     assert np.shares_memory(third._arenas[0][0].data, a.data)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an optimizer over a non-contiguous subset of "
-                   "packed parameters repacks them, silently detaching them from the "
-                   "earlier optimizer's arena (its steps no longer reach the layer)")
 def test_optimizer_on_a_subset_keeps_earlier_optimizer_working():
+    """A second optimizer over a non-contiguous subset of packed parameters (the weights
+    only) leaves them in place, as several runs: both optimizers keep reaching the layers."""
     l1, l2 = two_linears()
     params = l1.parameters() + l2.parameters()
     first = optim.SGD(params, lr=0.1)
-    optim.SGD([l1.weight, l2.weight], lr=0.1)  # weights only: not one contiguous run
+    second = optim.SGD([l1.weight, l2.weight], lr=0.01)
+    arena = first._arenas[0][0]
+    assert all(np.shares_memory(p.data, arena.data) for p in params)
+    assert len(second._arenas[0][0].runs) == 2
     for p in params:
         p.grad[...] = 1
-    before = l2.weight.data.copy()
+    before = [p.data.copy() for p in params]
     first.step()
-    assert_close(l2.weight.data, before - np.float32(0.1))
+    for p, b in zip(params, before):
+        assert_close(p.data, b - np.float32(0.1))
+    second.step()
+    assert_close(l1.bias.data, before[1] - np.float32(0.1))
+    for p, b in ((l1.weight, before[0]), (l2.weight, before[2])):
+        assert_close(p.data, b - np.float32(0.1) - np.float32(0.01))
+    second.zero_grad()
+    assert not l1.weight.grad.any() and l1.bias.grad.all()
+    assert optim.clip_grad_norm_(params, 1e9) == math.sqrt(l1.bias.data.size + l2.bias.data.size)
+
+
+def test_parameters_that_are_views_train_in_place():
+    """Parameters that do not own their memory are not packed; the step is still right."""
+    base = np.arange(12.0)
+    a, b = Parameter(base.reshape(3, 4)), Parameter(np.zeros(4))
+    opt = optim.Adam([a, b], lr=0.1)
+    ref = [Parameter(np.arange(12.0).reshape(3, 4).copy()), Parameter(np.zeros(4))]
+    ref_opt = optim.Adam(ref, lr=0.1)
+    for p in (a, b, *ref):
+        p.grad[...] = 0.5
+    opt.step()
+    ref_opt.step()
+    assert np.shares_memory(a.data, base)
+    for p, r in zip((a, b), ref):
+        assert bitwise_equal(p.data, r.data)
 
 
 def test_zero_grad_zeroes_every_group():
@@ -605,9 +626,6 @@ def test_load_state_dict_of_mismatched_optimizer_raises():
         optim.Adam([{"params": w}, {"params": b}]).load_state_dict(sd)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_state_dict accepts another optimizer "
-                   "class's state_dict (Adam's into SGD): it merges Adam's hyperparameters "
-                   "into SGD's groups and the next step() raises KeyError 'momentum_buffer'")
 def test_load_state_dict_of_another_optimizer_class_raises():
     params = make_params()
     adam = optim.Adam(params)
@@ -615,6 +633,9 @@ def test_load_state_dict_of_another_optimizer_class_raises():
     sgd = optim.SGD(params, lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="state_dict"):
         sgd.load_state_dict(adam.state_dict())
+    assert sgd.param_groups[0]["lr"] == 0.1 and "betas" not in sgd.param_groups[0]
+    with pytest.raises(ValueError, match="state_dict"):  # AdamW is not Adam
+        optim.AdamW(params).load_state_dict(adam.state_dict())
 
 
 # ------------------------------------------------------------------ gradient clipping

@@ -23,9 +23,11 @@ import numbers
 
 import numpy as np
 
+from .. import _native, reference
 from .. import functional as F
 from ..arena import Arena, contiguous_run
 from ..layers import Parameter
+from ..runtime import get_backend
 from . import lr_scheduler
 
 __all__ = [
@@ -103,13 +105,20 @@ class Optimizer:
     def step(self):
         """One update of every parameter, with the hyperparameters now in param_groups: one
         kernel call per flat run of parameters (one per group and dtype when packed)."""
+        # The optimizer made every buffer it passes here (flat, contiguous, one dtype and
+        # size), so it calls the backend's kernels directly rather than through the checks
+        # of fastnn.functional: at 10k parameters those checks would cost more than the step.
+        kernels = _native if get_backend() == "native" else reference
         for group, arenas, states in zip(self.param_groups, self._arenas, self._state):
             for arena, state in zip(arenas, states):
                 self._begin_step(group, arena, state)
+                if len(arena.runs) == 1:
+                    self._update(kernels, group, arena.runs[0][1], arena.runs[0][2], state)
+                    continue
                 for offset, data, grad in arena.runs:
                     part = {k: (v[offset:offset + data.size] if isinstance(v, np.ndarray)
                                 else v) for k, v in state.items()}
-                    self._update(group, data, grad, part)
+                    self._update(kernels, group, data, grad, part)
 
     def _begin_step(self, group, arena, state):
         """Per-step bookkeeping before the updates (step counts, lazy state buffers)."""
@@ -196,9 +205,9 @@ class SGD(Optimizer):
             state["first"] = state["momentum_buffer"] is None
             self._buffer(state, "momentum_buffer", arena)
 
-    def _update(self, g, data, grad, state):
+    def _update(self, kernels, g, data, grad, state):
         buf = state["momentum_buffer"] if g["momentum"] != 0 else None
-        F.sgd_step(data, buf, grad, g["lr"], g["momentum"], g["dampening"],
+        kernels.sgd_step(data, buf, grad, g["lr"], g["momentum"], g["dampening"],
                    g["weight_decay"], g["l1"], g["nesterov"], buf is not None and state["first"])
 
 
@@ -223,9 +232,9 @@ class Adagrad(Optimizer):
     def _begin_step(self, g, arena, state):
         state["step"] += 1
 
-    def _update(self, g, data, grad, state):
+    def _update(self, kernels, g, data, grad, state):
         clr = g["lr"] / (1 + (state["step"] - 1) * g["lr_decay"])
-        F.adagrad_step(data, state["sum"], grad, clr, g["weight_decay"], g["l1"], g["eps"])
+        kernels.adagrad_step(data, state["sum"], grad, clr, g["weight_decay"], g["l1"], g["eps"])
 
 
 class RMSprop(Optimizer):
@@ -252,10 +261,10 @@ class RMSprop(Optimizer):
         if g["momentum"] > 0:
             self._buffer(state, "momentum_buffer", arena)
 
-    def _update(self, g, data, grad, state):
+    def _update(self, kernels, g, data, grad, state):
         grad_avg = state["grad_avg"] if g["centered"] else None
         buf = state["momentum_buffer"] if g["momentum"] > 0 else None
-        F.rmsprop_step(data, state["square_avg"], grad_avg, buf, grad, g["lr"], g["alpha"],
+        kernels.rmsprop_step(data, state["square_avg"], grad_avg, buf, grad, g["lr"], g["alpha"],
                        g["eps"], g["weight_decay"], g["l1"], g["momentum"])
 
 
@@ -286,10 +295,10 @@ class Adam(Optimizer):
         if g["amsgrad"]:
             self._buffer(state, "max_exp_avg_sq", arena)
 
-    def _update(self, g, data, grad, state):
+    def _update(self, kernels, g, data, grad, state):
         vmax = state["max_exp_avg_sq"] if g["amsgrad"] else None
         beta1, beta2 = g["betas"]
-        F.adam_step(data, state["exp_avg"], state["exp_avg_sq"], vmax, grad, g["lr"], beta1,
+        kernels.adam_step(data, state["exp_avg"], state["exp_avg_sq"], vmax, grad, g["lr"], beta1,
                     beta2, g["eps"], g["weight_decay"], g["l1"], self.decoupled, state["step"])
 
 
