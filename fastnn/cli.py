@@ -26,6 +26,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _fail(message):
+    """A one-line error and exit code 2, as for a bad option."""
+    print(f"fastnn train: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _sizes(text):
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
@@ -65,13 +71,21 @@ def build_mlp(n_in, hidden, n_out, activation="relu", batchnorm=True, dropout=0.
     fusable = activation in ("relu", "tanh", "sigmoid")
     layers, width = [], n_in
     for size in hidden:
-        init = "he_normal" if activation in ("relu", "leaky_relu", "gelu") else "xavier_normal"
         act = activation if fusable else None
         if batchnorm:
-            layers.append(fastnn.Linear(width, size, bias=False, init=init))
-            layers.append(fastnn.BatchNorm1d(size, activation=act))
+            linear = fastnn.Linear(width, size, bias=False)
+            layers += [linear, fastnn.BatchNorm1d(size, activation=act)]
         else:
-            layers.append(fastnn.Linear(width, size, activation=act, init=init))
+            linear = fastnn.Linear(width, size, activation=act)
+            linear.bias.data[...] = 0
+            layers.append(linear)
+        # He for the ReLU family, Glorot otherwise, with the gain of the activation that
+        # follows (wherever it is fused)
+        if activation in ("relu", "leaky_relu", "gelu"):
+            fastnn.init.he_normal(linear.weight.data, "leaky_relu" if activation ==
+                                  "leaky_relu" else "relu")
+        else:
+            fastnn.init.xavier_normal(linear.weight.data, fastnn.init.calculate_gain(activation))
         if not fusable:
             layers.append(fastnn.LeakyReLU() if activation == "leaky_relu" else fastnn.GELU())
         if dropout > 0:
@@ -86,10 +100,12 @@ def _load_data(args):
         X, y = fastnn.datasets.load_digits()
         return fastnn.data.split(X, y, (0.8, 0.1, 0.1), seed=args.seed)
     if args.data_path is None:
-        raise SystemExit("fastnn train: error: --dataset mnist needs --data-path DIR "
-                         "(the folder holding the IDX files)")
-    X, y = fastnn.datasets.load_mnist(args.data_path, "train")
-    X_test, y_test = fastnn.datasets.load_mnist(args.data_path, "test")
+        _fail("--dataset mnist needs --data-path DIR (the folder holding the IDX files)")
+    try:
+        X, y = fastnn.datasets.load_mnist(args.data_path, "train")
+        X_test, y_test = fastnn.datasets.load_mnist(args.data_path, "test")
+    except (OSError, ValueError) as e:
+        _fail(str(e).splitlines()[0])
     (X_train, y_train), (X_val, y_val), _ = fastnn.data.split(X, y, (0.9, 0.05, 0.05),
                                                               seed=args.seed)
     return (X_train, y_train), (X_val, y_val), (X_test, y_test)

@@ -86,8 +86,9 @@ class Module:
                 yield from v.named_parameters(f"{prefix}{name}.")
 
     def parameters(self):
-        """The Parameters of this module and its sub-modules, in a fixed order."""
-        return [p for _, p in self.named_parameters()]
+        """The Parameters of this module and its sub-modules, in a fixed order, each once
+        (a layer used twice in a model contributes its parameters once)."""
+        return list({id(p): p for _, p in self.named_parameters()}.values())
 
     def named_buffers(self, prefix=""):
         for name in self._buffer_names:
@@ -496,9 +497,9 @@ class Dropout(Module):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
             raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
         self.p = float(p)
-        self.seed = int(get_rng().integers(2**63)) if seed is None else int(seed)
-        # the counter of the next forward's first element: a buffer, so that a checkpoint
-        # resumes the same sequence of masks
+        # The mask generator's key and the counter of the next forward's first element are
+        # buffers, so that a checkpoint resumes the same sequence of masks.
+        self.seed = np.array(get_rng().integers(2**63) if seed is None else seed, np.uint64)
         self.counter = np.zeros((), np.uint64)
         self._shape = None
         self._mask_offset = 0
@@ -514,7 +515,7 @@ class Dropout(Module):
         self._out = _buffer(self._out, x.shape, x.dtype)
         self._mask_offset = int(self.counter)
         self.counter[...] = (self._mask_offset + x.size) % 2**64
-        return F.dropout_apply(x, self.p, self.seed, self._mask_offset, out=self._out)
+        return F.dropout_apply(x, self.p, int(self.seed), self._mask_offset, out=self._out)
 
     def backward(self, dy):
         if self._shape is None:
@@ -524,12 +525,12 @@ class Dropout(Module):
         if self._identity:
             return dy
         self._dx = _buffer(self._dx, dy.shape, dy.dtype)
-        return F.dropout_apply(dy, self.p, self.seed, self._mask_offset, out=self._dx)
+        return F.dropout_apply(dy, self.p, int(self.seed), self._mask_offset, out=self._dx)
 
-    _buffer_names = ("counter",)
+    _buffer_names = ("seed", "counter")
 
     def config(self):
-        return {"p": self.p, "seed": self.seed}
+        return {"p": self.p, "seed": int(self.seed)}
 
     def __repr__(self):
         return f"Dropout(p={self.p})"

@@ -165,7 +165,7 @@ def test_named_parameters_names():
         "0.weight", "0.bias", "1.1.weight", "1.1.bias"]
     assert [n for n, _ in fastnn.Linear(3, 2, bias=False).named_parameters()] == ["weight"]
     assert [n for n, _ in mlp().named_buffers()] == [
-        "1.running_mean", "1.running_var", "3.counter"]
+        "1.running_mean", "1.running_var", "3.seed", "3.counter"]
     assert len(char_model().parameters()) == 6
 
 
@@ -279,7 +279,7 @@ def test_state_dict_contents():
     train_steps(net, x, y, steps=2)
     sd = net.state_dict()
     assert list(sd) == ["0.weight", "2.weight", "3.weight", "3.bias", "5.weight", "5.bias",
-                        "3.running_mean", "3.running_var", "4.counter"]
+                        "3.running_mean", "3.running_var", "4.seed", "4.counter"]
     np.testing.assert_array_equal(sd["3.running_mean"], net[3].running_mean)
     np.testing.assert_array_equal(sd["3.running_var"], net[3].running_var)
     assert int(sd["4.counter"]) == 2 * 32 * 200

@@ -370,9 +370,6 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert straight.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
 
 
-@pytest.mark.xfail(strict=True, reason="Dropout.seed is config, not state: a checkpoint does "
-                   "not restore it, so resuming into a model built with another seed draws "
-                   "other masks")
 def test_resume_into_differently_seeded_model(tmp_path):
     straight = _dropout_run(tmp_path / "a", 6)
     _dropout_run(tmp_path / "b", 3)
@@ -381,8 +378,6 @@ def test_resume_into_differently_seeded_model(tmp_path):
     assert_params_equal(resumed.model, straight.model)
 
 
-@pytest.mark.xfail(strict=True, reason="ReduceLROnPlateau has no state_dict(): its best / "
-                   "num_bad_epochs are not checkpointed, so a resumed run's lr schedule differs")
 def test_resume_with_reduce_lr_on_plateau(tmp_path):
     # a validation loss that keeps rising: the straight run cuts the lr every epoch
     straight = _dropout_run(tmp_path / "a", 6, scheduler="plateau", flip=True)

@@ -157,3 +157,13 @@ class ReduceLROnPlateau:
 
     def get_last_lr(self):
         return [group["lr"] for group in self.optimizer.param_groups]
+
+    _STATE = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
+
+    def state_dict(self):
+        """The progress to checkpoint: best metric, bad epochs, cooldown, epoch."""
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state):
+        for k in self._STATE:
+            setattr(self, k, state[k])
