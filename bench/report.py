@@ -7,11 +7,11 @@
 bench/results/bench.json), it prints the markdown tables of each suite (Linear L1..L4 from
 bench/test_bench_linear.py, BatchNorm1d N1..N3 and the STREAM triad from
 bench/test_bench_batchnorm.py, activations, softmax and cross-entropy from
-bench/test_bench_ops.py), writes bench/results/<suite>.md and the PNG charts in
-bench/results/, and regenerates each suite's section of BENCHMARKS.md and its table in the
-summary in README.md between the markers below. A suite absent from FILE leaves its section
-and its summary table as they are. Every number comes from the JSON; every file is replaced
-atomically.
+bench/test_bench_ops.py, Adam and SGD-momentum steps O1..O3 from bench/test_bench_optim.py),
+writes bench/results/<suite>.md and the PNG charts in bench/results/, and regenerates each
+suite's section of BENCHMARKS.md and its table in the summary in README.md between the
+markers below. A suite absent from FILE leaves its section and its summary table as they are.
+Every number comes from the JSON; every file is replaced atomically.
 """
 import argparse
 import datetime
@@ -97,7 +97,7 @@ def finish_json(source, json_path, command):
     atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
-SUITES = ("linear", "batchnorm", "ops")
+SUITES = ("linear", "batchnorm", "ops", "optim")
 
 
 def markers(name):
@@ -391,7 +391,7 @@ def linear_summary(entries):
                   "fwd+bwd vs NumPy twin", "fwd+bwd vs PyTorch"], lines)
 
 
-# ---- memory-bound suites (BatchNorm1d, ops): GB/s against the STREAM triad ----
+# ---- memory-bound suites (BatchNorm1d, ops, optim): GB/s against the STREAM triad ----
 
 def triads(entries):
     """{threads: STREAM triad entry} among the batchnorm suite's entries."""
@@ -399,16 +399,18 @@ def triads(entries):
             if (w, p, i) == ("triad", "triad", "native")}
 
 
-def bandwidth_rows(entries, triad):
-    """One dict per (workload, threads) of the PHASE benchmarks, workloads in the order
-    measured: the best times, native's speed-ups, its bandwidth and that as a fraction of the
-    triad's (`triad`: {threads: entry}) at the same thread count."""
+def bandwidth_rows(entries, triad, phases=(PHASE,)):
+    """One dict per (workload, phase, threads) of the benchmarks of `phases`, workloads in the
+    order measured: the best times, native's speed-ups, its bandwidth and that as a fraction
+    of the triad's (`triad`: {threads: entry}) at the same thread count. A row's "name" is
+    its workload, followed by its phase when there are several."""
     order = list(dict.fromkeys(w for w, *_ in entries))
-    keys = sorted({(w, t) for (w, p, t, i) in entries if p == PHASE},
-                  key=lambda k: (order.index(k[0]), k[1]))
+    keys = sorted({(w, p, t) for (w, p, t, i) in entries if p in phases},
+                  key=lambda k: (order.index(k[0]), phases.index(k[1]), k[2]))
     out = []
-    for w, t in keys:
-        row = compare(entries, w, PHASE, t)
+    for w, p, t in keys:
+        row = compare(entries, w, p, t)
+        row["name"] = w if len(phases) == 1 else f"{w} {p}"
         native = row["native"]
         row["gbps"] = gbps(native) if native is not None else None
         row["triad_fraction"] = ratio(gbps, native, triad.get(t))
@@ -427,33 +429,33 @@ def triad_line(triad):
             f"{n / 1e6:.0f}M float64, 24 bytes per element): {rates}.\n")
 
 
-def bandwidth_tables(entries, triad, names):
-    """The triad line and one table over the workloads and thread counts; `names` heads the
-    workload and shape columns. Without a triad the *of triad* column is left out."""
+def bandwidth_tables(entries, triad, names, phases=(PHASE,)):
+    """The triad line and one table over the workloads (and phases) and thread counts; `names`
+    heads the name and shape columns. Without a triad the *of triad* column is left out."""
     lines = []
-    for r in bandwidth_rows(entries, triad):
-        cells = [r["workload"], " × ".join(map(str, sample(r)["extra_info"]["shape"])),
+    for r in bandwidth_rows(entries, triad, phases):
+        cells = [r["name"], " × ".join(map(str, sample(r)["extra_info"]["shape"])),
                  str(r["threads"]), *impl_cells(r), cell(r["gbps"], "{:.1f}")]
         lines.append(cells + ([cell(r["triad_fraction"], "{:.0%}")] if triad else []))
     header = [*names, "threads", *IMPL_HEADER, "native GB/s", *(["of triad"] if triad else [])]
     return triad_line(triad) + "\n" + table(header, lines) + "\n"
 
 
-def bandwidth_charts(entries, triad, charts, title):
-    """The charts of a memory-bound suite, labelled workload and threads."""
-    all_rows = bandwidth_rows(entries, triad)
-    labels = [f"{r['workload']} t{r['threads']}" for r in all_rows]
+def bandwidth_charts(entries, triad, charts, title, phases=(PHASE,)):
+    """The charts of a memory-bound suite, labelled name and threads."""
+    all_rows = bandwidth_rows(entries, triad, phases)
+    labels = [f"{r['name']} t{r['threads']}" for r in all_rows]
     return bar_charts(all_rows, labels, charts, title)
 
 
-def bandwidth_summary(entries, triad, first, lead):
+def bandwidth_summary(entries, triad, first, lead, phases=(PHASE,)):
     """The README table of the 2-thread ratios, after `lead` (which ends before its closing
-    parenthesis, where the triad's rate goes); `first` heads the workload column."""
-    found = [r for r in bandwidth_rows(entries, triad) if r["threads"] == 2]
+    parenthesis, where the triad's rate goes); `first` heads the name column."""
+    found = [r for r in bandwidth_rows(entries, triad, phases) if r["threads"] == 2]
     if not found:
         return None
     limit = f", STREAM triad {gbps(triad[2]):.1f} GB/s" if 2 in triad else ""
-    lines = [[r["workload"], cell(r["vs_reference"], "{:.2f}x"), cell(r["vs_torch"], "{:.2f}x"),
+    lines = [[r["name"], cell(r["vs_reference"], "{:.2f}x"), cell(r["vs_torch"], "{:.2f}x"),
               cell(r["gbps"], "{:.1f}")] + ([cell(r["triad_fraction"], "{:.0%}")] if triad else [])
              for r in found]
     header = [first, "vs NumPy twin", "vs PyTorch", "native GB/s",
@@ -482,7 +484,7 @@ OPS_INTRO = (
     "each array read or written once per pass: 5 arrays for an activation or softmax (read "
     "x, write y, read dy and x or y, write dx), 4 for cross-entropy (read logits, write "
     "probs, read probs, write dlogits)")
-OPS_TRIAD = ("; *of triad* divides it by the STREAM triad's GB/s at the same thread count, "
+SAME_RUN_TRIAD = ("; *of triad* divides it by the STREAM triad's GB/s at the same thread count, "
              "measured in the same run by the BatchNorm1d suite.")
 
 
@@ -495,6 +497,45 @@ def ops_lead(entries):
             shapes[shape].append(op)
     where = "; ".join(f"{', '.join(ops)} on {shape}" for shape, ops in shapes.items())
     return f"Activations, softmax and cross-entropy forward+backward, float32, 2 threads ({where}"
+
+
+OPTIM_PHASES = ("adam", "sgd")
+OPTIM_INTRO = (
+    "One optimizer step over one float32 Parameter of n elements, its gradient fixed and "
+    "all state allocated beforehand: adam is Adam (lr 1e-3, betas (0.9, 0.999)), sgd is SGD "
+    "with momentum 0.9; reference is the same fastnn optimizer under the NumPy backend, "
+    "torch is torch.optim with {variant}. Best round time per step (the minimum over "
+    "rounds). *native vs X* is X's best time over native's (above 1: native is faster). "
+    "GB/s counts one fused pass: Adam reads p, g, m, v and writes p, m, v (28 bytes per "
+    "parameter), SGD reads p, g, buf and writes p, buf (20 bytes)")
+
+
+def torch_variants(entries):
+    """How torch's optimizers ran, from extra_info["torch_variant"]: "fused=True" etc."""
+    found = sorted({e["extra_info"].get("torch_variant") for (*_, i), e in entries.items()
+                    if i == "torch"} - {None})
+    return " or ".join(f"{v}=True" for v in found) or "its default implementation"
+
+
+def kernel_line(entries):
+    """The sentence comparing the bare kernel call (impl "kernel") with native's step."""
+    found = [(k, e, entries.get((*k[:3], "native"))) for k, e in entries.items()
+             if k[3] == "kernel"]
+    if not found:
+        return ""
+    times = "; ".join(f"{w} {p}, {t} thread{'s' if t > 1 else ''}: {fmt_time(best(e))}"
+                      + (f" (native {fmt_time(best(n))})" if n is not None else "")
+                      for (w, p, t, _), e, n in found)
+    return ("\nBare kernel call (`fastnn._native`, no argument checks or Python optimizer "
+            f"logic; the gap to native is the step's Python layer): {times}.\n")
+
+
+def optim_lead(entries):
+    """The README line over the optimizer table: the parameter count of each workload."""
+    sizes = {w: e["extra_info"]["n"] for (w, *_), e in entries.items()}
+    where = ", ".join(f"{w} {n:,}" for w, n in sizes.items())
+    return ("Optimizer steps, Adam and SGD with momentum, float32, 2 threads (parameters: "
+            f"{where}")
 
 
 def replace_section(path, start, end, text, header=""):
@@ -586,11 +627,24 @@ def main(argv=None):
     if ops_entries:
         written += publish(
             "ops", "Activations, softmax and cross-entropy forward+backward", doc,
-            OPS_INTRO + (OPS_TRIAD if triad else "."),
+            OPS_INTRO + (SAME_RUN_TRIAD if triad else "."),
             bandwidth_tables(ops_entries, triad, ["op", "shape"]),
             bandwidth_charts(ops_entries, triad, {"ops_speedup.png": SPEEDUP_CHART},
                              "fastnn activations, softmax, cross-entropy fwd+bwd, float32"))
         summary["ops"] = bandwidth_summary(ops_entries, triad, "op", ops_lead(ops_entries))
+    optim_entries = suites.get("optim")
+    if optim_entries:
+        written += publish(
+            "optim", "Optimizer steps (O1..O3)", doc,
+            OPTIM_INTRO.format(variant=torch_variants(optim_entries))
+            + (SAME_RUN_TRIAD if triad else "."),
+            bandwidth_tables(optim_entries, triad, ["workload", "parameters"], OPTIM_PHASES)
+            + kernel_line(optim_entries),
+            bandwidth_charts(optim_entries, triad, {"optim_speedup.png": SPEEDUP_CHART},
+                             "fastnn Adam and SGD-momentum steps, float32 (O1..O3)",
+                             OPTIM_PHASES))
+        summary["optim"] = bandwidth_summary(optim_entries, triad, "workload",
+                                             optim_lead(optim_entries), OPTIM_PHASES)
     if summary:
         update_readme_summary(summary)
     for path in [*written, BENCHMARKS_MD, *([README_MD] if summary else [])]:

@@ -23,7 +23,6 @@ against native, everything else against the reference), so `pytest bench/test_be
 """
 import contextlib
 import functools
-import os
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ import fastnn
 import fastnn.functional as F
 
 from .conftest import assert_close
+from .test_bench_linear import _cores, fastnn_threads, torch_threads
 
 OPS = {  # op: (kind, shape)
     "relu": ("activation", (2048, 4096)),
@@ -47,13 +47,6 @@ PHASE = "forward+backward"
 DTYPE = np.float32
 # float32 normwise relative error allowed between two implementations (as in tests/).
 TOL = 1e-5
-
-
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def traffic_bytes(op):
@@ -157,26 +150,6 @@ class TorchStep:
         if self.kind == "cross_entropy":
             return {"loss": np.float64(out.item()), "dlogits": grad}
         return {"y": out.detach().numpy().copy(), "dx": grad}
-
-
-@contextlib.contextmanager
-def fastnn_threads(n):
-    previous = fastnn.get_num_threads()
-    fastnn.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fastnn.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def torch_threads(torch, n):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def setting(impl, threads, stack, step):

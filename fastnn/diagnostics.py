@@ -24,27 +24,7 @@ import numpy as np
 
 from .layers import GELU, BatchNorm1d, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 
-try:  # the Trainer's base class, when it exists; the callbacks only rely on duck typing
-    from .train import Callback
-except ImportError:  # pragma: no cover - depends on the rest of the package
-    class Callback:
-        """No-op callback protocol (see fastnn.train)."""
-
-        def on_train_begin(self, trainer):
-            pass
-
-        def on_epoch_begin(self, trainer, epoch):
-            pass
-
-        def on_step_end(self, trainer, step, loss):
-            pass
-
-        def on_epoch_end(self, trainer, epoch, logs):
-            pass
-
-        def on_train_end(self, trainer):
-            pass
-
+from .train import Callback
 
 __all__ = ["ActivationStats", "GradientStats", "UpdateRatio", "activation_layers"]
 
