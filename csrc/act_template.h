@@ -45,18 +45,33 @@ static inline void SFX(act_backward)(REAL *restrict dz, const REAL *restrict dou
     }
 }
 
-/* p[0:K] <- softmax(x[0:K]), the sum in double; returns log-sum-exp(x). A row of -inf
- * gives NaN rather than a division by a zero sum going unnoticed. */
+/* p[0:K] <- softmax(x[0:K]); returns log-sum-exp(x). A row of -inf gives NaN rather than a
+ * division by a zero sum going unnoticed. The maximum and the sum run over SOFTMAX_LANES
+ * interleaved partial results combined in a fixed order: vectorisable (a single running sum
+ * may not be reordered) and the same on every call. */
+#ifndef SOFTMAX_LANES
+#define SOFTMAX_LANES 16
+#endif
 static inline double SFX(softmax_row)(REAL *restrict p, const REAL *restrict x, int64_t K)
 {
+    REAL lane_max[SOFTMAX_LANES];
+    REAL lane_sum[SOFTMAX_LANES];
+    int64_t head = K - K % SOFTMAX_LANES;
+    for (int l = 0; l < SOFTMAX_LANES; l++) lane_max[l] = -INFINITY;
+    for (int64_t j = 0; j < head; j += SOFTMAX_LANES)
+        for (int l = 0; l < SOFTMAX_LANES; l++)
+            lane_max[l] = x[j + l] > lane_max[l] ? x[j + l] : lane_max[l];
     REAL max = -INFINITY;
-    for (int64_t j = 0; j < K; j++) max = x[j] > max ? x[j] : max;
+    for (int l = 0; l < SOFTMAX_LANES; l++) max = lane_max[l] > max ? lane_max[l] : max;
+    for (int64_t j = head; j < K; j++) max = x[j] > max ? x[j] : max;
     if (max == -INFINITY) max = 0; /* exp(-inf - 0) = 0: 0/0 = NaN below */
+    for (int64_t j = 0; j < K; j++) p[j] = EXP(x[j] - max);
+    for (int l = 0; l < SOFTMAX_LANES; l++) lane_sum[l] = 0;
+    for (int64_t j = 0; j < head; j += SOFTMAX_LANES)
+        for (int l = 0; l < SOFTMAX_LANES; l++) lane_sum[l] += p[j + l];
     double sum = 0;
-    for (int64_t j = 0; j < K; j++) {
-        p[j] = EXP(x[j] - max);
-        sum += p[j];
-    }
+    for (int l = 0; l < SOFTMAX_LANES; l++) sum += lane_sum[l];
+    for (int64_t j = head; j < K; j++) sum += p[j];
     REAL inv = (REAL)(1 / sum);
     for (int64_t j = 0; j < K; j++) p[j] *= inv;
     return log(sum) + max;

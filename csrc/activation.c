@@ -41,6 +41,7 @@
 #define GELU_C 0.044715
 
 /* out[0:n] <- act(x[0:n]) for one chunk */
+FASTNN_HOT
 static void SFX(activation_chunk)(REAL *restrict out, const REAL *restrict x, int act,
                                   REAL slope, int64_t n)
 {
@@ -68,6 +69,7 @@ static void SFX(activation_chunk)(REAL *restrict out, const REAL *restrict x, in
 }
 
 /* dx[0:n] <- dout * act'(x), from the input x and the output y = act(x) */
+FASTNN_HOT
 static void SFX(activation_backward_chunk)(REAL *restrict dx, const REAL *restrict dout,
                                            const REAL *restrict x, const REAL *restrict y,
                                            int act, REAL slope, int64_t n)
@@ -129,11 +131,22 @@ void SFX(activation_backward)(REAL *dx, const REAL *dout, const REAL *x, const R
     }
 }
 
+FASTNN_HOT
+static void SFX(softmax_rows)(REAL *out, const REAL *x, int64_t r0, int64_t r1, int64_t K)
+{
+    for (int64_t r = r0; r < r1; r++) SFX(softmax_row)(out + r * K, x + r * K, K);
+}
+
 void SFX(softmax_forward)(REAL *out, const REAL *x, int64_t N, int64_t K)
 {
+    int64_t nblocks = fastnn_num_blocks(N, 1);
     int nthreads = fastnn_threads_for_elements(N * K);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t r = 0; r < N; r++) SFX(softmax_row)(out + r * K, x + r * K, K);
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        int64_t r0, r1;
+        fastnn_block_range(blk, nblocks, N, &r0, &r1);
+        SFX(softmax_rows)(out, x, r0, r1, K);
+    }
 }
 
 void SFX(softmax_backward)(REAL *dx, const REAL *dout, const REAL *y, int64_t N, int64_t K)

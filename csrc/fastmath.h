@@ -9,15 +9,20 @@
 #include <math.h>
 #include <string.h>
 
-static inline float fastnn_expf(float x)
+static inline __attribute__((always_inline)) float fastnn_expf(float x)
 {
     const float hi = 88.3762626647949f, lo = -88.3762626647949f;
     float v = x > hi ? hi : (x < lo ? lo : x);
-    /* exp(v) = 2^n * exp(r), n = round(v / ln 2), r = v - n ln 2 in two parts for accuracy */
-    float fn = v * 1.44269504088896341f + 0.5f;
-    int32_t n = (int32_t)fn;
-    n -= (float)n > fn; /* floor */
-    float r = v - (float)n * 0.693359375f + (float)n * 2.12194440e-4f;
+    /* exp(v) = 2^n * exp(r), n = round(v / ln 2) by adding 1.5 * 2^23 (float operations
+     * only: a float-to-int conversion after the clamps stops GCC 12 vectorising for AVX2),
+     * r = v - n ln 2 in two parts for accuracy */
+    const float magic = 12582912.0f;
+    float t = v * 1.44269504088896341f + magic;
+    float nf = t - magic;
+    int32_t tbits;
+    memcpy(&tbits, &t, sizeof tbits);
+    int32_t n = tbits - 0x4B400000;
+    float r = v - nf * 0.693359375f + nf * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -33,7 +38,7 @@ static inline float fastnn_expf(float x)
     return x != x ? x : result;
 }
 
-static inline float fastnn_tanhf(float x)
+static inline __attribute__((always_inline)) float fastnn_tanhf(float x)
 {
     float ax = x < 0 ? -x : x;
     /* small |x|: odd polynomial; else 1 - 2 / (exp(2|x|) + 1), which does not cancel there */

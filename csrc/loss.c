@@ -27,17 +27,30 @@
 
 #include "act_template.h"
 
+/* rows [r0, r1): probs <- softmax(logits), row_loss <- log-sum-exp - logits[target] */
+FASTNN_HOT
+static void SFX(cross_entropy_rows)(REAL *probs, double *row_loss, const REAL *logits,
+                                    const int64_t *target, int64_t r0, int64_t r1, int64_t K)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        /* finite for any finite logits */
+        double lse = SFX(softmax_row)(probs + r * K, logits + r * K, K);
+        row_loss[r] = lse - (double)logits[r * K + target[r]];
+    }
+}
+
 /* Returns mean over rows of -log softmax(logits)[r, target[r]]; probs (N, K) <- softmax;
  * row_loss (N) is scratch. Targets are checked by the caller (0 <= t < K). */
 double SFX(cross_entropy_forward)(REAL *probs, double *row_loss, const REAL *logits,
                                   const int64_t *target, int64_t N, int64_t K)
 {
+    int64_t nblocks = fastnn_num_blocks(N, 1);
     int nthreads = fastnn_threads_for_elements(N * K);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t r = 0; r < N; r++) {
-        /* log-sum-exp - x[t]: finite for any finite logits */
-        double lse = SFX(softmax_row)(probs + r * K, logits + r * K, K);
-        row_loss[r] = lse - (double)logits[r * K + target[r]];
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        int64_t r0, r1;
+        fastnn_block_range(blk, nblocks, N, &r0, &r1);
+        SFX(cross_entropy_rows)(probs, row_loss, logits, target, r0, r1, K);
     }
     double total = 0;
     for (int64_t r = 0; r < N; r++) total += row_loss[r];
