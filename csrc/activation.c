@@ -107,28 +107,15 @@ static void SFX(activation_backward_chunk)(REAL *restrict dx, const REAL *restri
 
 void SFX(activation_forward)(REAL *out, const REAL *x, int act, double slope, int64_t n)
 {
-    int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
-    int nthreads = fastnn_threads_for_elements(n);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t i0, i1;
-        fastnn_block_range(c, nchunks, n, &i0, &i1);
-        SFX(activation_chunk)(out + i0, x + i0, act, (REAL)slope, i1 - i0);
-    }
+    FASTNN_FOR_CHUNKS(n, SFX(activation_chunk)(out + i0, x + i0, act, (REAL)slope, i1 - i0););
 }
 
 void SFX(activation_backward)(REAL *dx, const REAL *dout, const REAL *x, const REAL *y,
                               int act, double slope, int64_t n)
 {
-    int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
-    int nthreads = fastnn_threads_for_elements(n);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t i0, i1;
-        fastnn_block_range(c, nchunks, n, &i0, &i1);
-        SFX(activation_backward_chunk)(dx + i0, dout + i0, x ? x + i0 : 0, y ? y + i0 : 0,
-                                       act, (REAL)slope, i1 - i0);
-    }
+    FASTNN_FOR_CHUNKS(n, SFX(activation_backward_chunk)(dx + i0, dout + i0, x ? x + i0 : 0,
+                                                        y ? y + i0 : 0, act, (REAL)slope,
+                                                        i1 - i0););
 }
 
 FASTNN_HOT

@@ -37,17 +37,12 @@ void SFX(dropout_apply)(REAL *out, const REAL *in, double p, uint64_t seed, uint
                         int64_t n)
 {
     REAL scale = (REAL)(1 / (1 - p));
-    int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
-    int nthreads = fastnn_threads_for_elements(n);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t i0, i1;
-        fastnn_block_range(c, nchunks, n, &i0, &i1);
+    FASTNN_FOR_CHUNKS(n, {
         for (int64_t i = i0; i < i1; i++) {
             REAL v = in[i] * scale;
             out[i] = dropout_uniform(seed, offset + (uint64_t)i) >= p ? v : 0;
         }
-    }
+    });
 }
 
 #endif

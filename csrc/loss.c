@@ -76,19 +76,15 @@ void SFX(cross_entropy_backward)(REAL *dlogits, const REAL *probs, const int64_t
 double SFX(squared_error_sum)(const REAL *pred, const REAL *target, int64_t n)
 {
     int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
-    double chunk_sum[nchunks]; /* at most one chunk per processor */
-    int nthreads = fastnn_threads_for_elements(n);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t i0, i1;
-        fastnn_block_range(c, nchunks, n, &i0, &i1);
+    double chunk_sum[nchunks]; /* at most one chunk per processor; added in order below */
+    FASTNN_FOR_CHUNKS(n, {
         double s = 0;
         for (int64_t i = i0; i < i1; i++) {
             double d = (double)pred[i] - (double)target[i];
             s += d * d;
         }
-        chunk_sum[c] = s;
-    }
+        chunk_sum[chunk] = s;
+    });
     double total = 0;
     for (int64_t c = 0; c < nchunks; c++) total += chunk_sum[c];
     return total;

@@ -24,19 +24,6 @@
 
 #else /* template body */
 
-/* the chunk [*i0, *i1) of the loop below */
-#define CHUNKED_LOOP(n, BODY)                                                  \
-    do {                                                                       \
-        int64_t nchunks_ = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS); \
-        int nthreads_ = fastnn_threads_for_elements(n);                        \
-        _Pragma("omp parallel for schedule(static) num_threads(nthreads_) if (nthreads_ > 1)") \
-        for (int64_t c_ = 0; c_ < nchunks_; c_++) {                            \
-            int64_t i0, i1;                                                    \
-            fastnn_block_range(c_, nchunks_, n, &i0, &i1);                     \
-            BODY                                                               \
-        }                                                                      \
-    } while (0)
-
 /* Coefficients such as 1 - beta2 are formed in double by the callers and rounded once: in
  * float32, 1 - 0.999f is 0.00099998713, 1.3e-5 away from 0.001f. */
 
@@ -69,7 +56,7 @@ void SFX(sgd_step)(REAL *p, REAL *buf, const REAL *grad, double lr, double momen
                    double dampening, double weight_decay, double l1, int nesterov, int first,
                    int64_t n)
 {
-    CHUNKED_LOOP(n, SFX(sgd_chunk)(p + i0, buf ? buf + i0 : 0, grad + i0, (REAL)lr,
+    FASTNN_FOR_CHUNKS(n, SFX(sgd_chunk)(p + i0, buf ? buf + i0 : 0, grad + i0, (REAL)lr,
                                    (REAL)momentum, (REAL)(1 - dampening), (REAL)weight_decay,
                                    (REAL)l1, nesterov, first, i1 - i0););
 }
@@ -89,7 +76,7 @@ static void SFX(adagrad_chunk)(REAL *restrict p, REAL *restrict sum, const REAL 
 void SFX(adagrad_step)(REAL *p, REAL *sum, const REAL *grad, double clr, double weight_decay,
                        double l1, double eps, int64_t n)
 {
-    CHUNKED_LOOP(n, SFX(adagrad_chunk)(p + i0, sum + i0, grad + i0, (REAL)clr,
+    FASTNN_FOR_CHUNKS(n, SFX(adagrad_chunk)(p + i0, sum + i0, grad + i0, (REAL)clr,
                                        (REAL)weight_decay, (REAL)l1, (REAL)eps, i1 - i0););
 }
 
@@ -141,7 +128,7 @@ void SFX(rmsprop_step)(REAL *p, REAL *square_avg, REAL *grad_avg, REAL *momentum
                        const REAL *grad, double lr, double alpha, double eps,
                        double weight_decay, double l1, double momentum, int64_t n)
 {
-    CHUNKED_LOOP(n, SFX(rmsprop_chunk)(p + i0, square_avg + i0, grad_avg ? grad_avg + i0 : 0,
+    FASTNN_FOR_CHUNKS(n, SFX(rmsprop_chunk)(p + i0, square_avg + i0, grad_avg ? grad_avg + i0 : 0,
                                        momentum_buf ? momentum_buf + i0 : 0, grad + i0,
                                        (REAL)lr, (REAL)alpha, (REAL)(1 - alpha), (REAL)eps,
                                        (REAL)weight_decay,
@@ -191,7 +178,7 @@ void SFX(adam_step)(REAL *p, REAL *exp_avg, REAL *exp_avg_sq, REAL *max_exp_avg_
     /* AdamW shrinks p; Adam adds weight_decay * p to the gradient */
     double decay = decoupled ? 1 - lr * weight_decay : 1;
     double coupled_wd = decoupled ? 0 : weight_decay;
-    CHUNKED_LOOP(n, SFX(adam_chunk)(p + i0, exp_avg + i0, exp_avg_sq + i0,
+    FASTNN_FOR_CHUNKS(n, SFX(adam_chunk)(p + i0, exp_avg + i0, exp_avg_sq + i0,
                                     max_exp_avg_sq ? max_exp_avg_sq + i0 : 0, grad + i0,
                                     (REAL)decay, (REAL)(1 - beta1), (REAL)beta2,
                                     (REAL)(1 - beta2), (REAL)eps, (REAL)coupled_wd, (REAL)l1,
@@ -210,7 +197,7 @@ double SFX(sum_squares)(const REAL *x, int64_t n)
 {
     int64_t nchunks = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);
     double partial[nchunks]; /* at most one chunk per processor; added in order below */
-    CHUNKED_LOOP(n, partial[c_] = SFX(sum_squares_chunk)(x + i0, i1 - i0););
+    FASTNN_FOR_CHUNKS(n, partial[chunk] = SFX(sum_squares_chunk)(x + i0, i1 - i0););
     double total = 0;
     for (int64_t c = 0; c < nchunks; c++) total += partial[c];
     return total;
@@ -219,15 +206,13 @@ double SFX(sum_squares)(const REAL *x, int64_t n)
 void SFX(scale_inplace)(REAL *x, double s, int64_t n)
 {
     REAL f = (REAL)s;
-    CHUNKED_LOOP(n, for (int64_t i = i0; i < i1; i++) x[i] *= f;);
+    FASTNN_FOR_CHUNKS(n, for (int64_t i = i0; i < i1; i++) x[i] *= f;);
 }
 
 void SFX(clamp_inplace)(REAL *x, double lo, double hi, int64_t n)
 {
     REAL l = (REAL)lo, h = (REAL)hi;
-    CHUNKED_LOOP(n, for (int64_t i = i0; i < i1; i++) x[i] = x[i] < l ? l : (x[i] > h ? h : x[i]););
+    FASTNN_FOR_CHUNKS(n, for (int64_t i = i0; i < i1; i++) x[i] = x[i] < l ? l : (x[i] > h ? h : x[i]););
 }
-
-#undef CHUNKED_LOOP
 
 #endif

@@ -36,6 +36,22 @@ int64_t fastnn_num_blocks(int64_t n, int64_t min_per_block);
 /* Block blk of nblocks equal blocks of [0, n): [*i0, *i1) (possibly empty). */
 void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, int64_t *i1);
 
+/* Run BODY over [0, n) split into fixed chunks (at most one per processor, at least
+ * FASTNN_PARALLEL_MIN_ELEMENTS elements each), on the team when n is large: inside BODY,
+ * `chunk` is the chunk's index and [i0, i1) its range. For elementwise kernels and sums
+ * combined per chunk in a fixed order. */
+#define FASTNN_FOR_CHUNKS(n, BODY)                                                   \
+    do {                                                                             \
+        int64_t nchunks_ = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);       \
+        int nthreads_ = fastnn_threads_for_elements(n);                              \
+        _Pragma("omp parallel for schedule(static) num_threads(nthreads_) if (nthreads_ > 1)") \
+        for (int64_t chunk = 0; chunk < nchunks_; chunk++) {                         \
+            int64_t i0, i1;                                                          \
+            fastnn_block_range(chunk, nchunks_, n, &i0, &i1);                        \
+            BODY                                                                     \
+        }                                                                            \
+    } while (0)
+
 /* Force the BLAS to one thread around an OpenMP region; returns what to restore. */
 int fastnn_blas_serial_begin(void);
 void fastnn_blas_serial_end(int saved);
