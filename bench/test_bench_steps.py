@@ -1,0 +1,272 @@
+"""Whole training-step benchmarks: workloads S1 and S2 of DESIGN.md, float32.
+
+One step is what a training loop does per batch: zero the gradients, forward, loss, backward,
+optimizer step. For each workload and thread count (1, 2), three implementations of the same
+model, started from the same weights, run side by side in one benchmark group:
+  native     a fastnn model (Sequential of fastnn layers, fastnn.optim) on the C/OpenMP kernels
+  reference  the same fastnn model under fastnn.use_backend("reference") (numpy's BLAS limited
+             with threadpoolctl)
+  torch      the equivalent torch.nn model, weights copied from the fastnn model, torch eager,
+             torch.optim with the same hyperparameters (torch.set_num_threads)
+
+  S1  char-level MLP, batch 32, context 3, vocabulary 27: Embedding(27, 10) -> Flatten ->
+      Linear(30, 200, bias=False) -> BatchNorm1d(200) + tanh -> Linear(200, 27);
+      cross-entropy; SGD lr 0.1
+  S2  784-512-512-10 MLP, batch 128: [Linear(no bias) -> BatchNorm1d + ReLU] x 2 -> Linear;
+      cross-entropy; Adam (defaults)
+
+Inputs and targets are fixed (seeded) random arrays; the model keeps training on the same
+batch while it is timed, which costs the same as a fresh batch would.
+
+Each benchmark first checks one step taken from fresh, identical weights against another
+implementation (native against the reference, reference and torch against native): the loss,
+every gradient and every parameter after the step within normwise relative error 1e-4 (for
+Adam, parameter entries with |grad| < 1e-6, where its first step is ill-conditioned, only
+within Adam's bound on an update; see ADAM_TINY_GRAD), so `pytest bench/
+--benchmark-disable` is a quick smoke test that still checks numbers.
+"""
+import contextlib
+import functools
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastnn
+from fastnn import layers as L
+
+from .conftest import assert_close
+from .test_bench_linear import _cores, fastnn_threads, torch_threads
+
+WORKLOADS = {  # id: batch size
+    "S1": 32,
+    "S2": 128,
+}
+PHASE = "step"
+IMPLS = ("native", "reference", "torch")
+THREADS = (1, 2)
+DTYPE = np.float32
+# S1
+VOCAB, CONTEXT, EMBED, HIDDEN1 = 27, 3, 10, 200
+SGD_LR = 0.1
+# S2
+IN2, HIDDEN2, CLASSES2 = 784, 512, 10
+# float32 normwise relative error allowed between two implementations, for the loss, every
+# gradient and every parameter after one step.
+TOL = 1e-4
+# Adam's first step moves each parameter by lr * g / (|g| + eps) (eps = 1e-8): where |g| is
+# within a few hundred eps of 0 that is ill-conditioned, and the float32 rounding of g (about
+# 1e-8 absolute at S2, gradients agree to ~5e-7 normwise) moves the update by up to ~0.3 lr,
+# about 1e-3 of the largest weight. Seen at S2: 0.weight, |g| = 4e-9, updates 3e-5 apart. Such
+# entries (|g| below ADAM_TINY_GRAD in the oracle) are checked only against the bound
+# |update| <= lr that every Adam step obeys; everything else is held to TOL.
+ADAM_TINY_GRAD = 1e-6
+ADAM_LR = 1e-3  # torch.optim.Adam's and fastnn.optim.Adam's default
+MODEL_SEED = 1234
+
+
+def build_model(workload):
+    """The fastnn model of `workload`, with weights fixed by a seed (the same every call)."""
+    fastnn.manual_seed(MODEL_SEED + list(WORKLOADS).index(workload))
+    if workload == "S1":
+        return L.Sequential(
+            L.Embedding(VOCAB, EMBED, dtype=DTYPE),
+            L.Flatten(),
+            L.Linear(CONTEXT * EMBED, HIDDEN1, bias=False, dtype=DTYPE),
+            L.BatchNorm1d(HIDDEN1, dtype=DTYPE, activation="tanh"),
+            L.Linear(HIDDEN1, VOCAB, dtype=DTYPE),
+        )
+    return L.Sequential(
+        L.Linear(IN2, HIDDEN2, bias=False, dtype=DTYPE),
+        L.BatchNorm1d(HIDDEN2, dtype=DTYPE, activation="relu"),
+        L.Linear(HIDDEN2, HIDDEN2, bias=False, dtype=DTYPE),
+        L.BatchNorm1d(HIDDEN2, dtype=DTYPE, activation="relu"),
+        L.Linear(HIDDEN2, CLASSES2, dtype=DTYPE),
+    )
+
+
+def build_optimizer(workload, params, optim):
+    """SGD(lr 0.1) for S1, Adam with its defaults for S2; `optim` is fastnn.optim or
+    torch.optim (same names, same hyperparameters)."""
+    return optim.SGD(params, lr=SGD_LR) if workload == "S1" else optim.Adam(params)
+
+
+@functools.cache
+def inputs(workload):
+    """Fixed random batch: S1 int64 character indices (B, 3) in [0, 27); S2 float32 x ~ N(0, 1)
+    (B, 784); integer class targets (B,)."""
+    B = WORKLOADS[workload]
+    rng = np.random.default_rng(200 + list(WORKLOADS).index(workload))
+    if workload == "S1":
+        x = rng.integers(0, VOCAB, (B, CONTEXT), dtype=np.int64)
+        target = rng.integers(0, VOCAB, B, dtype=np.int64)
+    else:
+        x = rng.standard_normal((B, IN2), dtype=DTYPE)
+        target = rng.integers(0, CLASSES2, B, dtype=np.int64)
+    return x, target
+
+
+class FastnnStep:
+    """One training step of the fastnn model; the backend is the one in force when called."""
+
+    def __init__(self, workload):
+        self.x, self.target = inputs(workload)
+        self.model = build_model(workload)
+        self.loss_fn = fastnn.CrossEntropyLoss()
+        self.optimizer = build_optimizer(workload, self.model.parameters(), fastnn.optim)
+
+    def __call__(self):
+        self.optimizer.zero_grad()
+        logits = self.model(self.x)
+        loss = self.loss_fn(logits, self.target)
+        self.model.backward(self.loss_fn.backward())
+        self.optimizer.step()
+        return loss
+
+    def results(self):
+        """The loss of one step from the initial weights, and copies of the parameters after
+        it. Call on a fresh instance."""
+        loss = self()
+        params = list(self.model.named_parameters())
+        return {"loss": np.float64(loss),
+                **{name: p.data.copy() for name, p in params},
+                **{f"grad:{name}": p.grad.copy() for name, p in params}}
+
+
+def torch_model(torch, model):
+    """The torch.nn equivalent of the fastnn Sequential `model`, with copies of its weights;
+    also [(fastnn parameter name, torch parameter)] for comparing the two."""
+    nn = torch.nn
+    modules, names = [], []
+
+    def param(name, array):
+        p = nn.Parameter(torch.from_numpy(array.copy()))
+        names.append((name, p))
+        return p
+
+    for i, layer in enumerate(model):
+        if isinstance(layer, L.Embedding):
+            m = nn.Embedding(layer.num_embeddings, layer.embedding_dim)
+            m.weight = param(f"{i}.weight", layer.weight.data)
+            modules.append(m)
+        elif isinstance(layer, L.Flatten):
+            modules.append(nn.Flatten())
+        elif isinstance(layer, L.Linear):
+            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            m.weight = param(f"{i}.weight", layer.weight.data)
+            if layer.bias is not None:
+                m.bias = param(f"{i}.bias", layer.bias.data)
+            modules.append(m)
+            if layer.activation != "none":
+                modules.append({"relu": nn.ReLU, "tanh": nn.Tanh,
+                                "sigmoid": nn.Sigmoid}[layer.activation]())
+        elif isinstance(layer, L.BatchNorm1d):
+            m = nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                               affine=layer.affine)
+            if layer.affine:
+                m.weight = param(f"{i}.weight", layer.weight.data)
+                m.bias = param(f"{i}.bias", layer.bias.data)
+            m.running_mean.copy_(torch.from_numpy(layer.running_mean))
+            m.running_var.copy_(torch.from_numpy(layer.running_var))
+            modules.append(m)
+            if layer.activation != "none":
+                modules.append({"relu": nn.ReLU, "tanh": nn.Tanh,
+                                "sigmoid": nn.Sigmoid}[layer.activation]())
+        else:
+            raise TypeError(f"no torch equivalent for {layer!r}")
+    return nn.Sequential(*modules).train(), names
+
+
+class TorchStep:
+    """The same step in torch eager mode, from the same initial weights."""
+
+    def __init__(self, workload):
+        self.torch = pytest.importorskip("torch")
+        x, target = inputs(workload)
+        self.x = self.torch.from_numpy(x)
+        self.target = self.torch.from_numpy(target)
+        self.model, self.names = torch_model(self.torch, build_model(workload))
+        self.loss_fn = self.torch.nn.CrossEntropyLoss()
+        self.optimizer = build_optimizer(workload, self.model.parameters(), self.torch.optim)
+
+    def __call__(self):
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.model(self.x), self.target)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def results(self):
+        loss = self()
+        return {"loss": np.float64(loss.item()),
+                **{name: p.detach().numpy().copy() for name, p in self.names},
+                **{f"grad:{name}": p.grad.numpy().copy() for name, p in self.names}}
+
+
+def setting(impl, threads, stack, step):
+    """Enter, on `stack`, what `impl` runs under: backend and thread counts."""
+    if impl == "torch":
+        stack.enter_context(torch_threads(step.torch, threads))
+    else:
+        stack.enter_context(fastnn.use_backend(impl))
+        stack.enter_context(fastnn_threads(threads))
+        # The reference runs on numpy's BLAS; native holds scipy's BLAS at one thread itself.
+        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+
+
+def make_step(impl, workload):
+    return TorchStep(workload) if impl == "torch" else FastnnStep(workload)
+
+
+def check(got, want, workload, label):
+    """assert_close on one step's results; for Adam (S2), parameter entries whose gradient is
+    tiny (see ADAM_TINY_GRAD) are only checked against the bound on Adam's update. Returns the
+    largest normwise relative error and the number of entries so treated."""
+    got = dict(got)
+    loose = 0
+    if workload == "S2":
+        for name in [k for k in want if not k.startswith("grad:") and k != "loss"]:
+            tiny = np.abs(want[f"grad:{name}"]) < ADAM_TINY_GRAD
+            if tiny.any():
+                diff = np.abs(got[name][tiny].astype(np.float64) - want[name][tiny])
+                assert diff.max() <= 2 * ADAM_LR, f"{label}: {name} Adam update out of bounds"
+                got[name] = np.where(tiny, want[name], got[name])
+                loose += int(tiny.sum())
+    return assert_close(got, want, TOL, label), loose
+
+
+@functools.cache
+def expected(impl, workload):
+    """One step's loss and parameters from `impl` at 2 threads, computed once per session."""
+    step = make_step(impl, workload)
+    with contextlib.ExitStack() as stack:
+        setting(impl, min(2, _cores()), stack, step)
+        return step.results()
+
+
+CASES = [
+    pytest.param(w, t, i, id=f"{w}-t{t}-{i}")
+    for w in WORKLOADS for t in THREADS for i in IMPLS
+]
+
+
+@pytest.mark.parametrize("workload, threads, impl", CASES)
+def test_step(benchmark, measure, workload, threads, impl):
+    if threads > _cores():
+        pytest.skip(f"{threads} threads but {_cores()} usable cores")
+    step = make_step(impl, workload)
+    benchmark.group = f"{workload}-t{threads}"
+    benchmark.extra_info.update(
+        workload=workload, batch=WORKLOADS[workload], dtype=np.dtype(DTYPE).name,
+        threads=threads, impl=impl, phase=PHASE,
+    )
+    oracle = "reference" if impl == "native" else "native"
+    with contextlib.ExitStack() as stack:
+        setting(impl, threads, stack, step)
+        got = step.results()
+    want = expected(oracle, workload)
+    err, loose = check(got, want, workload, f"{impl} vs {oracle}")
+    benchmark.extra_info.update(rel_err=err, tiny_grad_entries=loose)
+    with contextlib.ExitStack() as stack:
+        setting(impl, threads, stack, step)
+        measure(step)
