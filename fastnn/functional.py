@@ -83,6 +83,11 @@ def linear_forward(x, weight, bias=None, activation="none", out=None):
     else:
         check.output_array("out", out, out_shape, x.dtype)
         check.disjoint(("out", "x", "weight", "bias"), (out, x, weight, bias), 1)
+    return _linear_forward(x, weight, bias, activation, out)
+
+
+def _linear_forward(x, weight, bias, activation, out):
+    """linear_forward on arguments already checked (layers check once, then call this)."""
     if get_backend() == "reference":
         return reference.linear_forward(x, weight, bias, activation, out)
     _native.linear_forward(out, x, weight, bias, ACTIVATIONS[activation])
@@ -121,6 +126,12 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
         work = None
     check.disjoint(("dx", "dweight", "dbias", "work", "dy", "x", "weight", "y"),
                    (dx, dweight, dbias, work, dy, x, weight, y), 4)
+    return _linear_backward(dy, x, weight, y, activation, dweight, dbias, dx, work)
+
+
+def _linear_backward(dy, x, weight, y, activation, dweight, dbias, dx, work):
+    """linear_backward on arguments already checked; work: (B, OC) when the native backend
+    fuses an activation, else unused."""
     if get_backend() == "reference":
         return reference.linear_backward(dy, x, weight, y, activation, dweight, dbias, dx)
     _native.linear_backward(dx, dweight, dbias, work, dy, x, weight, y, ACTIVATIONS[activation])
@@ -174,6 +185,13 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
         ("out", "save_mean", "save_invstd", "running_mean", "running_var", "x", "weight",
          "bias"),
         (out, save_mean, save_invstd, running_mean, running_var, x, weight, bias), 5)
+    return _batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum,
+                              eps, activation, out, save_mean, save_invstd)
+
+
+def _batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                       activation, out, save_mean, save_invstd):
+    """batchnorm_forward on arguments already checked."""
     if get_backend() == "reference":
         return reference.batchnorm_forward(x, weight, bias, running_mean, running_var,
                                            training, momentum, eps, activation, out,
@@ -211,6 +229,13 @@ def batchnorm_backward(dy, x, y, mean, invstd, weight=None, training=True, activ
     dx = _output("dx", dx, (B, C), x.dtype)
     check.disjoint(("dx", "dweight", "dbias", "dy", "x", "y", "mean", "invstd", "weight"),
                    (dx, dweight, dbias, dy, x, y, mean, invstd, weight), 3)
+    return _batchnorm_backward(dy, x, y, mean, invstd, weight, training, activation, dweight,
+                               dbias, dx)
+
+
+def _batchnorm_backward(dy, x, y, mean, invstd, weight, training, activation, dweight, dbias,
+                        dx):
+    """batchnorm_backward on arguments already checked."""
     if get_backend() == "reference":
         return reference.batchnorm_backward(dy, x, y, mean, invstd, weight, training,
                                             activation, dweight, dbias, dx)

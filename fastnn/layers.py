@@ -239,6 +239,23 @@ def _buffer(buf, shape, dtype):
     return np.empty(shape, dtype)
 
 
+def _param_array(p, field, shape, dtype, name):
+    """p.data or p.grad, checked (see _owned_array)."""
+    return _owned_array(getattr(p, field), shape, dtype, f"{name}.{field}",
+                        writeable=field == "grad")
+
+
+def _owned_array(a, shape, dtype, name, writeable=True):
+    """An array a layer passes to the kernels unchecked by fastnn.functional: its own, but
+    a user may have replaced it, so shape, dtype and layout are checked once per call."""
+    if not (type(a) is np.ndarray and a.shape == shape and a.dtype == dtype
+            and a.flags.c_contiguous and (a.flags.writeable or not writeable)):
+        got = f"{a.shape}, {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{name}: expected a C-contiguous {dtype} array of shape {shape}, "
+                         f"got {got}")
+    return a
+
+
 class Linear(Module):
     """y = act(x @ weight.T + bias): x (B, in_features) -> y (B, out_features).
 
@@ -284,22 +301,37 @@ class Linear(Module):
         if x.shape[1] != self.in_features:
             raise ValueError(f"x: expected shape (batch, {self.in_features}), got {x.shape}")
         self._y = _buffer(self._y, (x.shape[0], self.out_features), self.dtype)
-        bias = None if self.bias is None else self.bias.data
+        weight, bias = self._arrays("data")
+        F.check.disjoint(("output", "x"), (self._y, x), 1)
         self._x = x
-        return F.linear_forward(x, self.weight.data, bias, self.activation, out=self._y)
+        return F._linear_forward(x, weight, bias, self.activation, self._y)
 
     def backward(self, dy):
         """dy: (B, out_features) -> dx (B, in_features); accumulates weight.grad, bias.grad."""
         if self._x is None:
             raise ValueError("Linear.backward: called before forward")
         B = self._x.shape[0]
+        dy = F.check.float_array("dy", dy, 2, self.dtype)
+        F.check.shape("dy", dy, (B, self.out_features))
         self._dx = _buffer(self._dx, (B, self.in_features), self.dtype)
+        y = work = None
         if self.activation != "none":
-            self._work = _buffer(self._work, (B, self.out_features), self.dtype)
-        return F.linear_backward(
-            dy, self._x, self.weight.data, self._y, self.activation, self.weight.grad,
-            None if self.bias is None else self.bias.grad, dx=self._dx, work=self._work,
-        )
+            y = self._y
+            work = self._work = _buffer(self._work, (B, self.out_features), self.dtype)
+        weight, _ = self._arrays("data")
+        dweight, dbias = self._arrays("grad")
+        F.check.disjoint(("dx", "weight.grad", "bias.grad", "work", "dy", "x", "weight", "y"),
+                         (self._dx, dweight, dbias, work, dy, self._x, weight, y), 4)
+        return F._linear_backward(dy, self._x, weight, y, self.activation, dweight, dbias,
+                                  self._dx, work)
+
+    def _arrays(self, field):
+        """(weight, bias) .data or .grad, checked to still be what the kernels expect."""
+        weight = _param_array(self.weight, field, (self.out_features, self.in_features),
+                              self.dtype, "weight")
+        bias = None if self.bias is None else _param_array(
+            self.bias, field, (self.out_features,), self.dtype, "bias")
+        return weight, bias
 
     def __repr__(self):
         act = "" if self.activation == "none" else f", activation={self.activation!r}"
@@ -349,12 +381,19 @@ class BatchNorm1d(Module):
         x = F.check.float_array("x", x, 2, self.dtype)
         if x.shape[1] != self.num_features:
             raise ValueError(f"x: expected shape (batch, {self.num_features}), got {x.shape}")
+        B, C = x.shape
+        if self.training and B <= 1:
+            raise ValueError("Expected more than 1 value per channel when training, got input "
+                             f"size {x.shape}")
         self._y = _buffer(self._y, x.shape, self.dtype)
-        F.batchnorm_forward(
-            x, *self._affine("data"), self.running_mean, self.running_var, self.training,
-            self.momentum, self.eps, self.activation, self._y, self._save_mean,
-            self._save_invstd,
-        )
+        running_mean = _owned_array(self.running_mean, (C,), self.dtype, "running_mean")
+        running_var = _owned_array(self.running_var, (C,), self.dtype, "running_var")
+        weight, bias = self._affine("data")
+        F.check.disjoint(("output", "running_mean", "running_var", "x"),
+                         (self._y, running_mean, running_var, x), 3)
+        F._batchnorm_forward(x, weight, bias, running_mean, running_var, self.training,
+                             self.momentum, self.eps, self.activation, self._y,
+                             self._save_mean, self._save_invstd)
         if self.training:
             self.num_batches_tracked += 1
         self._x, self._trained_forward = x, self.training
@@ -364,19 +403,25 @@ class BatchNorm1d(Module):
         """dy: (B, num_features) -> dx; accumulates weight.grad and bias.grad."""
         if self._x is None:
             raise ValueError("BatchNorm1d.backward: called before forward")
+        dy = F.check.float_array("dy", dy, 2, self.dtype)
+        F.check.shape("dy", dy, self._x.shape)
         self._dx = _buffer(self._dx, self._x.shape, self.dtype)
         weight, _ = self._affine("data")
         dweight, dbias = self._affine("grad")
-        return F.batchnorm_backward(
-            dy, self._x, self._y, self._save_mean, self._save_invstd, weight,
-            self._trained_forward, self.activation, dweight, dbias, self._dx,
-        )
+        y = None if self.activation == "none" else self._y
+        F.check.disjoint(("dx", "weight.grad", "bias.grad", "dy", "x", "y", "weight"),
+                         (self._dx, dweight, dbias, dy, self._x, y, weight), 3)
+        return F._batchnorm_backward(dy, self._x, y, self._save_mean, self._save_invstd,
+                                     weight, self._trained_forward, self.activation, dweight,
+                                     dbias, self._dx)
 
     def _affine(self, field):
-        """(weight, bias) .data or .grad arrays, or (None, None) without affine."""
+        """(weight, bias) .data or .grad arrays, checked, or (None, None) without affine."""
         if not self.affine:
             return None, None
-        return getattr(self.weight, field), getattr(self.bias, field)
+        C = (self.num_features,)
+        return (_param_array(self.weight, field, C, self.dtype, "weight"),
+                _param_array(self.bias, field, C, self.dtype, "bias"))
 
     def __repr__(self):
         act = "" if self.activation == "none" else f", activation={self.activation!r}"
