@@ -382,6 +382,11 @@ def cross_entropy_forward(logits, target, probs=None, row_loss=None):
     probs = _output("probs", probs, logits.shape, logits.dtype)
     row_loss = _output("row_loss", row_loss, (logits.shape[0],), np.dtype(np.float64))
     check.disjoint(("probs", "row_loss", "logits"), (probs, row_loss, logits), 2)
+    return _cross_entropy_forward(logits, target, probs, row_loss)
+
+
+def _cross_entropy_forward(logits, target, probs, row_loss):
+    """cross_entropy_forward on arguments already checked."""
     if get_backend() == "reference":
         return reference.cross_entropy_forward(logits, target, probs)
     return _native.cross_entropy_forward(probs, row_loss, logits, target), probs
@@ -395,6 +400,11 @@ def cross_entropy_backward(probs, target, scale=None, dlogits=None):
         scale = 1 / max(1, probs.shape[0])
     dlogits = _output("dlogits", dlogits, probs.shape, probs.dtype)
     check.disjoint(("dlogits", "probs"), (dlogits, probs), 1)
+    return _cross_entropy_backward(probs, target, scale, dlogits)
+
+
+def _cross_entropy_backward(probs, target, scale, dlogits):
+    """cross_entropy_backward on arguments already checked."""
     if get_backend() == "reference":
         return reference.cross_entropy_backward(probs, target, scale, dlogits)
     _native.cross_entropy_backward(dlogits, probs, target, float(scale))

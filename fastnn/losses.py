@@ -21,7 +21,8 @@ class CrossEntropyLoss:
             self._probs = np.empty(logits.shape, logits.dtype)
             self._dlogits = np.empty(logits.shape, logits.dtype)
             self._row_loss = np.empty(logits.shape[0], np.float64)
-        loss, _ = F.cross_entropy_forward(logits, target, self._probs, self._row_loss)
+        F.check.disjoint(("probs", "logits"), (self._probs, logits), 1)
+        loss, _ = F._cross_entropy_forward(logits, target, self._probs, self._row_loss)
         self._target = target
         return loss
 
@@ -32,7 +33,8 @@ class CrossEntropyLoss:
         if self._target is None:
             raise ValueError("CrossEntropyLoss.backward: called before forward")
         scale = float(dloss) / max(1, self._probs.shape[0])
-        return F.cross_entropy_backward(self._probs, self._target, scale, dlogits=self._dlogits)
+        # probs and target were checked by forward; the buffers are the loss's own
+        return F._cross_entropy_backward(self._probs, self._target, scale, self._dlogits)
 
     def __repr__(self):
         return "CrossEntropyLoss()"

@@ -75,6 +75,7 @@ class Trainer:
         self._best = (np.inf, None)  # (val loss, state_dict) of the best epoch so far
         self._bad_epochs = 0
         self._classifier = isinstance(self.loss_fn, CrossEntropyLoss)
+        self._pred = self._hits = None  # buffers of _count_correct
 
     def _call(self, hook, *args):
         for cb in self.callbacks:
@@ -110,7 +111,7 @@ class Trainer:
                 total_loss += loss * n
                 seen += n
                 if self._classifier:
-                    total_correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                    total_correct += self._count_correct(out, yb)
                 self.history["step_loss"].append(loss)
                 self._call("on_step_end", self.step, loss)
                 if self.progress:
@@ -133,6 +134,16 @@ class Trainer:
             self.model.load_state_dict(self._best[1])
         self._call("on_train_end")
         return self.history
+
+    def _count_correct(self, out, y):
+        """Correct predictions of a batch, through reused buffers: no array per step."""
+        n = len(out)
+        if self._pred is None or len(self._pred) < n:
+            self._pred, self._hits = np.empty(n, np.intp), np.empty(n, bool)
+        pred, hits = self._pred[:n], self._hits[:n]
+        np.argmax(out, axis=1, out=pred)
+        np.equal(pred, y, out=hits)
+        return int(np.count_nonzero(hits))
 
     def _bar(self, data, epoch, epochs):
         if not self.progress:
@@ -173,7 +184,7 @@ class Trainer:
                 out = self.model(xb)
                 total_loss += self.loss_fn(out, yb) * len(xb)
                 if self._classifier:
-                    total_correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                    total_correct += self._count_correct(out, yb)
         finally:
             self.model.train(training)
         n = max(len(X), 1)
