@@ -337,6 +337,11 @@ def embedding_forward(weight, idx, out=None):
     idx = check.index_array("idx", idx, weight.shape[0])
     out = _output("out", out, idx.shape + (weight.shape[1],), weight.dtype)
     check.disjoint(("out", "weight"), (out, weight), 1)
+    return _embedding_forward(weight, idx, out)
+
+
+def _embedding_forward(weight, idx, out):
+    """embedding_forward on arguments already checked."""
     if get_backend() == "reference":
         return reference.embedding_forward(weight, idx, out)
     _native.embedding_forward(out, weight, idx)
@@ -355,6 +360,11 @@ def embedding_backward(dweight, dy, idx):
     dy = check.float_array("dy", dy, idx.ndim + 1, dweight.dtype)
     check.shape("dy", dy, idx.shape + (dweight.shape[1],))
     check.disjoint(("dweight", "dy"), (dweight, dy), 1)
+    return _embedding_backward(dweight, dy, idx)
+
+
+def _embedding_backward(dweight, dy, idx):
+    """embedding_backward on arguments already checked."""
     if get_backend() == "reference":
         return reference.embedding_backward(dweight, dy, idx)
     _native.embedding_backward(dweight, dy, idx)

@@ -602,13 +602,22 @@ class Embedding(Module):
         shape = idx.shape + (self.embedding_dim,)
         self._out = _buffer(self._out, shape, self.dtype)
         self._idx = idx
-        return F.embedding_forward(self.weight.data, idx, out=self._out)
+        weight = self._table("data")
+        return F._embedding_forward(weight, idx, self._out)
 
     def backward(self, dy):
         if self._idx is None:
             raise ValueError("Embedding.backward: called before forward")
-        F.embedding_backward(self.weight.grad, dy, self._idx)
+        dy = F.check.float_array("dy", dy, self._idx.ndim + 1, self.dtype)
+        F.check.shape("dy", dy, self._idx.shape + (self.embedding_dim,))
+        dweight = self._table("grad")
+        F.check.disjoint(("weight.grad", "dy"), (dweight, dy), 1)
+        F._embedding_backward(dweight, dy, self._idx)
         return None
+
+    def _table(self, field):
+        shape = (self.num_embeddings, self.embedding_dim)
+        return _param_array(self.weight, field, shape, self.dtype, "weight")
 
     def config(self):
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
