@@ -119,7 +119,7 @@ class FastnnStep:
         self.optimizer.zero_grad()
         logits = self.model(self.x)
         loss = self.loss_fn(logits, self.target)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
         self.optimizer.step()
         return loss
 

@@ -131,9 +131,10 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
 
 def _linear_backward(dy, x, weight, y, activation, dweight, dbias, dx, work):
     """linear_backward on arguments already checked; work: (B, OC) when the native backend
-    fuses an activation, else unused."""
+    fuses an activation, else unused. dx None: the input gradient is skipped (returns None)."""
     if get_backend() == "reference":
-        return reference.linear_backward(dy, x, weight, y, activation, dweight, dbias, dx)
+        return reference.linear_backward(dy, x, weight, y, activation, dweight, dbias, dx,
+                                         input_grad=dx is not None)
     _native.linear_backward(dx, dweight, dbias, work, dy, x, weight, y, ACTIVATIONS[activation])
     return dx
 

@@ -70,17 +70,20 @@ def linear_forward(x, weight, bias=None, activation="none", out=None):
 
 
 def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbias=None,
-                    dx=None, work=None):
+                    dx=None, work=None, input_grad=True):
     """Backward of linear_forward; returns dx (B, C) and accumulates the parameter gradients.
 
     dz = dy * act'(y); dx = dz @ weight; dweight (OC, C) += dz.T @ x; dbias (OC,) += dz.sum(0).
-    `work` is the native kernel's scratch space and is not used here.
+    `work` is the native kernel's scratch space and is not used here. input_grad=False skips
+    dx and returns None.
     """
     dz = dy if activation == "none" else dy * activation_derivative(y, activation)
     if dweight is not None:
         dweight += dz.T @ x
     if dbias is not None:
         dbias += dz.sum(axis=0)
+    if not input_grad:
+        return None
     result = dz @ weight
     if dx is None:
         return result

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import checkpoint
 from .data import batches
+from .layers import Sequential
 from .losses import CrossEntropyLoss
 from .optim import clip_grad_norm_
 from .optim.lr_scheduler import ReduceLROnPlateau
@@ -102,7 +103,11 @@ class Trainer:
                 self.optimizer.zero_grad()
                 out = self.model(xb)
                 loss = self.loss_fn(out, yb)
-                self.model.backward(self.loss_fn.backward())
+                dy = self.loss_fn.backward()
+                if isinstance(self.model, Sequential):  # the input is data: no gradient
+                    self.model.backward(dy, input_grad=False)
+                else:
+                    self.model.backward(dy)
                 if self.clip_grad_norm is not None:
                     clip_grad_norm_(params, self.clip_grad_norm)
                 self.optimizer.step()

@@ -156,6 +156,30 @@ def test_sequential_forward_backward_equals_layers_by_hand(dtype):
                                             (64, 27)]
 
 
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_without_input_grad_skips_only_dx(backend, dtype):
+    """input_grad=False: the first Linear skips dx; every parameter gradient is unchanged."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 12)).astype(dtype)
+    dy = rng.standard_normal((16, 5)).astype(dtype)
+    nets = []
+    for input_grad in (True, False):
+        fastnn.manual_seed(7)
+        net = fastnn.Sequential(fastnn.Linear(12, 8, dtype=dtype, activation="tanh"),
+                                fastnn.BatchNorm1d(8, dtype=dtype),
+                                fastnn.Linear(8, 5, dtype=dtype))
+        with fastnn.use_backend(backend):
+            net(x)
+            dx = net.backward(dy, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        nets.append(net)
+    assert nets[0][0]._dx.shape == x.shape and nets[1][0]._dx is None
+    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
+        assert np.any(p.grad != 0), name
+
+
 def test_named_parameters_names():
     names = [n for n, _ in char_model().named_parameters()]
     assert names == ["0.weight", "2.weight", "3.weight", "3.bias", "4.weight", "4.bias"]
