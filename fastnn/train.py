@@ -87,8 +87,7 @@ class Trainer:
         train = (X, y); val = (X_val, y_val) or None. resume: a checkpoint path. Returns
         the history."""
         X, y = train
-        drop_last = len(X) > batch_size  # constant batch shape: no re-allocation, no BN of 1
-        data = batches(X, y, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+        data = self._batches(X, y, batch_size, seed)
         params = self.model.parameters()
         if resume is not None:
             self._load_checkpoint(resume, data)
@@ -121,6 +120,7 @@ class Trainer:
                 self._call("on_step_end", self.step, loss)
                 if self.progress:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            total_loss, total_correct, seen = self._reduce_totals(total_loss, total_correct, seen)
             logs = {"train_loss": total_loss / max(seen, 1),
                     "train_acc": total_correct / max(seen, 1) if self._classifier else None,
                     "val_loss": None, "val_acc": None,
@@ -139,6 +139,16 @@ class Trainer:
             self.model.load_state_dict(self._best[1])
         self._call("on_train_end")
         return self.history
+
+    def _batches(self, X, y, batch_size, seed):
+        """The epoch iterator of fit (fastnn.distributed shards it across ranks)."""
+        drop_last = len(X) > batch_size  # constant batch shape: no re-allocation, no BN of 1
+        return batches(X, y, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+
+    def _reduce_totals(self, loss, correct, seen):
+        """An epoch's summed loss, correct count and sample count (summed over the ranks
+        by fastnn.distributed)."""
+        return loss, correct, seen
 
     def _count_correct(self, out, y):
         """Correct predictions of a batch, through reused buffers: no array per step."""
