@@ -110,9 +110,38 @@ def _load_data(args):
     return (X_train, y_train), (X_val, y_val), (X_test, y_test)
 
 
+def _mpi_world():
+    """(fastnn.distributed, COMM_WORLD) for --distributed; without MPI a one-line error
+    saying what is missing (exit 2)."""
+    import fastnn.distributed as distributed
+
+    try:
+        return distributed, distributed.world()
+    except distributed.MPIUnavailableError as e:
+        _fail(f"--distributed: {e}")
+
+
 def train(args):
+    if args.sync_batchnorm and not args.distributed:
+        _fail("--sync-batchnorm needs --distributed")
+    if not args.distributed:
+        return _train(args)
+    distributed, comm = _mpi_world()
+    with distributed.abort_on_error(comm):  # one failing rank ends the job, not a hang
+        return _train(args, distributed, comm)
+
+
+def _train(args, distributed=None, comm=None):
+    """The train command; with MPI (comm), one rank of a data-parallel job, of which rank 0
+    alone prints and writes files."""
+    rank0 = comm is None or comm.Get_rank() == 0
+    say = print if rank0 else (lambda *a, **kw: None)
     if args.threads is not None:
         fastnn.set_num_threads(args.threads)
+    elif comm is not None:  # the ranks on one machine share its cores
+        local = comm.Split_type(distributed.mpi().COMM_TYPE_SHARED)
+        fastnn.set_num_threads(max(1, fastnn.get_num_threads() // local.Get_size()))
+        local.Free()
     fastnn.manual_seed(args.seed)
     start = time.perf_counter()
     (X_train, y_train), (X_val, y_val), (X_test, y_test) = _load_data(args)
@@ -123,23 +152,35 @@ def train(args):
                       args.batchnorm, args.dropout)
     optimizer = getattr(fastnn.optim, OPTIMIZERS[args.optimizer])(
         model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    trainer = fastnn.train.Trainer(model, optimizer, patience=args.patience,
-                                   progress=args.progress)
-    print(f"fastnn {fastnn.__version__}: {args.dataset}, {len(X_train)} train / {len(X_val)} "
-          f"validation / {len(X_test)} test samples, {fastnn.get_num_threads()} threads")
-    print(model)
+    if comm is None:
+        trainer = fastnn.train.Trainer(model, optimizer, patience=args.patience,
+                                       progress=args.progress)
+    else:
+        trainer = distributed.DistributedTrainer(
+            model, optimizer, comm=comm, sync_batchnorm=args.sync_batchnorm,
+            patience=args.patience, progress=args.progress)
+    say(f"fastnn {fastnn.__version__}: {args.dataset}, {len(X_train)} train / {len(X_val)} "
+        f"validation / {len(X_test)} test samples, {fastnn.get_num_threads()} threads")
+    if comm is not None:
+        ranks = comm.Get_size()
+        say(f"data parallel over MPI: {ranks} ranks x batch {args.batch_size} = global batch "
+            f"{ranks * args.batch_size}, BatchNorm statistics "
+            f"{'synchronised' if args.sync_batchnorm else 'per rank'}")
+    say(model)
 
     class Report(fastnn.train.Callback):
         def on_epoch_end(self, trainer, epoch, logs):
-            print(f"epoch {epoch:3d}  train loss {logs['train_loss']:.4f} "
-                  f"acc {logs['train_acc']:.4f}  validation loss {logs['val_loss']:.4f} "
-                  f"acc {logs['val_acc']:.4f}", flush=True)
+            say(f"epoch {epoch:3d}  train loss {logs['train_loss']:.4f} "
+                f"acc {logs['train_acc']:.4f}  validation loss {logs['val_loss']:.4f} "
+                f"acc {logs['val_acc']:.4f}", flush=True)
 
     trainer.callbacks.append(Report())
     history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=args.epochs,
                           batch_size=args.batch_size, seed=args.seed)
     test_loss, test_acc = trainer.evaluate(X_test, y_test)
     seconds = time.perf_counter() - start
+    if not rank0:
+        return 0
     os.makedirs(args.output, exist_ok=True)
     model_path = os.path.join(args.output, "model.npz")
     fastnn.save(model, model_path)
@@ -181,6 +222,11 @@ def main(argv=None):
     p.add_argument("--output", default="fastnn-output", help="folder for model.npz, loss.png")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI, one rank per process (mpirun -n N fastnn "
+                        "train --distributed); --batch-size is per rank")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="with --distributed: BatchNorm statistics over the global batch")
     p.set_defaults(func=train)
     args = parser.parse_args(argv)
     if args.command == "train" and args.weight_decay < 0:

@@ -37,6 +37,9 @@ Without mpi4py (or without an MPI library) `import fastnn.distributed` still wor
 needs MPI raises MPIUnavailableError saying what is missing.
 """
 import contextlib
+import os
+import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -51,7 +54,7 @@ from .layers import BatchNorm1d, Dropout, Module, _buffer, _owned_array
 from .train import Trainer
 
 __all__ = ["DataParallel", "DistributedTrainer", "MPIUnavailableError", "ShardedBatches",
-           "abort_on_error", "convert_sync_batchnorm", "mpi", "rank", "size", "world"]
+           "abort_on_error", "convert_sync_batchnorm", "local_mpirun", "mpi", "rank", "size", "world"]
 
 INSTALL_HINT = ("pip install 'fastnn[mpi]' (mpi4py) and an MPI library, e.g. Debian's "
                 "openmpi-bin libopenmpi-dev")
@@ -85,6 +88,24 @@ def rank(comm=None):
 def size(comm=None):
     """The number of ranks in `comm` (default COMM_WORLD)."""
     return (comm or world()).Get_size()
+
+
+def local_mpirun(n):
+    """The command line (a list) that starts `n` ranks on this machine with the mpirun on
+    PATH: Open MPI's also gets --oversubscribe (more ranks than cores is allowed, e.g. in
+    tests) and, for root, --allow-run-as-root. Raises MPIUnavailableError without mpirun."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise MPIUnavailableError(f"mpirun is not on PATH: {INSTALL_HINT}")
+    command = [mpirun, "-n", str(n)]
+    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:
+        command.append("--oversubscribe")
+        if os.geteuid() == 0:
+            command.append("--allow-run-as-root")
+    return command
 
 
 @contextlib.contextmanager
