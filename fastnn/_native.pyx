@@ -154,6 +154,40 @@ def get_num_threads():
     return fastnn_get_num_threads()
 
 
+def is_c_array(object a, int ndim, int typenum, int64_t max_dim):
+    """True if `a` is a C-contiguous numpy array of `ndim` dimensions, each at most max_dim,
+    with dtype number `typenum`: the layers' per-call checks in one C call, the error message
+    left to the Python caller."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+        return False
+    cdef int i
+    for i in range(ndim):
+        if cnp.PyArray_DIM(arr, i) > max_dim:
+            return False
+    return True
+
+
+def is_owned_array(object a, tuple shape, int typenum, bint writeable):
+    """True if `a` is exactly a numpy.ndarray (no subclass) of this shape and dtype number,
+    C-contiguous, and writeable when asked."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int i, ndim = len(shape)
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or (writeable and not cnp.PyArray_ISWRITEABLE(arr))):
+        return False
+    for i in range(ndim):
+        if cnp.PyArray_DIM(arr, i) != <cnp.npy_intp>shape[i]:
+            return False
+    return True
+
+
 def first_overlap(tuple arrays, Py_ssize_t n_outputs):
     """(i, j) for the first arrays[i], i < n_outputs, whose memory overlaps arrays[j], j != i;
     None if there is none. Entries are C-contiguous arrays (so [data, data + nbytes) is

@@ -14,6 +14,8 @@ def float_array(name, a, ndim, dtype=None):
 
     dtype: the dtype it must have (that of another argument), or None for either float dtype.
     """
+    if dtype is not None and _native.is_c_array(a, ndim, dtype.num, MAX_DIM):
+        return a  # the common case, in one C call
     if not isinstance(a, np.ndarray):
         a = np.asarray(a)
     if dtype is None:

@@ -9,6 +9,7 @@ import numbers
 
 import numpy as np
 
+from . import _native
 from . import functional as F
 from .arena import Arena
 from .init import INITS
@@ -257,8 +258,7 @@ def _param_array(p, field, shape, dtype, name):
 def _owned_array(a, shape, dtype, name, writeable=True):
     """An array a layer passes to the kernels unchecked by fastnn.functional: its own, but
     a user may have replaced it, so shape, dtype and layout are checked once per call."""
-    if not (type(a) is np.ndarray and a.shape == shape and a.dtype == dtype
-            and a.flags.c_contiguous and (a.flags.writeable or not writeable)):
+    if not _native.is_owned_array(a, shape, dtype.num, writeable):
         got = f"{a.shape}, {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(f"{name}: expected a C-contiguous {dtype} array of shape {shape}, "
                          f"got {got}")
@@ -654,13 +654,13 @@ class Flatten(Module):
         if x.ndim < 1:
             raise ValueError(f"x: expected at least a 1-d array, got shape {x.shape}")
         self._shape = x.shape
-        return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy):
         if self._shape is None:
             raise ValueError("Flatten.backward: called before forward")
         dy = np.asarray(dy)
-        expected = (self._shape[0], int(np.prod(self._shape[1:], dtype=np.int64)))
+        expected = (self._shape[0], math.prod(self._shape[1:]))
         if dy.shape != expected:
             raise ValueError(f"dy: expected shape {expected}, got {dy.shape}")
         return dy.reshape(self._shape)
