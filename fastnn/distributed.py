@@ -381,8 +381,13 @@ class DataParallel(Module):
     def forward(self, x):
         return self.module.forward(x)
 
-    def backward(self, dy):
-        dx = self.module.backward(dy)
+    def backward(self, dy, input_grad=True):
+        """module.backward(dy), then the gradients averaged over the ranks; returns dx.
+        input_grad=False (a Sequential module): the input is data, dx is skipped (None)."""
+        if input_grad:
+            dx = self.module.backward(dy)
+        else:
+            dx = self.module.backward(dy, input_grad=False)
         self.average_gradients()
         return dx
 

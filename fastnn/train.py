@@ -103,7 +103,9 @@ class Trainer:
                 out = self.model(xb)
                 loss = self.loss_fn(out, yb)
                 dy = self.loss_fn.backward()
-                if isinstance(self.model, Sequential):  # the input is data: no gradient
+                # the input is data: no gradient (a Sequential, or one wrapped in
+                # fastnn.distributed.DataParallel)
+                if isinstance(getattr(self.model, "module", self.model), Sequential):
                     self.model.backward(dy, input_grad=False)
                 else:
                     self.model.backward(dy)
