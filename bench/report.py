@@ -7,7 +7,8 @@
 bench/results/bench.json), it prints the markdown tables of each suite (Linear L1..L4 from
 bench/test_bench_linear.py, BatchNorm1d N1..N3 and the STREAM triad from
 bench/test_bench_batchnorm.py, activations, softmax and cross-entropy from
-bench/test_bench_ops.py, Adam and SGD-momentum steps O1..O3 from bench/test_bench_optim.py),
+bench/test_bench_ops.py, Adam and SGD-momentum steps O1..O3 from bench/test_bench_optim.py,
+whole training steps S1 and S2 from bench/test_bench_steps.py),
 writes bench/results/<suite>.md and the PNG charts in bench/results/, and regenerates each
 suite's section of BENCHMARKS.md and its table in the summary in README.md between the
 markers below. A suite absent from FILE leaves its section and its summary table as they are.
@@ -97,7 +98,7 @@ def finish_json(source, json_path, command):
     atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
-SUITES = ("linear", "batchnorm", "ops", "optim")
+SUITES = ("linear", "batchnorm", "ops", "optim", "steps")
 
 
 def markers(name):
@@ -538,6 +539,91 @@ def optim_lead(entries):
             f"{where}")
 
 
+# ---- whole training steps (S1, S2) ----
+
+STEPS_INTRO = (
+    "One training step: zero_grad, forward, cross-entropy, backward, optimizer step, on a "
+    "fixed batch, every buffer reused; S1 is the character-level MLP (Embedding(27, 10), "
+    "Linear(30, 200), BatchNorm1d + tanh, Linear(200, 27), batch 32, SGD), S2 the "
+    "784-512-512-10 MLP (Linear, BatchNorm1d + ReLU twice, Linear, batch 128, Adam), both "
+    "float32. reference is the same fastnn model on the NumPy backend; torch the same "
+    "torch.nn model in eager mode from the same weights. Best round time per step (the "
+    "minimum over rounds). *native vs X* is X's best time over native's. *matmul GFLOP/s* "
+    "counts only the step's matrix products (forward, weight gradients, input gradients but "
+    "the first layer's) over the whole step's time; *of sgemm* divides it by the best raw "
+    "sgemm rate of this run (the Linear suite's); *1→2 threads* is native's 1-thread time "
+    "over its 2-thread time. *held / minimum*: bytes held by model, optimizer and loss after "
+    "a step over parameters + gradients + optimizer state + saved activations "
+    "(`fastnn.diagnostics.memory_footprint`); a steady step allocates no array (asserted).")
+
+
+def machine_sgemm(suites):
+    """The best raw sgemm entry of the run (any shape, any thread count), or None."""
+    found = [e for (w, p, t, i), e in suites.get("linear", {}).items() if p == "sgemm"]
+    return max(found, key=gflops, default=None)
+
+
+def step_rows(entries, sgemm):
+    """One dict per (workload, threads): best times, speed-ups, matmul rate, its fraction of
+    `sgemm`, native's 1->2 thread speed-up and its memory ratio."""
+    keys = sorted({(w, t) for (w, p, t, i) in entries})
+    out = []
+    for w, t in keys:
+        row = compare(entries, w, "step", t)
+        native = row["native"]
+        row["name"] = w
+        row["gflops"] = gflops(native) if native is not None else None
+        row["sgemm_fraction"] = ratio(gflops, native, sgemm)
+        one = entries.get((w, "step", 1, "native"))
+        row["scaling"] = (best(one) / best(native)
+                          if t > 1 and one is not None and native is not None else None)
+        row["mem_ratio"] = native["extra_info"].get("mem_ratio") if native else None
+        out.append(row)
+    return out
+
+
+def steps_tables(entries, sgemm):
+    rate = ("No raw sgemm measurement in this run (run the Linear suite with it)."
+            if sgemm is None else
+            f"Machine sgemm rate, the best raw sgemm of this run: {gflops(sgemm):.1f} GFLOP/s "
+            f"({sgemm['extra_info']['workload']}, {sgemm['extra_info']['threads']} threads).")
+    lines = []
+    for r in step_rows(entries, sgemm):
+        info = r["native"]["extra_info"] if r["native"] else {}
+        mem = (f"{info['mem_held'] / 1e6:.3g} / {info['mem_minimum'] / 1e6:.3g} MB = "
+               f"{info['mem_ratio']:.2f}x" if "mem_ratio" in info else "–")
+        lines.append([r["name"], str(r["threads"]), *impl_cells(r),
+                      cell(r["gflops"], "{:.1f}"), cell(r["sgemm_fraction"], "{:.0%}"),
+                      cell(r["scaling"], "{:.2f}x"), mem])
+    header = ["workload", "threads", *IMPL_HEADER, "matmul GFLOP/s", "of sgemm",
+              "1→2 threads", "held / minimum"]
+    return rate + "\n\n" + table(header, lines) + "\n"
+
+
+def steps_charts(entries, sgemm):
+    all_rows = step_rows(entries, sgemm)
+    labels = [f"{r['name']} t{r['threads']}" for r in all_rows]
+    charts = {"steps_speedup.png": SPEEDUP_CHART}
+    if sgemm is not None:
+        charts["steps_sgemm_fraction.png"] = (
+            [("native", "sgemm_fraction")],
+            "step's matmul GFLOP/s / best raw sgemm GFLOP/s", None, "{:.0%}")
+    return bar_charts(all_rows, labels, charts, "fastnn whole training steps, float32 (S1, S2)")
+
+
+def steps_summary(entries, sgemm):
+    lines = [[r["name"], cell(r["vs_reference"], "{:.2f}x"), cell(r["vs_torch"], "{:.2f}x"),
+              cell(r["sgemm_fraction"], "{:.0%}"), cell(r["scaling"], "{:.2f}x"),
+              cell(r["mem_ratio"], "{:.2f}x")]
+             for r in step_rows(entries, sgemm) if r["threads"] == 2]
+    if not lines:
+        return None
+    return ("Whole training steps, float32, 2 threads (S1: char-level MLP, batch 32, SGD; "
+            "S2: 784-512-512-10 MLP, batch 128, Adam):\n\n"
+            + table(["workload", "vs NumPy twin", "vs PyTorch", "matmul % of sgemm",
+                     "1→2 threads", "memory held / minimum"], lines))
+
+
 def replace_section(path, start, end, text, header=""):
     """Replace the text between the markers start..end in `path` (appended, after `header`
     for a new file, when the markers are missing)."""
@@ -645,6 +731,12 @@ def main(argv=None):
                              OPTIM_PHASES))
         summary["optim"] = bandwidth_summary(optim_entries, triad, "workload",
                                              optim_lead(optim_entries), OPTIM_PHASES)
+    step_entries = suites.get("steps")
+    if step_entries:
+        sgemm = machine_sgemm(suites)
+        written += publish("steps", "Whole training steps (S1, S2)", doc, STEPS_INTRO,
+                           steps_tables(step_entries, sgemm), steps_charts(step_entries, sgemm))
+        summary["steps"] = steps_summary(step_entries, sgemm)
     if summary:
         update_readme_summary(summary)
     for path in [*written, BENCHMARKS_MD, *([README_MD] if summary else [])]:

@@ -24,9 +24,16 @@ every gradient and every parameter after the step within normwise relative error
 Adam, parameter entries with |grad| < 1e-6, where its first step is ill-conditioned, only
 within Adam's bound on an update; see ADAM_TINY_GRAD), so `pytest bench/
 --benchmark-disable` is a quick smoke test that still checks numbers.
+
+Recorded with each benchmark: `flops`, the step's matrix-product operations (matmul_flops;
+bench/report.py divides by the step time and by the run's best raw sgemm rate); for native,
+the peak memory growth of a steady step (asserted below 4 KB: no array is created) and the
+bytes held by model, optimizer and loss against the minimum (fastnn.diagnostics.
+memory_footprint).
 """
 import contextlib
 import functools
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -34,6 +41,8 @@ from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn import layers as L
+
+from fastnn.diagnostics import memory_footprint
 
 from .conftest import assert_close
 from .test_bench_linear import _cores, fastnn_threads, torch_threads
@@ -250,6 +259,45 @@ CASES = [
 ]
 
 
+def matmul_flops(model, batch):
+    """Floating-point operations of one step's matrix products: per Linear 2*B*in*out for
+    the forward, the weight gradient and (unless it is the first layer, whose input is data)
+    the input gradient. The rest of the step (BatchNorm, activations, loss, optimizer) is not
+    counted, so flops / step time understates the rate the products run at."""
+    flops = 0
+    for i, layer in enumerate(model):
+        if isinstance(layer, L.Linear):
+            flops += 2 * batch * layer.in_features * layer.out_features * (3 if i > 0 else 2)
+    return flops
+
+
+def numpy_peak_growth(step, n=5):
+    """Peak bytes traced over n calls of step() beyond what was held before them (0 when no
+    array is created), after two warm-up calls."""
+    step(), step()
+    tracemalloc.start()
+    try:
+        current, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(n):
+            step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - current
+
+
+def record_memory(benchmark, step):
+    """Native only: the step allocates no array after the first (asserted), and the bytes its
+    model, optimizer and loss hold against the minimum (recorded)."""
+    growth = numpy_peak_growth(step)
+    assert growth < 4096, f"a steady step's peak memory grew by {growth} bytes"
+    mem = memory_footprint(step.model, step.optimizer, step.loss_fn,
+                           inputs=(step.x, step.target))
+    benchmark.extra_info.update(alloc_growth=growth, mem_held=mem["held"],
+                                mem_minimum=mem["minimum"], mem_ratio=mem["ratio"])
+
+
 @pytest.mark.parametrize("workload, threads, impl", CASES)
 def test_step(benchmark, measure, workload, threads, impl):
     if threads > _cores():
@@ -266,7 +314,10 @@ def test_step(benchmark, measure, workload, threads, impl):
         got = step.results()
     want = expected(oracle, workload)
     err, loose = check(got, want, workload, f"{impl} vs {oracle}")
-    benchmark.extra_info.update(rel_err=err, tiny_grad_entries=loose)
+    benchmark.extra_info.update(rel_err=err, tiny_grad_entries=loose,
+                                flops=matmul_flops(build_model(workload), WORKLOADS[workload]))
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)
+        if impl == "native":
+            record_memory(benchmark, step)
         measure(step)

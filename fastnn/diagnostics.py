@@ -8,6 +8,8 @@ material plots ("activations, gradients and update ratios").
   output for histograms.
 - GradientStats: per recorded step, the mean and std of the gradient with respect to each
   activation layer's output, and per parameter the gradient's mean, std and grad:data ratio.
+- memory_footprint: the bytes a model, its optimizer and loss hold, against the minimum a
+  training step needs.
 
 Each is a Trainer callback (on_train_begin, on_epoch_begin, on_step_end, on_epoch_end,
 on_train_end; on_step_end runs after optimizer.step(), while the parameters' .grad still
@@ -26,7 +28,8 @@ from .layers import GELU, BatchNorm1d, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 
 from .train import Callback
 
-__all__ = ["ActivationStats", "GradientStats", "UpdateRatio", "activation_layers"]
+__all__ = ["ActivationStats", "GradientStats", "UpdateRatio", "activation_layers",
+           "memory_footprint"]
 
 _NAN = float("nan")
 _ELEMENTWISE = (ReLU, Tanh, Sigmoid, LeakyReLU, GELU)
@@ -303,3 +306,66 @@ class GradientStats(_LayerStats):
         return (f"gradients at layer outputs (step {step})\n"
                 + _table(["layer", "mean", "std"], rows) + "\n\nparameter gradients\n"
                 + _table(["parameter", "mean", "std", "grad:data"], prows))
+
+
+# ---- memory held by a training setup ----
+
+def _memory_root(a):
+    """The array that owns a's memory (a view's ultimate base)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _reachable_arrays(obj, found, seen):
+    """Add to `found` ({id: owning array}) every array reachable from `obj` through fastnn
+    objects (layers, Parameters, optimizers, arenas, losses) and lists, tuples and dicts."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        root = _memory_root(obj)
+        found[id(root)] = root
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _reachable_arrays(v, found, seen)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _reachable_arrays(v, found, seen)
+    elif type(obj).__module__.startswith("fastnn") and hasattr(obj, "__dict__"):
+        for v in vars(obj).values():
+            _reachable_arrays(v, found, seen)
+
+
+def _bytes(*objs, exclude=()):
+    found = {}
+    for obj in objs:
+        _reachable_arrays(obj, found, set())
+    for a in exclude:
+        found.pop(id(_memory_root(a)), None)
+    return sum(a.nbytes for a in found.values())
+
+
+def memory_footprint(model, optimizer, loss_fn=None, inputs=()):
+    """Bytes held by a training setup after a step, against the minimum a step needs.
+
+    held: every array reachable from model, optimizer and loss_fn (parameters, gradients,
+    optimizer state, the layers' saved outputs and gradient buffers, running statistics,
+    scratch space), each memory block counted once; `inputs` (the batch, which the caller
+    owns) is left out. minimum: parameters + gradients + optimizer state + the activations
+    saved for backward, i.e. the outputs of model's layers (model.outputs of a Sequential,
+    else its parameters only) and the loss's saved probabilities. Call it after one step,
+    when every buffer exists. Returns a dict of byte counts and "ratio" = held / minimum.
+    """
+    params = model.parameters()
+    parts = {
+        "parameters": _bytes([p.data for p in params]),
+        "gradients": _bytes([p.grad for p in params]),
+        "optimizer_state": _bytes(getattr(optimizer, "_state", []), exclude=inputs),
+        "activations": _bytes(list(getattr(model, "outputs", [])),
+                              getattr(loss_fn, "_probs", None), exclude=inputs),
+    }
+    minimum = sum(parts.values())
+    held = _bytes(model, optimizer, loss_fn, exclude=inputs)
+    return {**parts, "minimum": minimum, "held": held, "ratio": held / minimum}
+

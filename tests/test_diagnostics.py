@@ -322,3 +322,26 @@ def test_first_step_of_a_run_is_always_recorded():
     x, y = data()
     train(trainer, cbs, 4, x, y)
     assert [cb.steps for cb in cbs] == [[1], [1, 2, 4], [1]]
+
+
+def test_memory_footprint_counts_each_block_once():
+    """Linear(4, 3) float64, Adam, batch 5: every byte accounted for by hand."""
+    fastnn.manual_seed(0)
+    model = fastnn.Sequential(fastnn.Linear(4, 3, dtype=np.float64))
+    opt = fastnn.optim.Adam(model.parameters())
+    loss = fastnn.CrossEntropyLoss()
+    x, y = np.ones((5, 4)), np.zeros(5, dtype=np.int64)
+    loss(model(x), y)
+    model.backward(loss.backward(), input_grad=False)
+    opt.step()
+    mem = fastnn.diagnostics.memory_footprint(model, opt, loss, inputs=(x, y))
+    n = 15 * 8  # 12 weights + 3 biases, float64, in one arena
+    assert mem["parameters"] == mem["gradients"] == n
+    assert mem["optimizer_state"] == 2 * n  # exp_avg, exp_avg_sq
+    assert mem["activations"] == 2 * 5 * 3 * 8  # the layer's output, the loss's probabilities
+    assert mem["minimum"] == 6 * n
+    # beyond the minimum: the loss's dlogits (5, 3) and per-row losses (5,) float64
+    assert mem["held"] == mem["minimum"] + 5 * 3 * 8 + 5 * 8
+    assert mem["ratio"] == mem["held"] / mem["minimum"]
+    # the batch and targets, which the caller owns, count when not excluded
+    assert fastnn.diagnostics.memory_footprint(model, opt, loss)["held"] == mem["held"] + x.nbytes + y.nbytes
