@@ -9,7 +9,7 @@
  * CPU runs (an ifunc). A build tuned with -march=native needs no clones. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(__AVX2__)
-#define FASTNN_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FASTNN_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FASTNN_HOT
 #endif
