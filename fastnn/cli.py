@@ -3,6 +3,10 @@
     fastnn train   train an MLP on a dataset (default: the embedded 8x8 digits) and report
                    the test accuracy; writes the model and a loss-curve PNG to --output
     fastnn info    what this build is (version, OpenMP, threads, BLAS, flags)
+    fastnn experiment NAME
+                   reproduce one of the course experiments (optimizers, init, batchnorm,
+                   overfit, search, charlm; see fastnn.experiments): trains with fastnn and
+                   writes PNG figures and summary.md to --output
 """
 import argparse
 import json
@@ -193,6 +197,55 @@ def _train(args, distributed=None, comm=None):
     return 0
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def experiment(args):
+    """`fastnn experiment NAME`: run one experiment of fastnn.experiments."""
+    from . import experiments  # imported only here: the experiments need matplotlib
+
+    def fail(message):
+        print(f"fastnn experiment: error: {message}", file=sys.stderr)
+        return 2
+
+    # options that belong to one experiment only are refused elsewhere, not ignored
+    only = {"--trials": ("search", args.trials), "--epochs": ("search", args.epochs),
+            "--words": ("charlm", args.words), "--data-path": (None, args.data_path)}
+    for option, (owner, value) in only.items():
+        if value is None:
+            continue
+        if owner is None and args.name == "charlm":
+            return fail(f"{option} is not used by charlm (give a word list with --words FILE)")
+        if owner is not None and args.name != owner:
+            return fail(f"{option} is an option of `fastnn experiment {owner}`, not of "
+                        f"{args.name}")
+    kwargs = {}
+    if args.trials is not None:
+        kwargs["trials"] = args.trials
+    if args.epochs is not None:
+        kwargs["epochs"] = args.epochs
+    if args.words is not None:
+        kwargs["words"] = args.words
+    output = args.output or os.path.join("fastnn-experiments", args.name)
+    start = time.perf_counter()
+    try:
+        experiments.get(args.name).run(output, data_path=args.data_path, seed=args.seed,
+                                       quick=args.quick, **kwargs)
+    except (OSError, ValueError) as e:
+        return fail(str(e).splitlines()[0])
+    figures = sorted(f for f in os.listdir(output) if f.endswith(".png"))
+    print(f"fastnn experiment {args.name}: wrote summary.md and {', '.join(figures)} to "
+          f"{output} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def info(args):
     print(json.dumps(fastnn.build_info(), indent=2))
     return 0
@@ -228,6 +281,27 @@ def main(argv=None):
     p.add_argument("--sync-batchnorm", action="store_true",
                    help="with --distributed: BatchNorm statistics over the global batch")
     p.set_defaults(func=train)
+    from .experiments import NAMES as EXPERIMENTS  # a plain module: no matplotlib import
+
+    p = sub.add_parser("experiment", help="reproduce a course experiment: figures and a "
+                       "markdown summary of measured numbers")
+    p.add_argument("name", choices=EXPERIMENTS, metavar="NAME",
+                   help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--output", default=None,
+                   help="folder for the figures and summary.md (default "
+                        "fastnn-experiments/NAME)")
+    p.add_argument("--data-path", default=None,
+                   help="folder with the MNIST IDX files (default: the embedded digits)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--quick", action="store_true", help="a run of a few seconds (smaller "
+                   "budgets; the numbers are not the experiment's)")
+    p.add_argument("--trials", type=_positive(int), default=None,
+                   help="search: number of trials (default 100)")
+    p.add_argument("--epochs", type=_positive(int), default=None,
+                   help="search: epochs per trial (default 50)")
+    p.add_argument("--words", default=None,
+                   help="charlm: a text file with one word per line (default: built-in names)")
+    p.set_defaults(func=experiment)
     args = parser.parse_args(argv)
     if args.command == "train" and args.weight_decay < 0:
         parser.exit(2, f"fastnn train: error: --weight-decay must be >= 0, got {args.weight_decay}\n")

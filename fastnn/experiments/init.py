@@ -93,6 +93,7 @@ def run(output, data_path=None, seed=0, quick=False, steps=2000):
     """
     output = common.prepare_output(output)
     summary = common.Summary("init", __doc__.split("\n\n", 1)[1])
+    data = common.load_data(data_path, seed)  # first: a bad data_path fails at once
     summary.heading("(a) Activations of a 5-layer, 100-unit network")
     summary.text("Standard deviation of each layer's activations (saturated: the fraction of "
                  "tanh/sigmoid outputs with |tanh| > 0.97 or |2 sigmoid - 1| > 0.97, in the "
@@ -111,7 +112,6 @@ def run(output, data_path=None, seed=0, quick=False, steps=2000):
     for activation, path in zip(ACTIVATIONS, figures):
         summary.figure(path, f"{activation} activation histograms")
 
-    data = common.load_data(data_path, seed)
     steps = 150 if quick else steps
     per_epoch = max(1, len(data["train"][0]) // 128)
     epochs = max(1, round(steps / per_epoch))

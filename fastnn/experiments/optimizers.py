@@ -129,6 +129,7 @@ def run(output, data_path=None, seed=0, quick=False, steps=2000):
     """
     output = common.prepare_output(output)
     summary = common.Summary("optimizers", __doc__.split("\n\n", 1)[1])
+    data = common.load_data(data_path, seed)  # first: a bad data_path fails at once
     paths = {name: path_2d(name, LR_2D[name]) for name in NAMES}
     f_final = {name: float(f2d(*paths[name][-1])) for name in NAMES}
     # the same learning rate for SGD and Momentum isolates what the momentum term does
@@ -143,7 +144,6 @@ def run(output, data_path=None, seed=0, quick=False, steps=2000):
                  f"f = {f_same['Momentum']:.4g}.")
     summary.figure(_plot_paths(paths, LR_2D, output), "optimizer paths on the contour plot")
 
-    data = common.load_data(data_path, seed)
     steps = 100 if quick else steps
     per_epoch = len(data["train"][0]) // 128  # the Trainer drops the last, short batch
     epochs = max(1, round(steps / max(per_epoch, 1)))
