@@ -17,7 +17,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository root, for `bench`; last, so that `fastnn` is the installed package (with its
+# compiled extension), not the source tree.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fastnn  # noqa: E402
 from bench.test_bench_steps import build_model, build_optimizer, inputs  # noqa: E402

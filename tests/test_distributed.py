@@ -33,10 +33,11 @@ mpi = pytest.mark.skipif(bool(_missing) and not REQUIRE_MPI, reason=f"needs MPI:
                          "libopenmpi-dev)")
 
 
-def run_mpi(n, *args):
-    """Run `python args...` on n ranks; the CompletedProcess (text)."""
+def run_mpi(n, *args, cwd=None):
+    """Run `python args...` on n ranks; the CompletedProcess (text). cwd: run there (for
+    `-m fastnn`, not in the source tree, whose fastnn has no compiled extension)."""
     command = distributed.local_mpirun(n) + [sys.executable, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
 
 
 def checked(proc):
@@ -180,7 +181,8 @@ def test_a_failing_rank_aborts_the_job():
 def test_cli_train_distributed(tmp_path):
     args = ["train", "--epochs", "2", "--hidden", "32", "--no-progress", "--seed", "1"]
     proc = checked(run_mpi(2, "-m", "fastnn", *args, "--distributed", "--sync-batchnorm",
-                           "--batch-size", "32", "--output", str(tmp_path / "mpi")))
+                           "--batch-size", "32", "--output", str(tmp_path / "mpi"),
+                           cwd=tmp_path))
     out = proc.stdout
     # rank 0 alone prints and writes
     assert out.count("epoch   1 ") == 1 and out.count("test accuracy") == 1, out
@@ -191,7 +193,8 @@ def test_cli_train_distributed(tmp_path):
     # to rounding)
     single = checked(subprocess.run(
         [sys.executable, "-m", "fastnn", *args, "--batch-size", "64", "--output",
-         str(tmp_path / "one")], capture_output=True, text=True, timeout=TIMEOUT)).stdout
+         str(tmp_path / "one")], capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=tmp_path)).stdout
 
     def losses(text):
         return [float(line.split()[4]) for line in text.splitlines() if line.startswith("epoch")]
