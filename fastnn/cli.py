@@ -233,6 +233,8 @@ def experiment(args):
         kwargs["epochs"] = args.epochs
     if args.words is not None:
         kwargs["words"] = args.words
+    if args.threads is not None:
+        fastnn.set_num_threads(args.threads)
     output = args.output or os.path.join("fastnn-experiments", args.name)
     start = time.perf_counter()
     try:
@@ -295,6 +297,8 @@ def main(argv=None):
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--quick", action="store_true", help="a run of a few seconds (smaller "
                    "budgets; the numbers are not the experiment's)")
+    p.add_argument("--threads", type=_positive(int), default=None,
+                   help="fastnn threads (default: OMP_NUM_THREADS, else the usable cores)")
     p.add_argument("--trials", type=_positive(int), default=None,
                    help="search: number of trials (default 100)")
     p.add_argument("--epochs", type=_positive(int), default=None,

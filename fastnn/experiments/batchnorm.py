@@ -39,7 +39,7 @@ def train_grid_cell(data, scale, batchnorm, epochs, seed):
 def _plot_grid(scales, curves, output):
     cols = 4
     rows = -(-len(scales) // cols)
-    fig, axes = common.figure(rows, cols, (12, 2.6 * rows))
+    fig, axes = common.figure(rows, cols, (12, 2.6 * rows), grid=True)
     for ax, scale in zip(axes, scales):
         with_bn, without = curves[(scale, True)], curves[(scale, False)]
         epochs = np.arange(1, len(with_bn) + 1)

@@ -47,13 +47,14 @@ def _stats(outs, activation):
 
 def _plot_histograms(activation, outs_by_scheme, output):
     depth = len(next(iter(outs_by_scheme.values())))
-    fig, axes = common.figure(len(SCHEMES), depth, (3 * depth, 2.4 * len(SCHEMES)))
+    fig, axes = common.figure(len(SCHEMES), depth, (3 * depth, 2.4 * len(SCHEMES)), grid=True)
     axes = axes.reshape(len(SCHEMES), depth)
     lo, hi = RANGES[activation]
     for r, (label, outs) in enumerate(outs_by_scheme.items()):
         for c, a in enumerate(outs):
             ax = axes[r, c]
-            ax.hist(a.ravel(), 30, range=(lo, hi), color="C0")
+            counts, edges = np.histogram(a.ravel(), 30, range=(lo, hi))
+            ax.stairs(counts, edges, fill=True, color="C0")  # one artist, not 30 bars
             ax.set_title(f"{label}: layer {c + 1}, std {a.std():.2g}", fontsize=9)
             ax.tick_params(labelsize=7)
             if c:

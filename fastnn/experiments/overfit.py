@@ -12,8 +12,6 @@ epoch in evaluation mode; the test set is the held-out test split.
 import numpy as np
 
 import fastnn
-from fastnn import optim
-
 from . import common
 
 VARIANTS = ("none", "weight decay 0.1", "dropout 0.2")
@@ -27,11 +25,8 @@ def train_variant(variant, data, epochs, seed, weight_decay=0.1, dropout=0.2):
     fastnn.manual_seed(seed)
     model = common.build_mlp(data["n_features"], [100] * 6, data["n_classes"], "relu", "he",
                              dropout=dropout if variant == "dropout 0.2" else 0.0)
-    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-    biases = [p for name, p in model.named_parameters() if not name.endswith("weight")]
     decay = weight_decay if variant == "weight decay 0.1" else 0.0
-    optimizer = optim.SGD([{"params": weights, "weight_decay": decay},
-                           {"params": biases, "weight_decay": 0.0}], lr=0.01)
+    optimizer = common.sgd_weight_decay(model, 0.01, decay)
     acc = common.EvalEachEpoch(train=data["train"], test=data["test"])
     trainer = fastnn.train.Trainer(model, optimizer, progress=False, restore_best=False,
                                    callbacks=[acc])

@@ -23,8 +23,6 @@ import os
 import numpy as np
 
 import fastnn
-from fastnn import optim
-
 from . import common
 
 LR_RANGE = (-6.0, -2.0)
@@ -97,11 +95,7 @@ def run_trial(trial, train, val):
     n_classes = int(max(train[1].max(), val[1].max())) + 1
     model = common.build_mlp(train[0].shape[1], list(trial.hidden), n_classes, "relu", "he")
     _he_init(model, np.random.default_rng(trial.seed))
-    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-    biases = [p for name, p in model.named_parameters() if not name.endswith("weight")]
-    # the L2 penalty on the weights only, as the course's weight decay
-    optimizer = optim.SGD([{"params": weights, "weight_decay": trial.weight_decay},
-                           {"params": biases, "weight_decay": 0.0}], lr=trial.lr)
+    optimizer = common.sgd_weight_decay(model, trial.lr, trial.weight_decay)
     acc = common.EvalEachEpoch(train=train, val=val)
     trainer = fastnn.train.Trainer(model, optimizer, progress=False, restore_best=False,
                                    callbacks=[acc])
@@ -171,7 +165,7 @@ def _plot_best(results, output, n_best=20):
     best = results[:n_best]
     cols = 5
     rows = max(1, -(-len(best) // cols))
-    fig, axes = common.figure(rows, cols, (15, 2.5 * rows))
+    fig, axes = common.figure(rows, cols, (15, 2.8 * rows), grid=True)
     for k, (ax, r) in enumerate(zip(axes, best)):
         epochs = np.arange(1, len(r["val_acc_curve"]) + 1)
         ax.plot(epochs, r["val_acc_curve"], color="C0", label="validation")
