@@ -4,6 +4,7 @@ about."""
 import concurrent.futures
 import math
 import os
+import struct
 import tomllib
 
 import numpy as np
@@ -144,6 +145,31 @@ def test_overfit(tmp_path):
     assert "200 training" in text
     # the regularised runs are different runs, not copies of the plain one
     assert r["dropout 0.2"]["train_acc"] != r["none"]["train_acc"]
+
+
+def write_idx(path, array, magic):
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    with open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_idx_files(tmp_path):
+    """--data-path: MNIST-format files (here small synthetic ones) replace the digits."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 400), ("t10k", 60)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(labels):  # class c lights up rows 2c..2c+1
+            images[i, 2 * c:2 * c + 2, 4:24] = 255
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images, 0x803)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels, 0x801)
+    data = common.load_data(str(tmp_path), max_train=100)
+    assert data["name"] == "mnist" and data["n_features"] == 784
+    assert [len(data[k][0]) for k in ("train", "val", "test")] == [100, 40, 60]
+    r = overfit.run(tmp_path / "out", data_path=str(tmp_path), quick=True, epochs=5, n_train=100)
+    text = assert_outputs(tmp_path / "out", ["overfit.png"])
+    assert "60 test samples of mnist" in text
+    assert r["none"]["test_acc"] > 0.3  # the lit rows are easy to learn
 
 
 def test_weight_decay_is_on_the_weights_only():
