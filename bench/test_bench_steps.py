@@ -3,7 +3,10 @@
 One step is what a training loop does per batch: zero the gradients, forward, loss, backward,
 optimizer step. For each workload and thread count (1, 2), three implementations of the same
 model, started from the same weights, run side by side in one benchmark group:
-  native     a fastnn model (Sequential of fastnn layers, fastnn.optim) on the C/OpenMP kernels
+  native     a fastnn model (Sequential of fastnn layers, fastnn.optim) on the C/OpenMP kernels;
+             forward, loss and backward through fastnn.fused.FusedStep, as fastnn's Trainer
+             runs them: the first step through the layers, the rest replayed in one C call
+             (bit for bit the same results, tests/test_fused.py)
   reference  the same fastnn model under fastnn.use_backend("reference") (numpy's BLAS limited
              with threadpoolctl)
   torch      the equivalent torch.nn model, weights copied from the fastnn model, torch eager,
@@ -43,6 +46,7 @@ import fastnn
 from fastnn import layers as L
 
 from fastnn.diagnostics import memory_footprint
+from fastnn.fused import FusedStep
 
 from .conftest import assert_close
 from .test_bench_linear import _cores, fastnn_threads, torch_threads
@@ -123,12 +127,13 @@ class FastnnStep:
         self.model = build_model(workload)
         self.loss_fn = fastnn.CrossEntropyLoss()
         self.optimizer = build_optimizer(workload, self.model.parameters(), fastnn.optim)
+        # forward, loss and backward: replayed in one C call on the native backend (as
+        # fastnn.train.Trainer does), the layer path on the reference backend
+        self.forward_backward = FusedStep(self.model, self.loss_fn)
 
     def __call__(self):
         self.optimizer.zero_grad()
-        logits = self.model(self.x)
-        loss = self.loss_fn(logits, self.target)
-        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        loss = self.forward_backward(self.x, self.target)
         self.optimizer.step()
         return loss
 
@@ -321,3 +326,5 @@ def test_step(benchmark, measure, workload, threads, impl):
         if impl == "native":
             record_memory(benchmark, step)
         measure(step)
+    if impl == "native":
+        assert step.forward_backward._plan is not None, "native steps were not replayed"

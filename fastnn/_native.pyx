@@ -602,3 +602,201 @@ def clamp_inplace(cnp.ndarray x, double lo, double hi):
             clamp_inplace_f32(<float *>px, lo, hi, n)
         else:
             clamp_inplace_f64(<double *>px, lo, hi, n)
+
+
+# ---- a training step's kernels as one call (fastnn.fused) ----
+
+from libc.stdlib cimport realloc, free
+
+cdef enum:
+    OP_EMBEDDING_FORWARD
+    OP_LINEAR_FORWARD
+    OP_BATCHNORM_FORWARD
+    OP_ACTIVATION_FORWARD
+    OP_CROSS_ENTROPY_FORWARD
+    OP_CROSS_ENTROPY_BACKWARD
+    OP_LINEAR_BACKWARD
+    OP_BATCHNORM_BACKWARD
+    OP_ACTIVATION_BACKWARD
+    OP_EMBEDDING_BACKWARD
+
+OPS = {"embedding_forward": OP_EMBEDDING_FORWARD, "linear_forward": OP_LINEAR_FORWARD,
+       "batchnorm_forward": OP_BATCHNORM_FORWARD,
+       "activation_forward": OP_ACTIVATION_FORWARD,
+       "cross_entropy_forward": OP_CROSS_ENTROPY_FORWARD,
+       "cross_entropy_backward": OP_CROSS_ENTROPY_BACKWARD,
+       "linear_backward": OP_LINEAR_BACKWARD, "batchnorm_backward": OP_BATCHNORM_BACKWARD,
+       "activation_backward": OP_ACTIVATION_BACKWARD,
+       "embedding_backward": OP_EMBEDDING_BACKWARD}
+
+cdef enum:
+    MAX_ARRAYS = 9
+
+cdef struct Op:
+    int kind
+    bint f32
+    int act
+    bint train
+    double a, b  # batchnorm: eps, momentum; activation: slope; cross-entropy backward: scale
+    int64_t n0, n1, n2  # the kernel's sizes, in its argument order
+    void *p[MAX_ARRAYS]  # the kernel's arrays, in its argument order; NULL for None
+
+
+cdef double run_op(Op *op) noexcept nogil:
+    """Call one kernel; returns the loss for a cross-entropy forward, else 0."""
+    cdef void **p = op.p
+    cdef int k = op.kind
+    if k == OP_EMBEDDING_FORWARD:
+        if op.f32: embedding_forward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
+        else: embedding_forward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0, op.n1)
+    elif k == OP_LINEAR_FORWARD:
+        if op.f32:
+            linear_forward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                               op.act, op.n0, op.n1, op.n2)
+        else:
+            linear_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                               op.act, op.n0, op.n1, op.n2)
+    elif k == OP_BATCHNORM_FORWARD and op.train:
+        if op.f32:
+            batchnorm_forward_train_f32(<float *>p[0], <float *>p[1], <float *>p[2],
+                                        <float *>p[3], <float *>p[4], <float *>p[5],
+                                        <float *>p[6], <float *>p[7], op.a, op.b, op.act,
+                                        op.n0, op.n1)
+        else:
+            batchnorm_forward_train_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                        <double *>p[3], <double *>p[4], <double *>p[5],
+                                        <double *>p[6], <double *>p[7], op.a, op.b, op.act,
+                                        op.n0, op.n1)
+    elif k == OP_BATCHNORM_FORWARD:
+        if op.f32:
+            batchnorm_forward_eval_f32(<float *>p[0], <float *>p[1], <float *>p[2],
+                                       <float *>p[3], <float *>p[4], <float *>p[5],
+                                       <float *>p[6], <float *>p[7], op.a, op.act, op.n0, op.n1)
+        else:
+            batchnorm_forward_eval_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                       <double *>p[3], <double *>p[4], <double *>p[5],
+                                       <double *>p[6], <double *>p[7], op.a, op.act, op.n0,
+                                       op.n1)
+    elif k == OP_ACTIVATION_FORWARD:
+        if op.f32: activation_forward_f32(<float *>p[0], <float *>p[1], op.act, op.a, op.n0)
+        else: activation_forward_f64(<double *>p[0], <double *>p[1], op.act, op.a, op.n0)
+    elif k == OP_CROSS_ENTROPY_FORWARD:
+        if op.f32:
+            return cross_entropy_forward_f32(<float *>p[0], <double *>p[1], <float *>p[2],
+                                             <int64_t *>p[3], op.n0, op.n1)
+        return cross_entropy_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                         <int64_t *>p[3], op.n0, op.n1)
+    elif k == OP_CROSS_ENTROPY_BACKWARD:
+        if op.f32:
+            cross_entropy_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.a,
+                                       op.n0, op.n1)
+        else:
+            cross_entropy_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.a,
+                                       op.n0, op.n1)
+    elif k == OP_LINEAR_BACKWARD:
+        if op.f32:
+            linear_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
+                                op.act, op.n0, op.n1, op.n2)
+        else:
+            linear_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                                <double *>p[4], <double *>p[5], <double *>p[6],
+                                <double *>p[7], op.act, op.n0, op.n1, op.n2)
+    elif k == OP_BATCHNORM_BACKWARD:
+        if op.f32:
+            batchnorm_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                   <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
+                                   <float *>p[8], op.act, op.train, op.n0, op.n1)
+        else:
+            batchnorm_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                   <double *>p[3], <double *>p[4], <double *>p[5],
+                                   <double *>p[6], <double *>p[7], <double *>p[8], op.act,
+                                   op.train, op.n0, op.n1)
+    elif k == OP_ACTIVATION_BACKWARD:
+        if op.f32:
+            activation_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                    op.act, op.a, op.n0)
+        else:
+            activation_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                    <double *>p[3], op.act, op.a, op.n0)
+    elif k == OP_EMBEDDING_BACKWARD:
+        if op.f32:
+            embedding_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
+        else:
+            embedding_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0,
+                                   op.n1)
+    return 0
+
+
+cdef class Plan:
+    """A fixed list of kernel calls over fixed arrays, run in order in one call without the
+    GIL. fastnn.fused records one from a training step the layers took (whose checks it
+    relies on: add() checks nothing but that the arrays are numpy arrays). Two arrays change
+    from call to call, the batch and the targets: add() takes the strings "input" and
+    "target" in their place and run() fills in the arrays it is given."""
+    cdef Op *ops
+    cdef int n_ops
+    cdef list arrays  # every array an op points into, kept alive
+    cdef list slots  # (op index, argument index, "input" or "target")
+
+    def __cinit__(self):
+        self.ops = NULL
+        self.n_ops = 0
+        self.arrays = []
+        self.slots = []
+
+    def __dealloc__(self):
+        free(self.ops)
+
+    def add(self, str kind, bint f32, tuple arrays, tuple sizes=(), int act=0,
+            bint train=False, double a=0, double b=0):
+        """Append the kernel `kind` (a key of OPS) with its arrays and sizes in its
+        argument order (None for a NULL pointer)."""
+        if len(arrays) > MAX_ARRAYS or len(sizes) > 3:
+            raise ValueError(f"{kind}: too many arguments")
+        cdef Op *ops = <Op *>realloc(self.ops, (self.n_ops + 1) * sizeof(Op))
+        if ops == NULL:
+            raise MemoryError()
+        self.ops = ops
+        cdef Op *op = &self.ops[self.n_ops]
+        op.kind, op.f32, op.act, op.train, op.a, op.b = OPS[kind], f32, act, train, a, b
+        op.n0 = sizes[0] if len(sizes) > 0 else 0
+        op.n1 = sizes[1] if len(sizes) > 1 else 0
+        op.n2 = sizes[2] if len(sizes) > 2 else 0
+        cdef int i
+        for i in range(MAX_ARRAYS):
+            op.p[i] = NULL
+        for i, arr in enumerate(arrays):
+            if isinstance(arr, str):
+                if arr not in ("input", "target"):
+                    raise ValueError(f"{kind}: argument {i} is {arr!r}")
+                self.slots.append((self.n_ops, i, arr))
+            elif arr is not None:
+                op.p[i] = cnp.PyArray_DATA(<cnp.ndarray?>arr)
+                self.arrays.append(arr)
+        self.n_ops += 1
+
+    def run(self, cnp.ndarray x, cnp.ndarray target):
+        """Run every op, with `x` and `target` where "input" and "target" were given; returns
+        the cross-entropy forward's loss (the last one's, 0 without one)."""
+        cdef int i
+        for i, j, name in self.slots:
+            self.ops[i].p[j] = cnp.PyArray_DATA(x if name == "input" else target)
+        cdef double loss = 0, value
+        with nogil:
+            for i in range(self.n_ops):
+                value = run_op(&self.ops[i])
+                if self.ops[i].kind == OP_CROSS_ENTROPY_FORWARD:
+                    loss = value
+        return loss
+
+
+def index_in_range(cnp.ndarray a, int64_t bound):
+    """True if every value of the C-contiguous int64 array `a` lies in [0, bound)."""
+    cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(a)
+    cdef int64_t i, n = cnp.PyArray_SIZE(a)
+    cdef bint ok = True
+    with nogil:
+        for i in range(n):
+            ok &= (p[i] >= 0) & (p[i] < bound)
+    return ok

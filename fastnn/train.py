@@ -12,6 +12,7 @@ import numpy as np
 
 from . import checkpoint
 from .data import batches
+from .fused import FusedStep
 from .layers import Sequential
 from .losses import CrossEntropyLoss
 from .optim import clip_grad_norm_
@@ -91,6 +92,9 @@ class Trainer:
         params = self.model.parameters()
         if resume is not None:
             self._load_checkpoint(resume, data)
+        # a Sequential's forward, loss and backward as one C call from the second step on
+        fused = FusedStep(self.model, self.loss_fn) if isinstance(self.model, Sequential) \
+            else None
         self._call("on_train_begin")
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch + 1
@@ -100,15 +104,19 @@ class Trainer:
             bar = self._bar(data, epoch, epochs)
             for xb, yb in bar:
                 self.optimizer.zero_grad()
-                out = self.model(xb)
-                loss = self.loss_fn(out, yb)
-                dy = self.loss_fn.backward()
-                # the input is data: no gradient (a Sequential, or one wrapped in
-                # fastnn.distributed.DataParallel)
-                if isinstance(getattr(self.model, "module", self.model), Sequential):
-                    self.model.backward(dy, input_grad=False)
+                if fused is not None:
+                    loss = fused(xb, yb)
+                    out = self.model.outputs[-1]
                 else:
-                    self.model.backward(dy)
+                    out = self.model(xb)
+                    loss = self.loss_fn(out, yb)
+                    dy = self.loss_fn.backward()
+                    # the input is data: no gradient (a Sequential, or one wrapped in
+                    # fastnn.distributed.DataParallel)
+                    if isinstance(getattr(self.model, "module", self.model), Sequential):
+                        self.model.backward(dy, input_grad=False)
+                    else:
+                        self.model.backward(dy)
                 if self.clip_grad_norm is not None:
                     clip_grad_norm_(params, self.clip_grad_norm)
                 self.optimizer.step()

@@ -1,0 +1,190 @@
+"""A training step's forward, loss and backward in one call into C.
+
+A Sequential runs each layer through Python: argument checks, buffer bookkeeping, then a
+call into C. For a small model that costs as much as the arithmetic (S1 of DESIGN.md, a
+character-level MLP on 32 samples, has eleven kernel calls of a few microseconds each).
+FusedStep takes one step through the layers, which check everything, records the kernel
+calls that step made and the buffers it used, and replays them for the following steps as one
+call without the GIL:
+
+    step = FusedStep(model, loss_fn)
+    loss = step(x, target)  # as loss_fn(model(x), target) and
+                            # model.backward(loss_fn.backward(), input_grad=False)
+
+The replay is the same kernels on the same buffers in the same order, so its results are the
+layer path's bit for bit; parameter gradients accumulate into .grad, BatchNorm's running
+statistics update, and model.outputs / model.grads, the layers' saved inputs and the loss's
+probabilities are left as the layer path leaves them (diagnostics read them as usual).
+Before each replay the step checks that nothing the record depends on has changed (the batch
+shape and dtype, the targets, every parameter, buffer and output array, each layer's mode and
+settings); if something has, it takes the layer path again and records anew.
+
+Replayed: a Sequential of Embedding, Flatten (not first), Linear, BatchNorm1d, ReLU, Tanh,
+Sigmoid, LeakyReLU and GELU, with CrossEntropyLoss, on the native backend. Anything else
+(Dropout, another loss, the reference backend) always takes the layer path.
+"""
+from operator import eq, is_
+
+import numpy as np
+
+from . import _native
+from .functional import ACTIVATIONS, ELEMENTWISE
+from .layers import BatchNorm1d, Embedding, Flatten, Linear, Sequential, _Elementwise
+from .losses import CrossEntropyLoss
+from .runtime import get_backend
+
+__all__ = ["FusedStep"]
+
+_REPLAYED = (Embedding, Flatten, Linear, BatchNorm1d, _Elementwise)
+
+
+class FusedStep:
+    """forward + loss + backward of `model` (a Sequential) with `loss_fn`, replayed in one C
+    call after the first step; see the module docstring. Gradients accumulate: zero them
+    (optimizer.zero_grad()) between steps as usual."""
+
+    def __init__(self, model, loss_fn):
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model: expected a fastnn.Sequential, got {type(model).__name__}")
+        if not hasattr(loss_fn, "forward") or not hasattr(loss_fn, "backward"):
+            raise TypeError(f"loss_fn: expected a fastnn loss, got {type(loss_fn).__name__}")
+        self.model, self.loss_fn = model, loss_fn
+        layers = model.layers
+        self.replayable = (isinstance(loss_fn, CrossEntropyLoss) and len(layers) > 0
+                           and all(isinstance(layer, _REPLAYED) for layer in layers)
+                           and not isinstance(layers[0], Flatten))
+        self._plan = self._checks = None
+        self._tracking = []  # BatchNorm1d layers whose num_batches_tracked a replay counts
+
+    def __call__(self, x, target):
+        """x: the model's input batch (B, ...); target: (B,) integer classes. Returns the
+        mean loss."""
+        replay = self.replayable and get_backend() == "native"
+        if replay and self._plan is not None and self._unchanged(x, target):
+            return self._replay(x, target)
+        loss = self.loss_fn(self.model(x), target)
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        if replay:
+            self._plan = self._record()
+            self._checks = self._dependencies(x, target)
+        return loss
+
+    def _replay(self, x, target):
+        loss = self._plan.run(x, target)
+        first = self.model.layers[0]
+        if isinstance(first, Embedding):
+            first._idx = x
+        else:
+            first._x = x
+        for layer in self._tracking:
+            layer.num_batches_tracked += 1
+        self.loss_fn._target = target
+        return loss
+
+    def _dependencies(self, x, target):
+        """What the plan just recorded depends on, for _unchanged: (object, attribute,
+        value) triples that must still hold the same object, and ones that must still
+        compare equal (settings)."""
+        model, loss_fn = self.model, self.loss_fn
+        same = [(model, "layers", model.layers), (model, "outputs", model.outputs),
+                (model, "grads", model.grads)]
+        same += [(loss_fn, name, getattr(loss_fn, name))
+                 for name in ("_probs", "_dlogits", "_row_loss")]
+        for p in model.parameters():
+            same += [(p, "data", p.data), (p, "grad", p.grad)]
+        equal = []
+        for layer in model.layers:
+            names = {BatchNorm1d: ("running_mean", "running_var", "_dx", "_save_mean",
+                                   "_save_invstd"),
+                     Linear: ("_dx", "_work"), _Elementwise: ("_dx",)}
+            settings = {BatchNorm1d: ("training", "eps", "momentum", "activation"),
+                        Linear: ("activation",), _Elementwise: ("kind", "negative_slope")}
+            kind = next((k for k in names if isinstance(layer, k)), None)
+            same += [(layer, name, getattr(layer, name)) for name in names.get(kind, ())]
+            equal += [(layer, name, getattr(layer, name)) for name in settings.get(kind, ())]
+        self._tracking = [m for m in model.layers if isinstance(m, BatchNorm1d) and m.training]
+        return (x.shape, x.dtype, target.shape, [list(t) for t in zip(*same)],
+                [list(t) for t in zip(*equal)] if equal else [[], [], []],
+                list(model.layers), list(model.outputs), list(model.grads))
+
+    def _unchanged(self, x, target):
+        """Whether the plan still applies to this x and target: same shapes and dtypes, the
+        arrays contiguous and in range (otherwise the layer path converts or rejects them),
+        and every dependency unchanged. Each test is one C-level pass (map over getattr)."""
+        shape, dtype, target_shape, same, equal, layers, outputs, grads = self._checks
+        model = self.model
+        if not (type(x) is np.ndarray and x.shape == shape and x.dtype == dtype
+                and x.flags.c_contiguous and type(target) is np.ndarray
+                and target.shape == target_shape and target.dtype == np.int64
+                and target.flags.c_contiguous):
+            return False
+        if not (all(map(is_, map(getattr, *same[:2]), same[2]))
+                and all(map(eq, map(getattr, *equal[:2]), equal[2]))
+                and all(map(is_, model.layers, layers))
+                and all(map(is_, model.outputs, outputs))
+                and all(map(is_, model.grads, grads))):
+            return False
+        first = model.layers[0]
+        if isinstance(first, Embedding) and not _native.index_in_range(
+                x, first.num_embeddings):
+            return False
+        return _native.index_in_range(target, self.loss_fn._probs.shape[1])
+
+    def _record(self):
+        """The plan of the step the layers just took: their kernels, buffers and sizes."""
+        model, loss_fn = self.model, self.loss_fn
+        plan, backward = _native.Plan(), []
+        inputs = ["input", *model.outputs[:-1]]
+        for i, layer in enumerate(model.layers):
+            x, y, dy = inputs[i], model.outputs[i], model.grads[i]
+            f32 = y.dtype == np.float32
+            if isinstance(layer, Embedding):
+                sizes = (y.size // layer.embedding_dim, layer.embedding_dim)
+                plan.add("embedding_forward", f32, (y, layer.weight.data, x), sizes)
+                backward.append(("embedding_backward", f32, (layer.weight.grad, dy, x), sizes))
+            elif isinstance(layer, Linear):
+                act = ACTIVATIONS[layer.activation]
+                sizes = (y.shape[0], layer.in_features, layer.out_features)
+                bias = layer.bias
+                plan.add("linear_forward", f32,
+                         (y, x, layer.weight.data, _field(bias, "data")), sizes, act)
+                fused = layer.activation != "none"
+                backward.append((
+                    "linear_backward", f32,
+                    (None if i == 0 else layer._dx, layer.weight.grad, _field(bias, "grad"),
+                     layer._work if fused else None, dy, x, layer.weight.data,
+                     y if fused else None),
+                    sizes, act))
+            elif isinstance(layer, BatchNorm1d):
+                act = ACTIVATIONS[layer.activation]
+                w, b = layer.weight, layer.bias
+                plan.add("batchnorm_forward", f32,
+                         (y, layer._save_mean, layer._save_invstd, layer.running_mean,
+                          layer.running_var, x, _field(w, "data"), _field(b, "data")),
+                         y.shape, act, layer.training, layer.eps, layer.momentum)
+                backward.append((
+                    "batchnorm_backward", f32,
+                    (layer._dx, _field(w, "grad"), _field(b, "grad"), dy, x,
+                     None if layer.activation == "none" else y, layer._save_mean,
+                     layer._save_invstd, _field(w, "data")),
+                    y.shape, act, layer._trained_forward))
+            elif isinstance(layer, _Elementwise):
+                act, slope = ELEMENTWISE[layer.kind], layer.negative_slope
+                plan.add("activation_forward", f32, (y, x), (y.size,), act, a=slope)
+                backward.append(("activation_backward", f32, (layer._dx, dy, x, y), (y.size,),
+                                 act, False, slope))
+            # Flatten: its output and its gradient are views of its neighbours' buffers
+        probs = loss_fn._probs
+        f32 = probs.dtype == np.float32
+        plan.add("cross_entropy_forward", f32,
+                 (probs, loss_fn._row_loss, model.outputs[-1], "target"), probs.shape)
+        plan.add("cross_entropy_backward", f32, (loss_fn._dlogits, probs, "target"),
+                 probs.shape, a=1.0 / max(1, probs.shape[0]))
+        for args in reversed(backward):
+            plan.add(*args)
+        return plan
+
+
+def _field(p, name):
+    """p.data or p.grad, or None for an absent Parameter."""
+    return None if p is None else getattr(p, name)
