@@ -455,3 +455,21 @@ def test_softmax_matches_torch():
     y = F.softmax_forward(x)
     assert_close(y, yt.detach().numpy(), np.float64)
     assert_close(F.softmax_backward(dy, y), xt.grad.numpy(), np.float64)
+
+
+@pytest.mark.parametrize("kind, exact, max_ulp", [
+    ("tanh", np.tanh, 6),
+    ("sigmoid", lambda x: 1 / (1 + np.exp(-x)), 3),
+])
+def test_float32_fast_math_error_in_ulp(kind, exact, max_ulp):
+    """float32 tanh and sigmoid (vectorised polynomial and rational approximations, not
+    libm) within a few ulp of the float64 function everywhere: a dense grid over [-20, 20]
+    plus magnitudes from 1e-30 to 20 of both signs."""
+    mags = np.geomspace(1e-30, 20, 200_001)
+    x = np.concatenate([np.linspace(-20, 20, 2_000_001), mags, -mags]).astype(np.float32)
+    y = F.activation_forward(x, kind)
+    ref = exact(x.astype(np.float64))
+    ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    err = np.abs(y - ref) / ulp
+    worst = int(np.argmax(err))
+    assert err[worst] <= max_ulp, f"{kind}({x[worst]}): {err[worst]:.2f} ulp"
