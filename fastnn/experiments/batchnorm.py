@@ -98,10 +98,11 @@ def _diagnostic_rows(acts, grads, ratios):
     return rows
 
 
-def run(output, data_path=None, seed=0, quick=False, epochs=20, steps=1000):
+def run(output, data_path=None, seed=0, quick=False, epochs=None, steps=None):
     """Run both parts; writes batchnorm_grid.png, diag_{with,without}_bn_{activations,
     gradients,update_ratios}.png and summary.md into `output`. epochs: of each grid run
-    (quick: 4, and 4 scales instead of 16); steps: of the diagnostic runs (quick: 100).
+    (default 20, quick 4, and quick runs 4 scales instead of 16); steps: of the diagnostic
+    runs (default 1000, quick 100).
 
     Returns {"grid": {scale: {"with_bn": final training accuracy, "without_bn": ...}},
     "diagnostics": {"with_bn" / "without_bn": {"saturated_first", "saturated_last": mean
@@ -112,7 +113,7 @@ def run(output, data_path=None, seed=0, quick=False, epochs=20, steps=1000):
     summary = common.Summary("batchnorm", __doc__.split("\n\n", 1)[1])
     data = common.load_data(data_path, seed, max_train=1000)
     scales = GRID_SCALES[::5] if quick else GRID_SCALES
-    epochs = 4 if quick else epochs
+    epochs = common.budget(epochs, quick, 4, 20, "epochs")
     curves = {(s, bn): train_grid_cell(data, s, bn, epochs, seed)
               for s in scales for bn in (True, False)}
     grid = {float(s): {"with_bn": curves[(s, True)][-1], "without_bn": curves[(s, False)][-1]}
@@ -127,7 +128,7 @@ def run(output, data_path=None, seed=0, quick=False, epochs=20, steps=1000):
     summary.figure(_plot_grid(list(scales), curves, output), "accuracy grid")
 
     data = common.load_data(data_path, seed)
-    steps = 100 if quick else steps
+    steps = common.budget(steps, quick, 100, 1000, "steps")
     diagnostics = {}
     for key, batchnorm in (("with_bn", True), ("without_bn", False)):
         acts, grads, ratios, history = diagnose(data, batchnorm, steps, seed)

@@ -119,11 +119,11 @@ def _plot(history, output):
     return common.save_figure(fig, output, "charlm_loss.png")
 
 
-def run(output, data_path=None, seed=0, quick=False, words=None, steps=6000, n_samples=20,
+def run(output, data_path=None, seed=0, quick=False, words=None, steps=None, n_samples=20,
         block_size=3):
     """Train and sample; writes charlm_loss.png and summary.md into `output`. words: a
-    word-list file (None: the built-in names); steps: SGD steps of batch 32, rounded to whole
-    epochs (quick: 300). data_path is not used (the experiment has its own data).
+    word-list file (None: the built-in names); steps: at most this many SGD steps of batch 32,
+    rounded to whole epochs (default 6000, quick 300). data_path is not used (the experiment has its own data).
 
     Returns {"train_loss", "val_loss", "test_loss": mean cross-entropy of the kept model
     in evaluation mode on the train, validation and test words, "best_epoch": the epoch
@@ -144,7 +144,7 @@ def run(output, data_path=None, seed=0, quick=False, words=None, steps=6000, n_s
 
     fastnn.manual_seed(seed)
     model = build_model(len(itos), block_size)
-    steps = 300 if quick else steps
+    steps = common.budget(steps, quick, 300, 6000, "steps")
     per_epoch = max(1, len(train[0]) // 32)
     epochs = max(1, round(steps / per_epoch))
     optimizer = optim.SGD(model.parameters(), lr=0.1)

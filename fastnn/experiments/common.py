@@ -17,7 +17,7 @@ import fastnn
 from fastnn.checkpoint import atomic_write
 from fastnn.train import Callback
 
-__all__ = ["EvalEachEpoch", "Summary", "build_mlp", "figure", "init_weight", "load_data",
+__all__ = ["EvalEachEpoch", "Summary", "budget", "build_mlp", "figure", "init_weight", "load_data",
            "prepare_output", "save_figure", "sgd_weight_decay", "smooth"]
 
 
@@ -62,6 +62,16 @@ def load_data(data_path=None, seed=0, max_train=None):
     n_classes = int(max(part[1].max() for part in (train, val, test))) + 1
     return {"name": name, "train": train, "val": val, "test": test,
             "n_features": train[0].shape[1], "n_classes": n_classes}
+
+
+def budget(value, quick, quick_default, default, name):
+    """A run's size (steps, epochs, trials): `value` when given, else the quick or the full
+    default."""
+    if value is None:
+        return quick_default if quick else default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+    return value
 
 
 def init_weight(weight, scheme):

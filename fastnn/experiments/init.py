@@ -84,9 +84,10 @@ def _plot_training(histories, output, window):
     return common.save_figure(fig, output, "init_training.png")
 
 
-def run(output, data_path=None, seed=0, quick=False, steps=2000):
+def run(output, data_path=None, seed=0, quick=False, steps=None):
     """Run both parts; writes init_hist_{sigmoid,tanh,relu}.png, init_training.png and
-    summary.md into `output`. steps: training steps of part (b) (whole epochs; quick: 150).
+    summary.md into `output`. steps: training steps of part (b) (whole epochs; default
+    2000, quick 150).
 
     Returns {"activations": {activation: {scheme: [per layer {"mean", "std", "saturated",
     "zero"}]}}, "loss_final": {scheme: mean training loss of the last 10% of steps},
@@ -113,7 +114,7 @@ def run(output, data_path=None, seed=0, quick=False, steps=2000):
     for activation, path in zip(ACTIVATIONS, figures):
         summary.figure(path, f"{activation} activation histograms")
 
-    steps = 150 if quick else steps
+    steps = common.budget(steps, quick, 150, 2000, "steps")
     per_epoch = max(1, len(data["train"][0]) // 128)
     epochs = max(1, round(steps / per_epoch))
     histories = {label: _train(SCHEMES[label], data, epochs, seed) for label in TRAINED}

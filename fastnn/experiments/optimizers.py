@@ -118,9 +118,10 @@ def _plot_losses(histories, output, window):
     return common.save_figure(fig, output, "optimizers_mlp.png")
 
 
-def run(output, data_path=None, seed=0, quick=False, steps=2000):
+def run(output, data_path=None, seed=0, quick=False, steps=None):
     """Run both parts; writes optimizers_2d.png, optimizers_mlp.png and summary.md into
-    `output`. steps: training steps of the MLP part (rounded to whole epochs; quick: 100).
+    `output`. steps: training steps of the MLP part (rounded to whole epochs;
+    default 2000, quick 100).
 
     Returns {"f_final": {optimizer: f after 30 steps}, "f_same_lr": {"SGD", "Momentum": f
     after 30 steps at lr 0.1}, "loss_final": {optimizer: mean training loss of the last 10%
@@ -144,7 +145,7 @@ def run(output, data_path=None, seed=0, quick=False, steps=2000):
                  f"f = {f_same['Momentum']:.4g}.")
     summary.figure(_plot_paths(paths, LR_2D, output), "optimizer paths on the contour plot")
 
-    steps = 100 if quick else steps
+    steps = common.budget(steps, quick, 100, 2000, "steps")
     per_epoch = len(data["train"][0]) // 128  # the Trainer drops the last, short batch
     epochs = max(1, round(steps / max(per_epoch, 1)))
     histories = {name: train_mlp(name, LR_MLP[name], data, epochs, seed) for name in NAMES}

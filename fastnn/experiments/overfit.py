@@ -50,9 +50,9 @@ def _plot(curves, output):
     return common.save_figure(fig, output, "overfit.png")
 
 
-def run(output, data_path=None, seed=0, quick=False, epochs=300, n_train=300):
+def run(output, data_path=None, seed=0, quick=False, epochs=None, n_train=300):
     """Train the three variants; writes overfit.png and summary.md into `output`.
-    epochs: per variant (quick: 20); n_train: training samples.
+    epochs: per variant (default 300, quick 20); n_train: training samples.
 
     Returns {variant: {"train_acc", "test_acc": final accuracies, "gap": train - test,
     "best_test_acc": the highest test accuracy of any epoch}}.
@@ -60,7 +60,7 @@ def run(output, data_path=None, seed=0, quick=False, epochs=300, n_train=300):
     output = common.prepare_output(output)
     summary = common.Summary("overfit", __doc__.split("\n\n", 1)[1])
     data = common.load_data(data_path, seed, max_train=n_train)
-    epochs = 20 if quick else epochs
+    epochs = common.budget(epochs, quick, 20, 300, "epochs")
     curves = {v: train_variant(v, data, epochs, seed) for v in VARIANTS}
     results = {v: {"train_acc": h["train"][-1], "test_acc": h["test"][-1],
                    "gap": h["train"][-1] - h["test"][-1], "best_test_acc": max(h["test"])}

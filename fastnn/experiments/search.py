@@ -196,11 +196,11 @@ def _plot_scatter(results, output):
     return common.save_figure(fig, output, "search_scatter.png")
 
 
-def run(output, data_path=None, seed=0, quick=False, trials=100, epochs=50, n_train=400,
+def run(output, data_path=None, seed=0, quick=False, trials=None, epochs=None, n_train=400,
         max_val=1000, executor=None, verbose=True):
     """Run a random search; writes search_best.png, search_scatter.png and summary.md into
-    `output` and (verbose) prints the best trials. trials, epochs: per search (quick: 6 trials
-    of 3 epochs); n_train: training samples; max_val: validation samples at most; executor:
+    `output` and (verbose) prints the best trials. trials, epochs: per search (default 100 trials
+    of 50 epochs, quick 6 of 3); n_train: training samples; max_val: validation samples at most; executor:
     see random_search.
 
     Returns {"best": [the best 5 results, without curves], "n_trials", "epochs",
@@ -210,8 +210,8 @@ def run(output, data_path=None, seed=0, quick=False, trials=100, epochs=50, n_tr
     summary = common.Summary("search", __doc__.split("\n\n", 1)[1].split("\n\n")[0])
     data = common.load_data(data_path, seed, max_train=n_train)
     train, val = data["train"], (data["val"][0][:max_val], data["val"][1][:max_val])
-    if quick:
-        trials, epochs = 6, 3
+    trials = common.budget(trials, quick, 6, 100, "trials")
+    epochs = common.budget(epochs, quick, 3, 50, "epochs")
     results = random_search(train, val, trials, epochs, seed, executor)
     fields = ("index", "lr", "weight_decay", "val_acc")
     best = [{k: r[k] for k in fields} for r in results[:5]]
