@@ -6,7 +6,8 @@ Adam), data-parallel over MPI or in one process; print one JSON object (from ran
 
 Each process trains on its own fixed random batch (a fresh batch costs the same). After
 `warmup` steps, all ranks meet in a barrier and `steps` steps are timed; the gradient
-all-reduce is timed inside DataParallel (allreduce_seconds). Run by
+all-reduce is timed inside DataParallel (allreduce_seconds, which includes waiting for the
+slower rank), then alone, back to back (allreduce_alone_seconds). Run by
 bench/test_bench_distributed.py, which launches both and compares them.
 """
 import argparse
@@ -78,6 +79,14 @@ def main():
         comm.Allgather(per_rank, everyone)
         result["allreduce_seconds"] = float(everyone.mean())  # per step, mean over ranks
         result["allreduce_fraction"] = result["allreduce_seconds"] / result["step_seconds"]
+        # The same all-reduces back to back, without the steps: the transfer alone, without
+        # the wait for a slower rank that the in-step figure includes.
+        comm.Barrier()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            model.average_gradients()
+        comm.Barrier()
+        result["allreduce_alone_seconds"] = (time.perf_counter() - start) / args.steps
     if rank == 0:
         print(json.dumps(result), flush=True)
 
