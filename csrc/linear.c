@@ -20,6 +20,15 @@
 
 static int imax1(int64_t v) { return v < 1 ? 1 : (int)v; }
 
+/* Blocks of n rows or features for a product of `work` multiply-adds: one below the size
+ * that runs on one thread anyway (every extra block is a BLAS call and a re-pack), else up to
+ * one per processor. A function of the shape alone, so results do not depend on the thread
+ * count. */
+static int64_t linear_blocks(int64_t n, double work)
+{
+    return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_num_blocks(n, LINEAR_MIN_BLOCK);
+}
+
 
 #define REAL float
 #define ACC double
@@ -109,7 +118,7 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
      * (each block re-packs w) or the features (each block re-packs x), whichever is larger. */
     int split_features = OC > B;
     int64_t n = split_features ? OC : B;
-    int64_t nblocks = fastnn_num_blocks(n, LINEAR_MIN_BLOCK);
+    int64_t nblocks = linear_blocks(n, (double)B * C * OC);
     int nthreads = fastnn_threads_for((double)B * C * OC);
     int blas = fastnn_blas_serial_begin();
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
@@ -143,11 +152,12 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
     int64_t dx_n = dx_split_in ? C : B;
     int dw_split_in = C > OC;
     int64_t dw_n = dw_split_in ? C : OC;
-    int64_t row_blocks = fastnn_num_blocks(B, LINEAR_MIN_BLOCK);
-    int64_t dx_blocks = fastnn_num_blocks(dx_n, LINEAR_MIN_BLOCK);
-    int64_t dw_blocks = fastnn_num_blocks(dw_n, LINEAR_MIN_BLOCK);
-    int64_t db_blocks = fastnn_num_blocks(OC, LINEAR_MIN_BLOCK);
-    int nthreads = fastnn_threads_for((double)B * C * OC);
+    double madds = (double)B * C * OC;
+    int64_t row_blocks = linear_blocks(B, madds);
+    int64_t dx_blocks = linear_blocks(dx_n, madds);
+    int64_t dw_blocks = linear_blocks(dw_n, madds);
+    int64_t db_blocks = linear_blocks(OC, madds);
+    int nthreads = fastnn_threads_for(madds);
     int blas = fastnn_blas_serial_begin();
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
