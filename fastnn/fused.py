@@ -20,8 +20,9 @@ shape and dtype, the targets, every parameter, buffer and output array, each lay
 settings); if something has, it takes the layer path again and records anew.
 
 Replayed: a Sequential of Embedding, Flatten (not first), Linear, BatchNorm1d, ReLU, Tanh,
-Sigmoid, LeakyReLU and GELU, with CrossEntropyLoss, on the native backend. Anything else
-(Dropout, another loss, the reference backend) always takes the layer path.
+Sigmoid, LeakyReLU and GELU (these classes exactly, with their own forward and backward),
+with CrossEntropyLoss, on the native backend. Anything else (Dropout, a subclass, another
+loss, the reference backend) always takes the layer path.
 """
 from operator import eq, is_
 
@@ -29,13 +30,27 @@ import numpy as np
 
 from . import _native
 from .functional import ACTIVATIONS, ELEMENTWISE
-from .layers import BatchNorm1d, Embedding, Flatten, Linear, Sequential, _Elementwise
+from .layers import (
+    GELU,
+    BatchNorm1d,
+    Embedding,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
+    _Elementwise,
+)
 from .losses import CrossEntropyLoss
 from .runtime import get_backend
 
 __all__ = ["FusedStep"]
 
-_REPLAYED = (Embedding, Flatten, Linear, BatchNorm1d, _Elementwise)
+# exactly these classes: a subclass, or a layer whose forward or backward was replaced on
+# the instance (fastnn.distributed's synchronised BatchNorm), may do something else
+_REPLAYED = (Embedding, Flatten, Linear, BatchNorm1d, ReLU, Tanh, Sigmoid, LeakyReLU, GELU)
 
 
 class FusedStep:
@@ -49,24 +64,32 @@ class FusedStep:
         if not hasattr(loss_fn, "forward") or not hasattr(loss_fn, "backward"):
             raise TypeError(f"loss_fn: expected a fastnn loss, got {type(loss_fn).__name__}")
         self.model, self.loss_fn = model, loss_fn
-        layers = model.layers
-        self.replayable = (isinstance(loss_fn, CrossEntropyLoss) and len(layers) > 0
-                           and all(isinstance(layer, _REPLAYED) for layer in layers)
-                           and not isinstance(layers[0], Flatten))
         self._plan = self._checks = None
         self._tracking = []  # BatchNorm1d layers whose num_batches_tracked a replay counts
 
+    @property
+    def replayable(self):
+        """Whether steps can be replayed: exactly a Sequential of the layer classes above
+        (Flatten not first), none with a forward or backward of its own, and
+        CrossEntropyLoss."""
+        model, layers = self.model, self.model.layers
+        return (type(model) is Sequential and type(self.loss_fn) is CrossEntropyLoss
+                and len(layers) > 0 and type(layers[0]) is not Flatten
+                and all(type(layer) in _REPLAYED and not _overridden(layer)
+                        for layer in layers))
     def __call__(self, x, target):
         """x: the model's input batch (B, ...); target: (B,) integer classes. Returns the
         mean loss."""
-        replay = self.replayable and get_backend() == "native"
-        if replay and self._plan is not None and self._unchanged(x, target):
+        native = get_backend() == "native"
+        if native and self._plan is not None and self._unchanged(x, target):
             return self._replay(x, target)
         loss = self.loss_fn(self.model(x), target)
         self.model.backward(self.loss_fn.backward(), input_grad=False)
-        if replay:
+        if native and self.replayable:
             self._plan = self._record()
             self._checks = self._dependencies(x, target)
+        else:
+            self._plan = self._checks = None
         return loss
 
     def _replay(self, x, target):
@@ -105,13 +128,14 @@ class FusedStep:
         self._tracking = [m for m in model.layers if isinstance(m, BatchNorm1d) and m.training]
         return (x.shape, x.dtype, target.shape, [list(t) for t in zip(*same)],
                 [list(t) for t in zip(*equal)] if equal else [[], [], []],
-                list(model.layers), list(model.outputs), list(model.grads))
+                list(model.layers), list(model.outputs), list(model.grads),
+                [vars(layer) for layer in model.layers])
 
     def _unchanged(self, x, target):
         """Whether the plan still applies to this x and target: same shapes and dtypes, the
         arrays contiguous and in range (otherwise the layer path converts or rejects them),
         and every dependency unchanged. Each test is one C-level pass (map over getattr)."""
-        shape, dtype, target_shape, same, equal, layers, outputs, grads = self._checks
+        shape, dtype, target_shape, same, equal, layers, outputs, grads, dicts = self._checks
         model = self.model
         if not (type(x) is np.ndarray and x.shape == shape and x.dtype == dtype
                 and x.flags.c_contiguous and type(target) is np.ndarray
@@ -122,7 +146,8 @@ class FusedStep:
                 and all(map(eq, map(getattr, *equal[:2]), equal[2]))
                 and all(map(is_, model.layers, layers))
                 and all(map(is_, model.outputs, outputs))
-                and all(map(is_, model.grads, grads))):
+                and all(map(is_, model.grads, grads))
+                and not any(map(_overridden_in, dicts))):
             return False
         first = model.layers[0]
         if isinstance(first, Embedding) and not _native.index_in_range(
@@ -183,6 +208,15 @@ class FusedStep:
         for args in reversed(backward):
             plan.add(*args)
         return plan
+
+
+def _overridden_in(attributes):
+    return "forward" in attributes or "backward" in attributes
+
+
+def _overridden(layer):
+    """Whether the layer's forward or backward was replaced on the instance."""
+    return _overridden_in(vars(layer))
 
 
 def _field(p, name):

@@ -192,3 +192,34 @@ def test_replay_same_for_one_and_two_threads(threads):
     assert one[0] == two[0]
     for a, b in zip(one[1:], two[1:]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_layers_with_their_own_forward_are_not_replayed():
+    """A subclass, or a forward/backward replaced on the instance (as fastnn.distributed's
+    synchronised BatchNorm does), is not bypassed: such a step takes the layer path."""
+    class Traced(fastnn.Linear):
+        calls = 0
+
+        def forward(self, x):
+            Traced.calls += 1
+            return super().forward(x)
+
+    fastnn.manual_seed(0)
+    model = fastnn.Sequential(Traced(20, 8), fastnn.Linear(8, 5))
+    step = FusedStep(model, fastnn.CrossEntropyLoss())
+    data = list(batches("deep", 3))
+    for x, y in data:
+        step(x.astype(np.float32), y)
+    assert Traced.calls == 3 and not step.replayable
+
+    model = deep_mlp(np.float64)
+    step = FusedStep(model, fastnn.CrossEntropyLoss())
+    step(*data[0])
+    step(*data[1])
+    assert step._plan is not None
+    seen = []
+    bn = model[1]
+    original = bn.forward
+    bn.forward = lambda x: seen.append(1) or original(x)  # replaced after the record
+    step(*data[2])
+    assert seen == [1] and step._plan is None
