@@ -176,7 +176,7 @@ void squared_error_backward_f64(double *dpred, const double *pred, const double 
  *   adam:    m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2;  amsgrad: vmax = max(vmax, v);
  *            p -= lr / (1 - b1^step) * m / (sqrt(v or vmax) / sqrt(1 - b2^step) + eps)
  * sum_squares returns sum(x^2) in double, in a fixed order; scale_inplace and clamp_inplace
- * serve gradient clipping. */
+ * serve gradient clipping; zero_fill(x, nbytes) zeroes memory on the team (zero_grad). */
 void sgd_step_f32(float *p, float *buf, const float *grad, double lr, double momentum,
                   double dampening, double weight_decay, double l1, int nesterov, int first,
                   int64_t n);
@@ -205,5 +205,6 @@ void scale_inplace_f32(float *x, double s, int64_t n);
 void scale_inplace_f64(double *x, double s, int64_t n);
 void clamp_inplace_f32(float *x, double lo, double hi, int64_t n);
 void clamp_inplace_f64(double *x, double lo, double hi, int64_t n);
+void zero_fill(void *x, int64_t nbytes);
 
 #endif

@@ -7,7 +7,13 @@
 #ifndef REAL
 
 #include <math.h>
+#include <string.h>
 #include "runtime.h"
+
+void zero_fill(void *x, int64_t nbytes)
+{
+    FASTNN_FOR_CHUNKS(nbytes, memset((char *)x + i0, 0, (size_t)(i1 - i0)););
+}
 
 #define REAL float
 #define SFX(name) name##_f32

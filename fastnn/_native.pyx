@@ -123,6 +123,7 @@ cdef extern from "fastnn.h" nogil:
     void scale_inplace_f64(double *x, double s, int64_t n)
     void clamp_inplace_f32(float *x, double lo, double hi, int64_t n)
     void clamp_inplace_f64(double *x, double lo, double hi, int64_t n)
+    void zero_fill(void *x, int64_t nbytes)
     void stream_triad_f64(double *a, const double *b, const double *c, double s, int64_t n)
 
 
@@ -590,6 +591,14 @@ def scale_inplace(cnp.ndarray x, double s):
             scale_inplace_f32(<float *>px, s, n)
         else:
             scale_inplace_f64(<double *>px, s, n)
+
+
+def zero_inplace(cnp.ndarray x):
+    """x[...] = 0 for a C-contiguous array, on the team when it is large."""
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef int64_t nbytes = cnp.PyArray_NBYTES(x)
+    with nogil:
+        zero_fill(px, nbytes)
 
 
 def clamp_inplace(cnp.ndarray x, double lo, double hi):

@@ -53,6 +53,10 @@ def _check(name, value, low=0.0, high=None, high_open=False):
         raise ValueError(f"{name}: expected a value in {bound}, got {value!r}")
 
 
+def _fill_zero(a):
+    a.fill(0)
+
+
 class Optimizer:
     """Base class: param_groups (list of dicts, as torch.optim), step(), zero_grad(),
     state_dict(), load_state_dict(). Subclasses define `defaults`, `_validate(group)`,
@@ -96,11 +100,12 @@ class Optimizer:
         self._state.append([self._new_state(group, a) for a in arenas])
 
     def zero_grad(self):
-        """Zero every gradient: one fill per flat buffer."""
+        """Zero every gradient: one fill per flat buffer (on fastnn's threads natively)."""
+        fill = _native.zero_inplace if get_backend() == "native" else _fill_zero
         for arenas in self._arenas:
             for arena in arenas:
                 for _, _, grad in arena.runs:
-                    grad.fill(0)
+                    fill(grad)
 
     def step(self):
         """One update of every parameter, with the hyperparameters now in param_groups: one
