@@ -4,9 +4,10 @@
 
 #include "fastnn.h"
 
-/* FASTNN_HOT marks a memory-bound loop kernel: on x86-64 Linux with GCC it is compiled twice,
- * for the portable baseline and for x86-64-v3 (AVX2, FMA), and the loader picks the one the
- * CPU runs (an ifunc). A build tuned with -march=native needs no clones. */
+/* FASTNN_HOT marks a memory-bound loop kernel: on x86-64 Linux with GCC it is compiled three
+ * times, for the portable baseline, x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512), and the
+ * loader picks the one the CPU runs (an ifunc). A build tuned with -march=native needs no
+ * clones. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(__AVX2__)
 #define FASTNN_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))

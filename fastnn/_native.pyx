@@ -155,6 +155,12 @@ def get_num_threads():
     return fastnn_get_num_threads()
 
 
+cdef inline bint is_native_layout(cnp.ndarray a):
+    """Native byte order and aligned: what the kernels read as C arrays of their type (the
+    type number alone does not tell big-endian data apart)."""
+    return cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_ISALIGNED(a)
+
+
 def is_c_array(object a, int ndim, int typenum, int64_t max_dim):
     """True if `a` is a C-contiguous numpy array of `ndim` dimensions, each at most max_dim,
     with dtype number `typenum`: the layers' per-call checks in one C call, the error message
@@ -163,7 +169,7 @@ def is_c_array(object a, int ndim, int typenum, int64_t max_dim):
         return False
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not is_native_layout(arr)):
         return False
     cdef int i
     for i in range(ndim):
@@ -180,7 +186,7 @@ def is_owned_array(object a, tuple shape, int typenum, bint writeable):
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int i, ndim = len(shape)
     if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not is_native_layout(arr)
             or (writeable and not cnp.PyArray_ISWRITEABLE(arr))):
         return False
     for i in range(ndim):
@@ -593,8 +599,10 @@ def scale_inplace(cnp.ndarray x, double s):
             scale_inplace_f64(<double *>px, s, n)
 
 
-def zero_inplace(cnp.ndarray x):
-    """x[...] = 0 for a C-contiguous array, on the team when it is large."""
+def zero_inplace(cnp.ndarray x not None):
+    """x[...] = 0 for a C-contiguous writeable array, on the team when it is large."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISWRITEABLE(x)):
+        raise ValueError("x: expected a C-contiguous writeable array")
     cdef void *px = cnp.PyArray_DATA(x)
     cdef int64_t nbytes = cnp.PyArray_NBYTES(x)
     with nogil:
@@ -785,7 +793,7 @@ cdef class Plan:
                 self.arrays.append(arr)
         self.n_ops += 1
 
-    def run(self, cnp.ndarray x, cnp.ndarray target):
+    def run(self, cnp.ndarray x not None, cnp.ndarray target not None):
         """Run every op, with `x` and `target` where "input" and "target" were given; returns
         the cross-entropy forward's loss (the last one's, 0 without one)."""
         cdef int i
@@ -800,8 +808,12 @@ cdef class Plan:
         return loss
 
 
-def index_in_range(cnp.ndarray a, int64_t bound):
-    """True if every value of the C-contiguous int64 array `a` lies in [0, bound)."""
+def index_in_range(cnp.ndarray a not None, int64_t bound):
+    """True if `a` is a C-contiguous native int64 array whose every value lies in
+    [0, bound); False for any other array."""
+    if not (cnp.PyArray_TYPE(a) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and is_native_layout(a)):
+        return False
     cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(a)
     cdef int64_t i, n = cnp.PyArray_SIZE(a)
     cdef bint ok = True

@@ -24,7 +24,10 @@ import math
 
 import numpy as np
 
-from .layers import GELU, BatchNorm1d, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+from .arena import Arena
+from .layers import GELU, BatchNorm1d, LeakyReLU, Linear, Module, Parameter, ReLU, Sigmoid, Tanh
+from .losses import CrossEntropyLoss, MSELoss
+from .optim import Optimizer
 
 from .train import Callback
 
@@ -310,6 +313,10 @@ class GradientStats(_LayerStats):
 
 # ---- memory held by a training setup ----
 
+# the classes whose attributes hold a training setup's arrays (users' subclasses too)
+_HOLDERS = (Module, Parameter, Optimizer, Arena, CrossEntropyLoss, MSELoss)
+
+
 def _memory_root(a):
     """The array that owns a's memory (a view's ultimate base)."""
     while isinstance(a.base, np.ndarray):
@@ -318,8 +325,9 @@ def _memory_root(a):
 
 
 def _reachable_arrays(obj, found, seen):
-    """Add to `found` ({id: owning array}) every array reachable from `obj` through fastnn
-    objects (layers, Parameters, optimizers, arenas, losses) and lists, tuples and dicts."""
+    """Add to `found` ({id: owning array}) every array reachable from `obj` through layers,
+    Parameters, optimizers, arenas and losses (fastnn's or subclasses) and lists, tuples and
+    dicts."""
     if id(obj) in seen:
         return
     seen.add(id(obj))
@@ -332,7 +340,7 @@ def _reachable_arrays(obj, found, seen):
     elif isinstance(obj, dict):
         for v in obj.values():
             _reachable_arrays(v, found, seen)
-    elif type(obj).__module__.startswith("fastnn") and hasattr(obj, "__dict__"):
+    elif isinstance(obj, _HOLDERS):
         for v in vars(obj).values():
             _reachable_arrays(v, found, seen)
 

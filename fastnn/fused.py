@@ -24,6 +24,7 @@ Sigmoid, LeakyReLU and GELU (these classes exactly, with their own forward and b
 with CrossEntropyLoss, on the native backend. Anything else (Dropout, a subclass, another
 loss, the reference backend) always takes the layer path.
 """
+import collections
 from operator import eq, is_
 
 import numpy as np
@@ -77,6 +78,7 @@ class FusedStep:
                 and len(layers) > 0 and type(layers[0]) is not Flatten
                 and all(type(layer) in _REPLAYED and not _overridden(layer)
                         for layer in layers))
+
     def __call__(self, x, target):
         """x: the model's input batch (B, ...); target: (B,) integer classes. Returns the
         mean loss."""
@@ -85,7 +87,12 @@ class FusedStep:
             return self._replay(x, target)
         loss = self.loss_fn(self.model(x), target)
         self.model.backward(self.loss_fn.backward(), input_grad=False)
-        if native and self.replayable:
+        first = self.model.layers[0] if self.model.layers else None
+        # record only a step that used x and target as they are: when a layer converted one
+        # (another dtype or layout), a replay would read the unconverted array
+        used_as_is = (getattr(first, "_idx", getattr(first, "_x", None)) is x
+                      and self.loss_fn._target is target)
+        if native and used_as_is and self.replayable:
             self._plan = self._record()
             self._checks = self._dependencies(x, target)
         else:
@@ -117,37 +124,38 @@ class FusedStep:
             same += [(p, "data", p.data), (p, "grad", p.grad)]
         equal = []
         for layer in model.layers:
-            names = {BatchNorm1d: ("running_mean", "running_var", "_dx", "_save_mean",
-                                   "_save_invstd"),
-                     Linear: ("_dx", "_work"), _Elementwise: ("_dx",)}
-            settings = {BatchNorm1d: ("training", "eps", "momentum", "activation"),
-                        Linear: ("activation",), _Elementwise: ("kind", "negative_slope")}
-            kind = next((k for k in names if isinstance(layer, k)), None)
-            same += [(layer, name, getattr(layer, name)) for name in names.get(kind, ())]
-            equal += [(layer, name, getattr(layer, name)) for name in settings.get(kind, ())]
+            kind = next((k for k in _ARRAYS if isinstance(layer, k)), None)
+            same += [(layer, name, getattr(layer, name)) for name in _ARRAYS.get(kind, ())]
+            equal += [(layer, name, getattr(layer, name)) for name in _SETTINGS.get(kind, ())]
         self._tracking = [m for m in model.layers if isinstance(m, BatchNorm1d) and m.training]
-        return (x.shape, x.dtype, target.shape, [list(t) for t in zip(*same)],
-                [list(t) for t in zip(*equal)] if equal else [[], [], []],
-                list(model.layers), list(model.outputs), list(model.grads),
-                [vars(layer) for layer in model.layers])
+        # the buffers a replay writes, which the next batch must not overlap
+        written = (*model.outputs, *model.grads, loss_fn._probs, loss_fn._dlogits)
+        return _Checks(x.shape, x.dtype, target.shape, [list(t) for t in zip(*same)],
+                       [list(t) for t in zip(*equal)] if equal else [[], [], []],
+                       list(model.layers), list(model.outputs), list(model.grads),
+                       [vars(layer) for layer in model.layers],
+                       tuple(a for a in written if isinstance(a, np.ndarray)))
 
     def _unchanged(self, x, target):
-        """Whether the plan still applies to this x and target: same shapes and dtypes, the
-        arrays contiguous and in range (otherwise the layer path converts or rejects them),
-        and every dependency unchanged. Each test is one C-level pass (map over getattr)."""
-        shape, dtype, target_shape, same, equal, layers, outputs, grads, dicts = self._checks
-        model = self.model
-        if not (type(x) is np.ndarray and x.shape == shape and x.dtype == dtype
+        """Whether the plan still applies to this x and target: the same shapes and dtypes
+        (byte order included), contiguous, in range and not overlapping the model's buffers
+        (otherwise the layer path converts or rejects them), and every dependency unchanged.
+        Each test is one C-level pass (map over getattr)."""
+        c, model = self._checks, self.model
+        if not (type(x) is np.ndarray and x.shape == c.shape and x.dtype == c.dtype
                 and x.flags.c_contiguous and type(target) is np.ndarray
-                and target.shape == target_shape and target.dtype == np.int64
+                and target.shape == c.target_shape and target.dtype == np.int64
                 and target.flags.c_contiguous):
             return False
-        if not (all(map(is_, map(getattr, *same[:2]), same[2]))
+        same, equal = c.same, c.equal
+        if not (len(model.layers) == len(c.layers)
+                and all(map(is_, map(getattr, *same[:2]), same[2]))
                 and all(map(eq, map(getattr, *equal[:2]), equal[2]))
-                and all(map(is_, model.layers, layers))
-                and all(map(is_, model.outputs, outputs))
-                and all(map(is_, model.grads, grads))
-                and not any(map(_overridden_in, dicts))):
+                and all(map(is_, model.layers, c.layers))
+                and all(map(is_, model.outputs, c.outputs))
+                and all(map(is_, model.grads, c.grads))
+                and not any(map(_overridden_in, c.dicts))
+                and _native.first_overlap((x, *c.written), 1) is None):
             return False
         first = model.layers[0]
         if isinstance(first, Embedding) and not _native.index_in_range(
@@ -159,7 +167,8 @@ class FusedStep:
         """The plan of the step the layers just took: their kernels, buffers and sizes."""
         model, loss_fn = self.model, self.loss_fn
         plan, backward = _native.Plan(), []
-        inputs = ["input", *model.outputs[:-1]]
+        n = len(model.layers)
+        inputs = ["input", *model.outputs[:n - 1]]
         for i, layer in enumerate(model.layers):
             x, y, dy = inputs[i], model.outputs[i], model.grads[i]
             f32 = y.dtype == np.float32
@@ -202,12 +211,24 @@ class FusedStep:
         probs = loss_fn._probs
         f32 = probs.dtype == np.float32
         plan.add("cross_entropy_forward", f32,
-                 (probs, loss_fn._row_loss, model.outputs[-1], "target"), probs.shape)
+                 (probs, loss_fn._row_loss, model.outputs[n - 1], "target"), probs.shape)
         plan.add("cross_entropy_backward", f32, (loss_fn._dlogits, probs, "target"),
                  probs.shape, a=1.0 / max(1, probs.shape[0]))
         for args in reversed(backward):
             plan.add(*args)
         return plan
+
+
+# the arrays and the Parameter objects of each layer kind that the plan points into or reads
+_ARRAYS = {BatchNorm1d: ("weight", "bias", "running_mean", "running_var", "_dx", "_save_mean",
+                         "_save_invstd"),
+           Linear: ("weight", "bias", "_dx", "_work"), Embedding: ("weight",),
+           _Elementwise: ("_dx",)}
+# the settings a plan fixes
+_SETTINGS = {BatchNorm1d: ("training", "eps", "momentum", "activation"),
+             Linear: ("activation",), _Elementwise: ("kind", "negative_slope")}
+_Checks = collections.namedtuple("_Checks", "shape dtype target_shape same equal layers "
+                                            "outputs grads dicts written")
 
 
 def _overridden_in(attributes):

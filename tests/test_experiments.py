@@ -211,7 +211,7 @@ def test_search_samples_log_uniform_in_the_stated_ranges():
         search.sample_hyperparameters(0, 0, lr_range=(-2, -6))
 
 
-def test_search_same_best_trial_on_threads_and_processes():
+def test_search_same_best_trial_on_threads_and_processes(threads):
     train, val = small_problem()
     kwargs = dict(n_trials=4, epochs=2, seed=7, hidden=(32, 32), batch_size=40,
                   lr_range=(-3, -1))

@@ -223,3 +223,72 @@ def test_layers_with_their_own_forward_are_not_replayed():
     bn.forward = lambda x: seen.append(1) or original(x)  # replaced after the record
     step(*data[2])
     assert seen == [1] and step._plan is None
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.uint8, np.dtype(">i8")])
+def test_converted_indices_are_not_replayed(index_dtype):
+    """Indices the Embedding converts (another width or byte order) take the layer path
+    every step: a replay would read them as int64. Results equal int64 indices'."""
+    a, b = char_mlp(np.float64), char_mlp(np.float64)
+    step_a, step_b = FusedStep(a, fastnn.CrossEntropyLoss()), FusedStep(b, fastnn.CrossEntropyLoss())
+    for x, y in batches("char", 3):
+        assert step_a(x.astype(index_dtype), y) == step_b(x, y)
+        assert step_a._plan is None
+    assert step_b._plan is not None
+    assert_same_state(a, b)
+
+
+def test_structural_changes_are_seen():
+    """Binding a new Parameter to a layer, or removing a layer, takes the layer path: the
+    results stay those of the layer path on the changed model."""
+    dtype = np.float64
+    fused_model, plain_model = deep_mlp(dtype), deep_mlp(dtype)
+    fused_loss, plain_loss = fastnn.CrossEntropyLoss(), fastnn.CrossEntropyLoss()
+    step = FusedStep(fused_model, fused_loss)
+
+    def both(x, y):
+        a = step(x, y)
+        b = plain_loss(plain_model(x), y)
+        plain_model.backward(plain_loss.backward(), input_grad=False)
+        assert a == b
+        for p, q in zip(fused_model.parameters(), plain_model.parameters()):
+            np.testing.assert_array_equal(p.grad, q.grad)
+
+    data = list(batches("deep", 6))
+    both(*data[0])
+    both(*data[1])
+    plan = step._plan
+    for m in (fused_model, plain_model):
+        m[0].weight = fastnn.Parameter(m[0].weight.data * 0.5)
+    both(*data[2])
+    assert step._plan is not plan
+    both(*data[3])
+    plan = step._plan
+    for m in (fused_model, plain_model):
+        del m.layers[-2]  # the ReLU before the last Linear
+    both(*data[4])
+    assert step._plan is not plan
+    both(*data[5])
+
+
+def test_input_overlapping_a_model_buffer_is_rejected():
+    model = deep_mlp(np.float64)
+    step = FusedStep(model, fastnn.CrossEntropyLoss())
+    data = list(batches("deep", 2))
+    step(*data[0])
+    step(*data[1])
+    inner = model.outputs[0]  # (24, 32): feed a model buffer back as input
+    x = inner[:, :20].copy()
+    step(x, data[0][1])  # a fresh array: fine
+    with pytest.raises(ValueError, match="must not share memory"):
+        step(np.ascontiguousarray(inner.reshape(-1)[:24 * 20].reshape(24, 20)), data[0][1])
+
+
+def test_big_endian_float_input_is_rejected():
+    model = deep_mlp(np.float64)
+    step = FusedStep(model, fastnn.CrossEntropyLoss())
+    x, y = next(batches("deep", 1))
+    step(x, y)
+    step(x, y)
+    with pytest.raises(TypeError, match="dtype"):
+        step(x.astype(">f8"), y)

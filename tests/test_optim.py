@@ -409,6 +409,70 @@ def test_mixed_dtypes_get_one_arena_each():
     assert not any(p.grad.any() for p in params)
 
 
+def test_second_optimizer_reuses_the_arena():
+    l1, l2 = two_linears()
+    params = l1.parameters() + l2.parameters()
+    first = optim.SGD(params, lr=0.1)
+    second = optim.Adam(params)
+    a, b = first._arenas[0][0], second._arenas[0][0]
+    assert np.shares_memory(a.data, b.data) and np.shares_memory(a.grad, b.grad)
+    assert a.data.__array_interface__ == b.data.__array_interface__
+    # a contiguous run of an arena (the second layer's weight and bias) is used in place too
+    third = optim.SGD(l2.parameters())
+    assert np.shares_memory(third._arenas[0][0].data, a.data)
+
+
+def test_optimizer_on_a_subset_keeps_earlier_optimizer_working():
+    """A second optimizer over a non-contiguous subset of packed parameters (the weights
+    only) leaves them in place, as several runs: both optimizers keep reaching the layers."""
+    l1, l2 = two_linears()
+    params = l1.parameters() + l2.parameters()
+    first = optim.SGD(params, lr=0.1)
+    second = optim.SGD([l1.weight, l2.weight], lr=0.01)
+    arena = first._arenas[0][0]
+    assert all(np.shares_memory(p.data, arena.data) for p in params)
+    assert len(second._arenas[0][0].runs) == 2
+    for p in params:
+        p.grad[...] = 1
+    before = [p.data.copy() for p in params]
+    first.step()
+    for p, b in zip(params, before):
+        assert_close(p.data, b - np.float32(0.1))
+    second.step()
+    assert_close(l1.bias.data, before[1] - np.float32(0.1))
+    for p, b in ((l1.weight, before[0]), (l2.weight, before[2])):
+        assert_close(p.data, b - np.float32(0.1) - np.float32(0.01))
+    second.zero_grad()
+    assert not l1.weight.grad.any() and l1.bias.grad.all()
+    assert optim.clip_grad_norm_(params, 1e9) == math.sqrt(l1.bias.data.size + l2.bias.data.size)
+
+
+def test_parameters_that_are_views_train_in_place():
+    """Parameters that do not own their memory are not packed; the step is still right."""
+    base = np.arange(12.0)
+    a, b = Parameter(base.reshape(3, 4)), Parameter(np.zeros(4))
+    opt = optim.Adam([a, b], lr=0.1)
+    ref = [Parameter(np.arange(12.0).reshape(3, 4).copy()), Parameter(np.zeros(4))]
+    ref_opt = optim.Adam(ref, lr=0.1)
+    for p in (a, b, *ref):
+        p.grad[...] = 0.5
+    opt.step()
+    ref_opt.step()
+    assert np.shares_memory(a.data, base)
+    for p, r in zip((a, b), ref):
+        assert bitwise_equal(p.data, r.data)
+
+
+def test_zero_grad_zeroes_every_group():
+    params = make_params()
+    w, b = split(params)
+    opt = optim.SGD([{"params": w}, {"params": b}])
+    for p in params:
+        p.grad[...] = 3.0
+    opt.zero_grad()
+    assert not any(p.grad.any() for p in params)
+
+
 @pytest.mark.parametrize("backend", ["native", "reference"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_zero_grad_large_buffers_on_threads(backend, dtype, threads):

@@ -143,10 +143,13 @@ def random_search(train, val, n_trials=100, epochs=50, seed=0, executor=None,
     if own:
         executor = default_executor(min(n_trials, default_workers()))
     saved_threads = fastnn.get_num_threads()
+    futures = []
     try:
         futures = [executor.submit(run_trial, t, train, val) for t in trials]
         results = [f.result() for f in futures]
     finally:
+        for f in futures:  # after a failed trial, the queued ones are not worth waiting for
+            f.cancel()
         if own:
             executor.shutdown()
         if fastnn.get_num_threads() != saved_threads:  # a thread pool ran trials in-process
