@@ -685,3 +685,26 @@ def test_allocation_probe_detects_an_array():
     a = np.ones(1024)
     growth, _ = _numpy_peak_growth(lambda: a * 2)
     assert growth >= 8192
+
+
+@pytest.mark.parametrize("bad, what", [
+    (lambda w: w.astype(np.float64), "float64"),
+    (lambda w: w.astype(">f4"), ">f4"),
+    (lambda w: np.asfortranarray(np.ones((w.shape[1], w.shape[0]), np.float32).T), "F-order"),
+    (lambda w: w[:, :-1], "a smaller array"),
+])
+def test_replaced_parameter_array_is_checked(bad, what):
+    """A user may rebind Parameter.data; the layer's once-per-call check names it instead of
+    handing the kernel another dtype, byte order, layout or shape."""
+    layer = fastnn.Linear(6, 4)
+    x = np.ones((3, 6), np.float32)
+    layer.weight.data = bad(layer.weight.data)
+    with pytest.raises(ValueError, match=r"weight\.data: expected a C-contiguous float32 array "
+                                         r"of shape \(4, 6\)"):
+        layer(x)
+
+
+def test_big_endian_input_is_rejected_by_name():
+    layer = fastnn.Linear(6, 4)
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        layer(np.ones((3, 6), ">f4"))
