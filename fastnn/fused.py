@@ -87,17 +87,19 @@ class FusedStep:
             return self._replay(x, target)
         loss = self.loss_fn(self.model(x), target)
         self.model.backward(self.loss_fn.backward(), input_grad=False)
-        first = self.model.layers[0] if self.model.layers else None
-        # record only a step that used x and target as they are: when a layer converted one
-        # (another dtype or layout), a replay would read the unconverted array
-        used_as_is = (getattr(first, "_idx", getattr(first, "_x", None)) is x
-                      and self.loss_fn._target is target)
-        if native and used_as_is and self.replayable:
+        if native and self.replayable and self._used_as_is(x, target):
             self._plan = self._record()
             self._checks = self._dependencies(x, target)
         else:
             self._plan = self._checks = None
         return loss
+
+    def _used_as_is(self, x, target):
+        """Whether the layer path just used x and target themselves: when a layer converted
+        one (another dtype, byte order or layout), a replay would read the unconverted array."""
+        first = self.model.layers[0]
+        saved = first._idx if isinstance(first, Embedding) else first._x
+        return saved is x and self.loss_fn._target is target
 
     def _replay(self, x, target):
         loss = self._plan.run(x, target)

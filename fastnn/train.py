@@ -93,8 +93,8 @@ class Trainer:
         if resume is not None:
             self._load_checkpoint(resume, data)
         # a Sequential's forward, loss and backward as one C call from the second step on
-        fused = FusedStep(self.model, self.loss_fn) if isinstance(self.model, Sequential) \
-            else None
+        fused = (FusedStep(self.model, self.loss_fn)
+                 if isinstance(self.model, Sequential) and len(self.model) else None)
         self._call("on_train_begin")
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch + 1

@@ -292,3 +292,25 @@ def test_big_endian_float_input_is_rejected():
     step(x, y)
     with pytest.raises(TypeError, match="dtype"):
         step(x.astype(">f8"), y)
+
+
+def test_any_loss_object_takes_the_layer_path():
+    """A loss of the user's own (forward/backward, no fastnn internals) works through
+    FusedStep, as through Trainer: it is simply not replayed."""
+    class HalfCrossEntropy:
+        def __init__(self):
+            self.inner = fastnn.CrossEntropyLoss()
+
+        def forward(self, logits, target):
+            return 0.5 * self.inner(logits, target)
+
+        __call__ = forward
+
+        def backward(self):
+            return self.inner.backward(0.5)
+
+    model = deep_mlp(np.float64)
+    step = FusedStep(model, HalfCrossEntropy())
+    for x, y in batches("deep", 2):
+        assert np.isfinite(step(x, y))
+    assert not step.replayable and step._plan is None
