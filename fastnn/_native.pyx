@@ -231,141 +231,231 @@ cdef inline void *data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+cdef inline bint is_f32(cnp.ndarray a):
+    return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+
+
+# ---- the layer kernels: each binding fills one Op and runs it; a Plan (fastnn.fused) runs a
+# recorded list of them in one call. run_op is the one place that picks float or double.
+
+from libc.stdlib cimport realloc, free
+
+cdef enum:
+    OP_EMBEDDING_FORWARD
+    OP_LINEAR_FORWARD
+    OP_BATCHNORM_FORWARD
+    OP_ACTIVATION_FORWARD
+    OP_CROSS_ENTROPY_FORWARD
+    OP_CROSS_ENTROPY_BACKWARD
+    OP_LINEAR_BACKWARD
+    OP_BATCHNORM_BACKWARD
+    OP_ACTIVATION_BACKWARD
+    OP_EMBEDDING_BACKWARD
+
+OPS = {"embedding_forward": OP_EMBEDDING_FORWARD, "linear_forward": OP_LINEAR_FORWARD,
+       "batchnorm_forward": OP_BATCHNORM_FORWARD,
+       "activation_forward": OP_ACTIVATION_FORWARD,
+       "cross_entropy_forward": OP_CROSS_ENTROPY_FORWARD,
+       "cross_entropy_backward": OP_CROSS_ENTROPY_BACKWARD,
+       "linear_backward": OP_LINEAR_BACKWARD, "batchnorm_backward": OP_BATCHNORM_BACKWARD,
+       "activation_backward": OP_ACTIVATION_BACKWARD,
+       "embedding_backward": OP_EMBEDDING_BACKWARD}
+
+cdef enum:
+    MAX_ARRAYS = 9
+
+cdef struct Op:
+    int kind
+    bint f32
+    int act
+    bint train
+    double a, b  # batchnorm: eps, momentum; activation: slope; cross-entropy backward: scale
+    int64_t n0, n1, n2  # the kernel's sizes, in its argument order
+    void *p[MAX_ARRAYS]  # the kernel's arrays, in its argument order; NULL for None
+
+
+cdef double run_op(Op *op) noexcept nogil:
+    """Call one kernel; returns the loss for a cross-entropy forward, else 0."""
+    cdef void **p = op.p
+    cdef int k = op.kind
+    if k == OP_EMBEDDING_FORWARD:
+        if op.f32: embedding_forward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
+        else: embedding_forward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0, op.n1)
+    elif k == OP_LINEAR_FORWARD:
+        if op.f32:
+            linear_forward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                               op.act, op.n0, op.n1, op.n2)
+        else:
+            linear_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                               op.act, op.n0, op.n1, op.n2)
+    elif k == OP_BATCHNORM_FORWARD and op.train:
+        if op.f32:
+            batchnorm_forward_train_f32(<float *>p[0], <float *>p[1], <float *>p[2],
+                                        <float *>p[3], <float *>p[4], <float *>p[5],
+                                        <float *>p[6], <float *>p[7], op.a, op.b, op.act,
+                                        op.n0, op.n1)
+        else:
+            batchnorm_forward_train_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                        <double *>p[3], <double *>p[4], <double *>p[5],
+                                        <double *>p[6], <double *>p[7], op.a, op.b, op.act,
+                                        op.n0, op.n1)
+    elif k == OP_BATCHNORM_FORWARD:
+        if op.f32:
+            batchnorm_forward_eval_f32(<float *>p[0], <float *>p[1], <float *>p[2],
+                                       <float *>p[3], <float *>p[4], <float *>p[5],
+                                       <float *>p[6], <float *>p[7], op.a, op.act, op.n0, op.n1)
+        else:
+            batchnorm_forward_eval_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                       <double *>p[3], <double *>p[4], <double *>p[5],
+                                       <double *>p[6], <double *>p[7], op.a, op.act, op.n0,
+                                       op.n1)
+    elif k == OP_ACTIVATION_FORWARD:
+        if op.f32: activation_forward_f32(<float *>p[0], <float *>p[1], op.act, op.a, op.n0)
+        else: activation_forward_f64(<double *>p[0], <double *>p[1], op.act, op.a, op.n0)
+    elif k == OP_CROSS_ENTROPY_FORWARD:
+        if op.f32:
+            return cross_entropy_forward_f32(<float *>p[0], <double *>p[1], <float *>p[2],
+                                             <int64_t *>p[3], op.n0, op.n1)
+        return cross_entropy_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                         <int64_t *>p[3], op.n0, op.n1)
+    elif k == OP_CROSS_ENTROPY_BACKWARD:
+        if op.f32:
+            cross_entropy_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.a,
+                                       op.n0, op.n1)
+        else:
+            cross_entropy_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.a,
+                                       op.n0, op.n1)
+    elif k == OP_LINEAR_BACKWARD:
+        if op.f32:
+            linear_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
+                                op.act, op.n0, op.n1, op.n2)
+        else:
+            linear_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                                <double *>p[4], <double *>p[5], <double *>p[6],
+                                <double *>p[7], op.act, op.n0, op.n1, op.n2)
+    elif k == OP_BATCHNORM_BACKWARD:
+        if op.f32:
+            batchnorm_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                   <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
+                                   <float *>p[8], op.act, op.train, op.n0, op.n1)
+        else:
+            batchnorm_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                   <double *>p[3], <double *>p[4], <double *>p[5],
+                                   <double *>p[6], <double *>p[7], <double *>p[8], op.act,
+                                   op.train, op.n0, op.n1)
+    elif k == OP_ACTIVATION_BACKWARD:
+        if op.f32:
+            activation_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                    op.act, op.a, op.n0)
+        else:
+            activation_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                    <double *>p[3], op.act, op.a, op.n0)
+    elif k == OP_EMBEDDING_BACKWARD:
+        if op.f32:
+            embedding_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
+        else:
+            embedding_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0,
+                                   op.n1)
+    return 0
+
+
+cdef int fill_op(Op *op, int kind, bint f32, tuple arrays, tuple sizes, int act, bint train,
+                 double a, double b) except -1:
+    """op <- the kernel `kind` with its arrays (None: NULL) and sizes in argument order."""
+    if len(arrays) > MAX_ARRAYS or len(sizes) > 3:
+        raise ValueError("too many kernel arguments")
+    op.kind, op.f32, op.act, op.train, op.a, op.b = kind, f32, act, train, a, b
+    op.n0 = sizes[0] if len(sizes) > 0 else 0
+    op.n1 = sizes[1] if len(sizes) > 1 else 0
+    op.n2 = sizes[2] if len(sizes) > 2 else 0
+    cdef int i
+    for i in range(MAX_ARRAYS):
+        op.p[i] = NULL
+    for i, arr in enumerate(arrays):
+        if arr is not None:
+            op.p[i] = cnp.PyArray_DATA(<cnp.ndarray?>arr)
+    return 0
+
+
+cdef double call(int kind, bint f32, tuple arrays, tuple sizes, int act=0, bint train=False,
+                 double a=0, double b=0) except? -1:
+    # (a Cython cdef function takes its optional arguments by position only)
+    """Run one kernel without the GIL; returns what run_op returns."""
+    cdef Op op
+    fill_op(&op, kind, f32, arrays, sizes, act, train, a, b)
+    cdef double result
+    with nogil:
+        result = run_op(&op)
+    return result
+
+
 def linear_forward(cnp.ndarray out, cnp.ndarray x, cnp.ndarray w, object b, int act):
     """out (B, OC) <- act(x (B, C) @ w (OC, C).T + b (OC,) or 0)."""
-    cdef int64_t B = x.shape[0], C = x.shape[1], OC = w.shape[0]
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pw = cnp.PyArray_DATA(w)
-    cdef void *pb = data_or_null(b)
-    if x.dtype.num == cnp.NPY_FLOAT32:
-        with nogil:
-            linear_forward_f32(<float *>po, <float *>px, <float *>pw, <float *>pb, act, B, C, OC)
-    else:
-        with nogil:
-            linear_forward_f64(<double *>po, <double *>px, <double *>pw, <double *>pb,
-                               act, B, C, OC)
+    call(OP_LINEAR_FORWARD, is_f32(x), (out, x, w, b), (x.shape[0], x.shape[1], w.shape[0]),
+         act)
 
 
 def linear_backward(object dx, object dw, object db, object work, cnp.ndarray dout,
                     cnp.ndarray x, cnp.ndarray w, object out, int act):
     """dx = dz @ w; dw += dz.T @ x; db += dz.sum(0), with dz = dout * act'(out) in work."""
-    cdef int64_t B = x.shape[0], C = x.shape[1], OC = w.shape[0]
-    cdef void *pdx = data_or_null(dx)
-    cdef void *pdw = data_or_null(dw)
-    cdef void *pdb = data_or_null(db)
-    cdef void *pwork = data_or_null(work)
-    cdef void *pdout = cnp.PyArray_DATA(dout)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pw = cnp.PyArray_DATA(w)
-    cdef void *pout = data_or_null(out)
-    if x.dtype.num == cnp.NPY_FLOAT32:
-        with nogil:
-            linear_backward_f32(<float *>pdx, <float *>pdw, <float *>pdb, <float *>pwork,
-                                <float *>pdout, <float *>px, <float *>pw, <float *>pout,
-                                act, B, C, OC)
-    else:
-        with nogil:
-            linear_backward_f64(<double *>pdx, <double *>pdw, <double *>pdb, <double *>pwork,
-                                <double *>pdout, <double *>px, <double *>pw, <double *>pout,
-                                act, B, C, OC)
+    call(OP_LINEAR_BACKWARD, is_f32(x), (dx, dw, db, work, dout, x, w, out),
+         (x.shape[0], x.shape[1], w.shape[0]), act)
 
 
 def batchnorm_forward(cnp.ndarray out, cnp.ndarray save_mean, cnp.ndarray save_invstd,
                       object running_mean, object running_var, cnp.ndarray x, object gamma,
                       object beta, double eps, double momentum, int act, bint train):
     """out (B, C) <- act(batch norm of x); the mean and 1/std used into save_mean/save_invstd."""
-    cdef int64_t B = x.shape[0], C = x.shape[1]
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef void *psm = cnp.PyArray_DATA(save_mean)
-    cdef void *psi = cnp.PyArray_DATA(save_invstd)
-    cdef void *prm = data_or_null(running_mean)
-    cdef void *prv = data_or_null(running_var)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pg = data_or_null(gamma)
-    cdef void *pb = data_or_null(beta)
-    if x.dtype.num == cnp.NPY_FLOAT32:
-        with nogil:
-            if train:
-                batchnorm_forward_train_f32(<float *>po, <float *>psm, <float *>psi,
-                                            <float *>prm, <float *>prv, <float *>px,
-                                            <float *>pg, <float *>pb, eps, momentum, act, B, C)
-            else:
-                batchnorm_forward_eval_f32(<float *>po, <float *>psm, <float *>psi,
-                                           <float *>prm, <float *>prv, <float *>px,
-                                           <float *>pg, <float *>pb, eps, act, B, C)
-    else:
-        with nogil:
-            if train:
-                batchnorm_forward_train_f64(<double *>po, <double *>psm, <double *>psi,
-                                            <double *>prm, <double *>prv, <double *>px,
-                                            <double *>pg, <double *>pb, eps, momentum, act,
-                                            B, C)
-            else:
-                batchnorm_forward_eval_f64(<double *>po, <double *>psm, <double *>psi,
-                                           <double *>prm, <double *>prv, <double *>px,
-                                           <double *>pg, <double *>pb, eps, act, B, C)
+    call(OP_BATCHNORM_FORWARD, is_f32(x),
+         (out, save_mean, save_invstd, running_mean, running_var, x, gamma, beta),
+         (x.shape[0], x.shape[1]), act, train, eps, momentum)
 
 
 def batchnorm_backward(object dx, object dgamma, object dbeta, cnp.ndarray dout,
                        cnp.ndarray x, object out, cnp.ndarray mean, cnp.ndarray invstd,
                        object gamma, int act, bint train):
     """dx (B, C) <- gradient of the loss w.r.t. x; dgamma, dbeta (C) += their gradients."""
-    cdef int64_t B = x.shape[0], C = x.shape[1]
-    cdef void *pdx = data_or_null(dx)
-    cdef void *pdg = data_or_null(dgamma)
-    cdef void *pdb = data_or_null(dbeta)
-    cdef void *pdout = cnp.PyArray_DATA(dout)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pout = data_or_null(out)
-    cdef void *pm = cnp.PyArray_DATA(mean)
-    cdef void *pi = cnp.PyArray_DATA(invstd)
-    cdef void *pg = data_or_null(gamma)
-    if x.dtype.num == cnp.NPY_FLOAT32:
-        with nogil:
-            batchnorm_backward_f32(<float *>pdx, <float *>pdg, <float *>pdb, <float *>pdout,
-                                   <float *>px, <float *>pout, <float *>pm, <float *>pi,
-                                   <float *>pg, act, train, B, C)
-    else:
-        with nogil:
-            batchnorm_backward_f64(<double *>pdx, <double *>pdg, <double *>pdb,
-                                   <double *>pdout, <double *>px, <double *>pout,
-                                   <double *>pm, <double *>pi, <double *>pg, act, train, B, C)
-
-
-cdef inline bint is_f32(cnp.ndarray a):
-    return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+    call(OP_BATCHNORM_BACKWARD, is_f32(x), (dx, dgamma, dbeta, dout, x, out, mean, invstd, gamma),
+         (x.shape[0], x.shape[1]), act, train)
 
 
 def activation_forward(cnp.ndarray out, cnp.ndarray x, int act, double slope):
     """out <- act(x), elementwise over all elements."""
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef int64_t n = cnp.PyArray_SIZE(x)
-    cdef bint f32 = is_f32(x)
-    with nogil:
-        if f32:
-            activation_forward_f32(<float *>po, <float *>px, act, slope, n)
-        else:
-            activation_forward_f64(<double *>po, <double *>px, act, slope, n)
+    call(OP_ACTIVATION_FORWARD, is_f32(x), (out, x), (cnp.PyArray_SIZE(x),), act, False, slope)
 
 
 def activation_backward(cnp.ndarray dx, cnp.ndarray dout, object x, object y, int act,
                         double slope):
     """dx <- dout * act'(x), from the input x and/or the output y (whichever act reads)."""
-    cdef void *pdx = cnp.PyArray_DATA(dx)
-    cdef void *pd = cnp.PyArray_DATA(dout)
-    cdef void *px = data_or_null(x)
-    cdef void *py = data_or_null(y)
-    cdef int64_t n = cnp.PyArray_SIZE(dout)
-    cdef bint f32 = is_f32(dout)
-    with nogil:
-        if f32:
-            activation_backward_f32(<float *>pdx, <float *>pd, <float *>px, <float *>py, act,
-                                    slope, n)
-        else:
-            activation_backward_f64(<double *>pdx, <double *>pd, <double *>px, <double *>py,
-                                    act, slope, n)
+    call(OP_ACTIVATION_BACKWARD, is_f32(dout), (dx, dout, x, y), (cnp.PyArray_SIZE(dout),),
+         act, False, slope)
+
+
+def embedding_forward(cnp.ndarray out, cnp.ndarray weight, cnp.ndarray idx):
+    """out (N, D) <- weight[idx]; idx: int64, in range (checked by the caller)."""
+    call(OP_EMBEDDING_FORWARD, is_f32(weight), (out, weight, idx),
+         (cnp.PyArray_SIZE(idx), weight.shape[1]))
+
+
+def embedding_backward(cnp.ndarray dweight, cnp.ndarray dout, cnp.ndarray idx):
+    """dweight[idx[i]] += dout[i], in order."""
+    call(OP_EMBEDDING_BACKWARD, is_f32(dweight), (dweight, dout, idx),
+         (cnp.PyArray_SIZE(idx), dweight.shape[1]))
+
+
+def cross_entropy_forward(cnp.ndarray probs, cnp.ndarray row_loss, cnp.ndarray logits,
+                          cnp.ndarray target):
+    """Mean cross-entropy of logits (N, K) against target (N,) int64; probs <- softmax."""
+    return call(OP_CROSS_ENTROPY_FORWARD, is_f32(logits), (probs, row_loss, logits, target),
+                (logits.shape[0], logits.shape[1]))
+
+
+def cross_entropy_backward(cnp.ndarray dlogits, cnp.ndarray probs, cnp.ndarray target,
+                           double scale):
+    """dlogits <- (probs - onehot(target)) * scale."""
+    call(OP_CROSS_ENTROPY_BACKWARD, is_f32(probs), (dlogits, probs, target),
+         (probs.shape[0], probs.shape[1]), 0, False, scale)
 
 
 def softmax_forward(cnp.ndarray out, cnp.ndarray x):
@@ -408,67 +498,6 @@ def dropout_apply(cnp.ndarray out, cnp.ndarray inp, double p, uint64_t seed, uin
             dropout_apply_f32(<float *>po, <float *>pi, p, seed, offset, n)
         else:
             dropout_apply_f64(<double *>po, <double *>pi, p, seed, offset, n)
-
-
-def embedding_forward(cnp.ndarray out, cnp.ndarray weight, cnp.ndarray idx):
-    """out (N, D) <- weight[idx]; idx: int64, in range (checked by the caller)."""
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef void *pw = cnp.PyArray_DATA(weight)
-    cdef int64_t *pi = <int64_t *>cnp.PyArray_DATA(idx)
-    cdef int64_t N = cnp.PyArray_SIZE(idx), D = weight.shape[1]
-    cdef bint f32 = is_f32(weight)
-    with nogil:
-        if f32:
-            embedding_forward_f32(<float *>po, <float *>pw, pi, N, D)
-        else:
-            embedding_forward_f64(<double *>po, <double *>pw, pi, N, D)
-
-
-def embedding_backward(cnp.ndarray dweight, cnp.ndarray dout, cnp.ndarray idx):
-    """dweight[idx[i]] += dout[i], in order."""
-    cdef void *pw = cnp.PyArray_DATA(dweight)
-    cdef void *pd = cnp.PyArray_DATA(dout)
-    cdef int64_t *pi = <int64_t *>cnp.PyArray_DATA(idx)
-    cdef int64_t N = cnp.PyArray_SIZE(idx), D = dweight.shape[1]
-    cdef bint f32 = is_f32(dweight)
-    with nogil:
-        if f32:
-            embedding_backward_f32(<float *>pw, <float *>pd, pi, N, D)
-        else:
-            embedding_backward_f64(<double *>pw, <double *>pd, pi, N, D)
-
-
-def cross_entropy_forward(cnp.ndarray probs, cnp.ndarray row_loss, cnp.ndarray logits,
-                          cnp.ndarray target):
-    """Mean cross-entropy of logits (N, K) against target (N,) int64; probs <- softmax."""
-    cdef void *pp = cnp.PyArray_DATA(probs)
-    cdef double *pr = <double *>cnp.PyArray_DATA(row_loss)
-    cdef void *pl = cnp.PyArray_DATA(logits)
-    cdef int64_t *pt = <int64_t *>cnp.PyArray_DATA(target)
-    cdef int64_t N = logits.shape[0], K = logits.shape[1]
-    cdef double loss
-    cdef bint f32 = is_f32(logits)
-    with nogil:
-        if f32:
-            loss = cross_entropy_forward_f32(<float *>pp, pr, <float *>pl, pt, N, K)
-        else:
-            loss = cross_entropy_forward_f64(<double *>pp, pr, <double *>pl, pt, N, K)
-    return loss
-
-
-def cross_entropy_backward(cnp.ndarray dlogits, cnp.ndarray probs, cnp.ndarray target,
-                           double scale):
-    """dlogits <- (probs - onehot(target)) * scale."""
-    cdef void *pd = cnp.PyArray_DATA(dlogits)
-    cdef void *pp = cnp.PyArray_DATA(probs)
-    cdef int64_t *pt = <int64_t *>cnp.PyArray_DATA(target)
-    cdef int64_t N = probs.shape[0], K = probs.shape[1]
-    cdef bint f32 = is_f32(probs)
-    with nogil:
-        if f32:
-            cross_entropy_backward_f32(<float *>pd, <float *>pp, pt, scale, N, K)
-        else:
-            cross_entropy_backward_f64(<double *>pd, <double *>pp, pt, scale, N, K)
 
 
 def squared_error_sum(cnp.ndarray pred, cnp.ndarray target):
@@ -621,129 +650,7 @@ def clamp_inplace(cnp.ndarray x, double lo, double hi):
             clamp_inplace_f64(<double *>px, lo, hi, n)
 
 
-# ---- a training step's kernels as one call (fastnn.fused) ----
-
-from libc.stdlib cimport realloc, free
-
-cdef enum:
-    OP_EMBEDDING_FORWARD
-    OP_LINEAR_FORWARD
-    OP_BATCHNORM_FORWARD
-    OP_ACTIVATION_FORWARD
-    OP_CROSS_ENTROPY_FORWARD
-    OP_CROSS_ENTROPY_BACKWARD
-    OP_LINEAR_BACKWARD
-    OP_BATCHNORM_BACKWARD
-    OP_ACTIVATION_BACKWARD
-    OP_EMBEDDING_BACKWARD
-
-OPS = {"embedding_forward": OP_EMBEDDING_FORWARD, "linear_forward": OP_LINEAR_FORWARD,
-       "batchnorm_forward": OP_BATCHNORM_FORWARD,
-       "activation_forward": OP_ACTIVATION_FORWARD,
-       "cross_entropy_forward": OP_CROSS_ENTROPY_FORWARD,
-       "cross_entropy_backward": OP_CROSS_ENTROPY_BACKWARD,
-       "linear_backward": OP_LINEAR_BACKWARD, "batchnorm_backward": OP_BATCHNORM_BACKWARD,
-       "activation_backward": OP_ACTIVATION_BACKWARD,
-       "embedding_backward": OP_EMBEDDING_BACKWARD}
-
-cdef enum:
-    MAX_ARRAYS = 9
-
-cdef struct Op:
-    int kind
-    bint f32
-    int act
-    bint train
-    double a, b  # batchnorm: eps, momentum; activation: slope; cross-entropy backward: scale
-    int64_t n0, n1, n2  # the kernel's sizes, in its argument order
-    void *p[MAX_ARRAYS]  # the kernel's arrays, in its argument order; NULL for None
-
-
-cdef double run_op(Op *op) noexcept nogil:
-    """Call one kernel; returns the loss for a cross-entropy forward, else 0."""
-    cdef void **p = op.p
-    cdef int k = op.kind
-    if k == OP_EMBEDDING_FORWARD:
-        if op.f32: embedding_forward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
-        else: embedding_forward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0, op.n1)
-    elif k == OP_LINEAR_FORWARD:
-        if op.f32:
-            linear_forward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                               op.act, op.n0, op.n1, op.n2)
-        else:
-            linear_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
-                               op.act, op.n0, op.n1, op.n2)
-    elif k == OP_BATCHNORM_FORWARD and op.train:
-        if op.f32:
-            batchnorm_forward_train_f32(<float *>p[0], <float *>p[1], <float *>p[2],
-                                        <float *>p[3], <float *>p[4], <float *>p[5],
-                                        <float *>p[6], <float *>p[7], op.a, op.b, op.act,
-                                        op.n0, op.n1)
-        else:
-            batchnorm_forward_train_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                        <double *>p[3], <double *>p[4], <double *>p[5],
-                                        <double *>p[6], <double *>p[7], op.a, op.b, op.act,
-                                        op.n0, op.n1)
-    elif k == OP_BATCHNORM_FORWARD:
-        if op.f32:
-            batchnorm_forward_eval_f32(<float *>p[0], <float *>p[1], <float *>p[2],
-                                       <float *>p[3], <float *>p[4], <float *>p[5],
-                                       <float *>p[6], <float *>p[7], op.a, op.act, op.n0, op.n1)
-        else:
-            batchnorm_forward_eval_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                       <double *>p[3], <double *>p[4], <double *>p[5],
-                                       <double *>p[6], <double *>p[7], op.a, op.act, op.n0,
-                                       op.n1)
-    elif k == OP_ACTIVATION_FORWARD:
-        if op.f32: activation_forward_f32(<float *>p[0], <float *>p[1], op.act, op.a, op.n0)
-        else: activation_forward_f64(<double *>p[0], <double *>p[1], op.act, op.a, op.n0)
-    elif k == OP_CROSS_ENTROPY_FORWARD:
-        if op.f32:
-            return cross_entropy_forward_f32(<float *>p[0], <double *>p[1], <float *>p[2],
-                                             <int64_t *>p[3], op.n0, op.n1)
-        return cross_entropy_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                         <int64_t *>p[3], op.n0, op.n1)
-    elif k == OP_CROSS_ENTROPY_BACKWARD:
-        if op.f32:
-            cross_entropy_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.a,
-                                       op.n0, op.n1)
-        else:
-            cross_entropy_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.a,
-                                       op.n0, op.n1)
-    elif k == OP_LINEAR_BACKWARD:
-        if op.f32:
-            linear_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                                <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
-                                op.act, op.n0, op.n1, op.n2)
-        else:
-            linear_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
-                                <double *>p[4], <double *>p[5], <double *>p[6],
-                                <double *>p[7], op.act, op.n0, op.n1, op.n2)
-    elif k == OP_BATCHNORM_BACKWARD:
-        if op.f32:
-            batchnorm_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                                   <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
-                                   <float *>p[8], op.act, op.train, op.n0, op.n1)
-        else:
-            batchnorm_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                   <double *>p[3], <double *>p[4], <double *>p[5],
-                                   <double *>p[6], <double *>p[7], <double *>p[8], op.act,
-                                   op.train, op.n0, op.n1)
-    elif k == OP_ACTIVATION_BACKWARD:
-        if op.f32:
-            activation_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                                    op.act, op.a, op.n0)
-        else:
-            activation_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                    <double *>p[3], op.act, op.a, op.n0)
-    elif k == OP_EMBEDDING_BACKWARD:
-        if op.f32:
-            embedding_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
-        else:
-            embedding_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0,
-                                   op.n1)
-    return 0
-
+# ---- a recorded step (fastnn.fused) ----
 
 cdef class Plan:
     """A fixed list of kernel calls over fixed arrays, run in order in one call without the
@@ -769,28 +676,21 @@ cdef class Plan:
             bint train=False, double a=0, double b=0):
         """Append the kernel `kind` (a key of OPS) with its arrays and sizes in its
         argument order (None for a NULL pointer)."""
-        if len(arrays) > MAX_ARRAYS or len(sizes) > 3:
-            raise ValueError(f"{kind}: too many arguments")
-        cdef Op *ops = <Op *>realloc(self.ops, (self.n_ops + 1) * sizeof(Op))
-        if ops == NULL:
-            raise MemoryError()
-        self.ops = ops
-        cdef Op *op = &self.ops[self.n_ops]
-        op.kind, op.f32, op.act, op.train, op.a, op.b = OPS[kind], f32, act, train, a, b
-        op.n0 = sizes[0] if len(sizes) > 0 else 0
-        op.n1 = sizes[1] if len(sizes) > 1 else 0
-        op.n2 = sizes[2] if len(sizes) > 2 else 0
-        cdef int i
-        for i in range(MAX_ARRAYS):
-            op.p[i] = NULL
+        slots = []
         for i, arr in enumerate(arrays):
             if isinstance(arr, str):
                 if arr not in ("input", "target"):
                     raise ValueError(f"{kind}: argument {i} is {arr!r}")
-                self.slots.append((self.n_ops, i, arr))
-            elif arr is not None:
-                op.p[i] = cnp.PyArray_DATA(<cnp.ndarray?>arr)
-                self.arrays.append(arr)
+                slots.append((self.n_ops, i, arr))
+        cdef Op *ops = <Op *>realloc(self.ops, (self.n_ops + 1) * sizeof(Op))
+        if ops == NULL:
+            raise MemoryError()
+        self.ops = ops
+        fill_op(&self.ops[self.n_ops], OPS[kind], f32,
+                tuple(None if isinstance(arr, str) else arr for arr in arrays), sizes, act,
+                train, a, b)
+        self.slots += slots
+        self.arrays += [arr for arr in arrays if isinstance(arr, cnp.ndarray)]
         self.n_ops += 1
 
     def run(self, cnp.ndarray x not None, cnp.ndarray target not None):
