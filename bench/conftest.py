@@ -1,16 +1,21 @@
-"""Shared pieces of the benchmark suites: the timing helper, the correctness check, and the
-extra facts (fastnn build, library versions, the command) recorded in the JSON output.
+"""Shared pieces of the benchmark suites: thread and backend settings, the once-per-session
+oracle results, the timing helper, the correctness check, and the extra facts (fastnn build,
+library versions, the command) recorded in the JSON output.
 
 Run the suites on their own: `pytest bench/ --benchmark-only` to measure, or
 `pytest bench/ --benchmark-disable` as a fast smoke test (each benchmark still checks its
 results once, then runs its step a single time).
 """
+import contextlib
+import functools
 import math
+import os
 import sys
 import time
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import fastnn
 
@@ -27,6 +32,59 @@ WARMUP_SECONDS = 0.2
 # after their last parallel region, and a previous benchmark's spinning pool would steal a
 # core from this one's.
 SETTLE_SECONDS = 0.1
+
+
+def cores():
+    """The usable cores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def fastnn_threads(n):
+    previous = fastnn.get_num_threads()
+    fastnn.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fastnn.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def torch_threads(torch, n):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def setting(impl, threads, stack, step, no_grad=False):
+    """Enter, on `stack`, what `impl` runs under: thread counts and, for fastnn, the backend
+    ("kernel", a bare kernel call, runs natively); no_grad: torch without an autograd graph,
+    as for inference."""
+    if impl == "torch":
+        stack.enter_context(torch_threads(step.torch, threads))
+        if no_grad:
+            stack.enter_context(step.torch.no_grad())
+    else:
+        stack.enter_context(fastnn.use_backend("native" if impl == "kernel" else impl))
+        stack.enter_context(fastnn_threads(threads))
+        # The reference runs on numpy's BLAS; native holds scipy's BLAS at one thread itself.
+        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+
+
+@functools.cache
+def results_once(make_step, impl, *key):
+    """make_step(impl, *key).results() at 2 threads (or the cores there are), computed once per
+    session: the oracle a suite's benchmarks check against."""
+    step = make_step(impl, *key)
+    with contextlib.ExitStack() as stack:
+        setting(impl, min(2, cores()), stack, step)
+        return step.results()
 
 
 def rel_err(a, r):

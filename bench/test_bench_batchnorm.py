@@ -24,14 +24,11 @@ import functools
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
-import fastnn
 import fastnn.functional as F
 from fastnn import _native
 
-from .conftest import assert_close
-from .test_bench_linear import _cores, fastnn_threads, torch_threads
+from .conftest import assert_close, cores, fastnn_threads, results_once, setting
 
 WORKLOADS = {  # id: (batch, channels)
     "N1": (128, 256),
@@ -144,27 +141,8 @@ class TorchStep:
                 "running_var": self.running_var.numpy().copy()}
 
 
-def setting(impl, threads, stack, step):
-    """Enter, on `stack`, what `impl` runs under: backend and thread counts."""
-    if impl == "torch":
-        stack.enter_context(torch_threads(step.torch, threads))
-    else:
-        stack.enter_context(fastnn.use_backend(impl))
-        stack.enter_context(fastnn_threads(threads))
-        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
-
-
 def make_step(impl, workload):
     return TorchStep(workload) if impl == "torch" else FastnnStep(workload)
-
-
-@functools.cache
-def expected(impl, workload):
-    """One step's outputs from `impl` at 2 threads, computed once per session."""
-    step = make_step(impl, workload)
-    with contextlib.ExitStack() as stack:
-        setting(impl, min(2, _cores()), stack, step)
-        return step.results()
 
 
 CASES = [
@@ -175,8 +153,8 @@ CASES = [
 
 @pytest.mark.parametrize("workload, threads, impl", CASES)
 def test_batchnorm(benchmark, measure, workload, threads, impl):
-    if threads > _cores():
-        pytest.skip(f"{threads} threads but {_cores()} usable cores")
+    if threads > cores():
+        pytest.skip(f"{threads} threads but {cores()} usable cores")
     step = make_step(impl, workload)
     B, C = WORKLOADS[workload]
     benchmark.group = f"{workload}-{PHASE}-t{threads}"
@@ -188,7 +166,7 @@ def test_batchnorm(benchmark, measure, workload, threads, impl):
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)
         got = step.results()
-    want = expected(oracle, workload)
+    want = results_once(make_step, oracle, workload)
     benchmark.extra_info["rel_err"] = assert_close(got, want, TOL, f"{impl} vs {oracle}")
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)
@@ -206,8 +184,8 @@ def triad_arrays():
 
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{t}" for t in THREADS])
 def test_stream_triad(benchmark, measure, threads):
-    if threads > _cores():
-        pytest.skip(f"{threads} threads but {_cores()} usable cores")
+    if threads > cores():
+        pytest.skip(f"{threads} threads but {cores()} usable cores")
     a, b, c = triad_arrays()
     s = 3.0
     benchmark.group = f"triad-t{threads}"

@@ -18,17 +18,15 @@ against native, everything else against the reference), so `pytest bench/
 """
 import contextlib
 import functools
-import os
 
 import numpy as np
 import pytest
 import scipy.linalg.blas
 from threadpoolctl import threadpool_limits
 
-import fastnn
 import fastnn.functional as F
 
-from .conftest import assert_close
+from .conftest import assert_close, cores, results_once, setting
 
 WORKLOADS = {  # id: (batch, in_features, out_features)
     "L1": (32, 30, 200),
@@ -48,13 +46,6 @@ TOL = 1e-5
 # pre-activations have standard deviation about 0.58 and float32 errors below 1e-6 here, so
 # this zeroes about 0.1% of dy and removes every rounding-dependent mask flip.
 KINK = 1e-3
-
-
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def flops(workload, phase):
@@ -148,52 +139,8 @@ class TorchStep:
                 "dbias": self.bias.grad.numpy().copy()}
 
 
-@contextlib.contextmanager
-def fastnn_threads(n):
-    previous = fastnn.get_num_threads()
-    fastnn.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fastnn.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def torch_threads(torch, n):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def setting(impl, phase, threads, stack, step):
-    """Enter, on `stack`, what `impl` runs under: backend and thread counts (and, for torch's
-    forward, no autograd graph, as for inference)."""
-    if impl == "torch":
-        stack.enter_context(torch_threads(step.torch, threads))
-        if phase == "forward":
-            stack.enter_context(step.torch.no_grad())
-    else:
-        stack.enter_context(fastnn.use_backend(impl))
-        stack.enter_context(fastnn_threads(threads))
-        # The reference runs on numpy's BLAS; native holds scipy's BLAS at one thread itself.
-        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
-
-
 def make_step(impl, workload, phase):
     return TorchStep(workload, phase) if impl == "torch" else FastnnStep(workload, phase)
-
-
-@functools.cache
-def expected(impl, workload, phase):
-    """One step's outputs from `impl` at 2 threads, computed once per session (the smoke test
-    of L4 would otherwise recompute the same oracle six times)."""
-    step = make_step(impl, workload, phase)
-    with contextlib.ExitStack() as stack:
-        setting(impl, phase, min(2, _cores()), stack, step)
-        return step.results()
 
 
 CASES = [
@@ -204,8 +151,8 @@ CASES = [
 
 @pytest.mark.parametrize("workload, phase, threads, impl", CASES)
 def test_linear(benchmark, measure, workload, phase, threads, impl):
-    if threads > _cores():
-        pytest.skip(f"{threads} threads but {_cores()} usable cores")
+    if threads > cores():
+        pytest.skip(f"{threads} threads but {cores()} usable cores")
     step = make_step(impl, workload, phase)
     B, C, OC = WORKLOADS[workload]
     benchmark.group = f"{workload}-{phase}-t{threads}"
@@ -215,12 +162,12 @@ def test_linear(benchmark, measure, workload, phase, threads, impl):
     )
     oracle = "native" if impl == "reference" else "reference"
     with contextlib.ExitStack() as stack:
-        setting(impl, phase, threads, stack, step)
+        setting(impl, threads, stack, step, no_grad=phase == "forward")
         got = step.results()
-    want = expected(oracle, workload, phase)
+    want = results_once(make_step, oracle, workload, phase)
     benchmark.extra_info["rel_err"] = assert_close(got, want, TOL, f"{impl} vs {oracle}")
     with contextlib.ExitStack() as stack:
-        setting(impl, phase, threads, stack, step)
+        setting(impl, threads, stack, step, no_grad=phase == "forward")
         measure(step)
 
 
@@ -253,7 +200,7 @@ class Sgemm:
     pytest.param(w, a, id=f"{w}-sgemm-t{SGEMM_THREADS}-{a}") for w in WORKLOADS for a in SGEMM_APIS
 ])
 def test_sgemm(benchmark, measure, workload, api):
-    threads = min(SGEMM_THREADS, _cores())
+    threads = min(SGEMM_THREADS, cores())
     B, C, OC = WORKLOADS[workload]
     benchmark.group = f"{workload}-sgemm-t{threads}"
     benchmark.extra_info.update(

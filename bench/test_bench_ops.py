@@ -26,13 +26,10 @@ import functools
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
-import fastnn
 import fastnn.functional as F
 
-from .conftest import assert_close
-from .test_bench_linear import _cores, fastnn_threads, torch_threads
+from .conftest import assert_close, cores, results_once, setting
 
 OPS = {  # op: (kind, shape)
     "relu": ("activation", (2048, 4096)),
@@ -152,27 +149,8 @@ class TorchStep:
         return {"y": out.detach().numpy().copy(), "dx": grad}
 
 
-def setting(impl, threads, stack, step):
-    """Enter, on `stack`, what `impl` runs under: backend and thread counts."""
-    if impl == "torch":
-        stack.enter_context(torch_threads(step.torch, threads))
-    else:
-        stack.enter_context(fastnn.use_backend(impl))
-        stack.enter_context(fastnn_threads(threads))
-        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
-
-
 def make_step(impl, op):
     return TorchStep(op) if impl == "torch" else FastnnStep(op)
-
-
-@functools.cache
-def expected(impl, op):
-    """One step's outputs from `impl` at 2 threads, computed once per session."""
-    step = make_step(impl, op)
-    with contextlib.ExitStack() as stack:
-        setting(impl, min(2, _cores()), stack, step)
-        return step.results()
 
 
 CASES = [
@@ -182,8 +160,8 @@ CASES = [
 
 @pytest.mark.parametrize("op, threads, impl", CASES)
 def test_ops(benchmark, measure, op, threads, impl):
-    if threads > _cores():
-        pytest.skip(f"{threads} threads but {_cores()} usable cores")
+    if threads > cores():
+        pytest.skip(f"{threads} threads but {cores()} usable cores")
     step = make_step(impl, op)
     _, shape = OPS[op]
     benchmark.group = f"{op}-t{threads}"
@@ -195,7 +173,7 @@ def test_ops(benchmark, measure, op, threads, impl):
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)
         got = step.results()
-    want = expected(oracle, op)
+    want = results_once(make_step, oracle, op)
     benchmark.extra_info["rel_err"] = assert_close(got, want, TOL, f"{impl} vs {oracle}")
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)

@@ -28,11 +28,9 @@ import functools
 import numpy as np
 import pytest
 
-import fastnn
 from fastnn import Parameter, _native, optim
 
-from .conftest import assert_close
-from .test_bench_linear import _cores, fastnn_threads, torch_threads
+from .conftest import assert_close, cores, results_once, setting
 
 WORKLOADS = {"O1": 10_000, "O2": 1_000_000, "O3": 16_000_000}  # id: parameters
 PHASES = ("adam", "sgd")
@@ -152,28 +150,10 @@ class TorchStep:
         return state_of(state, self.param.detach().numpy(), self.phase)
 
 
-def setting(impl, threads, stack, step):
-    """Enter, on `stack`, what `impl` runs under: backend and thread counts."""
-    if impl == "torch":
-        stack.enter_context(torch_threads(step.torch, threads))
-    else:
-        stack.enter_context(fastnn.use_backend("native" if impl == "kernel" else impl))
-        stack.enter_context(fastnn_threads(threads))
-
-
 def make_step(impl, workload, phase):
     if impl == "torch":
         return TorchStep(workload, phase)
     return (KernelStep if impl == "kernel" else FastnnStep)(workload, phase)
-
-
-@functools.cache
-def expected(impl, workload, phase):
-    """CHECK_STEPS steps' results from `impl` at 2 threads, computed once per session."""
-    step = make_step(impl, workload, phase)
-    with contextlib.ExitStack() as stack:
-        setting(impl, min(2, _cores()), stack, step)
-        return step.results()
 
 
 CASES = [
@@ -184,8 +164,8 @@ CASES = [
 
 @pytest.mark.parametrize("workload, phase, threads, impl", CASES)
 def test_optim_step(benchmark, measure, workload, phase, threads, impl):
-    if threads > _cores():
-        pytest.skip(f"{threads} threads but {_cores()} usable cores")
+    if threads > cores():
+        pytest.skip(f"{threads} threads but {cores()} usable cores")
     step = make_step(impl, workload, phase)
     n = WORKLOADS[workload]
     benchmark.group = f"{workload}-{phase}-t{threads}"
@@ -200,7 +180,7 @@ def test_optim_step(benchmark, measure, workload, phase, threads, impl):
         with contextlib.ExitStack() as stack:
             setting(impl, threads, stack, step)
             got = step.results()
-        want = expected(oracle, workload, phase)
+        want = results_once(make_step, oracle, workload, phase)
         benchmark.extra_info["rel_err"] = assert_close(got, want, TOL, f"{impl} vs {oracle}")
         step.reset()
     with contextlib.ExitStack() as stack:

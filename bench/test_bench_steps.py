@@ -40,7 +40,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn import layers as L
@@ -48,8 +47,7 @@ from fastnn import layers as L
 from fastnn.diagnostics import memory_footprint
 from fastnn.fused import FusedStep
 
-from .conftest import assert_close
-from .test_bench_linear import _cores, fastnn_threads, torch_threads
+from .conftest import assert_close, cores, results_once, setting
 
 WORKLOADS = {  # id: batch size
     "S1": 32,
@@ -217,17 +215,6 @@ class TorchStep:
                 **{f"grad:{name}": p.grad.numpy().copy() for name, p in self.names}}
 
 
-def setting(impl, threads, stack, step):
-    """Enter, on `stack`, what `impl` runs under: backend and thread counts."""
-    if impl == "torch":
-        stack.enter_context(torch_threads(step.torch, threads))
-    else:
-        stack.enter_context(fastnn.use_backend(impl))
-        stack.enter_context(fastnn_threads(threads))
-        # The reference runs on numpy's BLAS; native holds scipy's BLAS at one thread itself.
-        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
-
-
 def make_step(impl, workload):
     return TorchStep(workload) if impl == "torch" else FastnnStep(workload)
 
@@ -247,15 +234,6 @@ def check(got, want, workload, label):
                 got[name] = np.where(tiny, want[name], got[name])
                 loose += int(tiny.sum())
     return assert_close(got, want, TOL, label), loose
-
-
-@functools.cache
-def expected(impl, workload):
-    """One step's loss and parameters from `impl` at 2 threads, computed once per session."""
-    step = make_step(impl, workload)
-    with contextlib.ExitStack() as stack:
-        setting(impl, min(2, _cores()), stack, step)
-        return step.results()
 
 
 CASES = [
@@ -305,8 +283,8 @@ def record_memory(benchmark, step):
 
 @pytest.mark.parametrize("workload, threads, impl", CASES)
 def test_step(benchmark, measure, workload, threads, impl):
-    if threads > _cores():
-        pytest.skip(f"{threads} threads but {_cores()} usable cores")
+    if threads > cores():
+        pytest.skip(f"{threads} threads but {cores()} usable cores")
     step = make_step(impl, workload)
     benchmark.group = f"{workload}-t{threads}"
     benchmark.extra_info.update(
@@ -317,7 +295,7 @@ def test_step(benchmark, measure, workload, threads, impl):
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)
         got = step.results()
-    want = expected(oracle, workload)
+    want = results_once(make_step, oracle, workload)
     err, loose = check(got, want, workload, f"{impl} vs {oracle}")
     benchmark.extra_info.update(rel_err=err, tiny_grad_entries=loose,
                                 flops=matmul_flops(build_model(workload), WORKLOADS[workload]))

@@ -157,7 +157,7 @@ def run(output, data_path=None, seed=0, quick=False, steps=None):
                  f"initial weights and batch order for every optimizer.")
     window = max(1, n // 50)
     reach = {name: steps_until(histories[name]["step_loss"], 0.5, window) for name in NAMES}
-    summary.table(["optimizer", "lr", f"steps until the running-mean loss < 0.5",
+    summary.table(["optimizer", "lr", "steps until the running-mean loss < 0.5",
                    f"mean training loss, last {tail} steps", "final epoch training accuracy"],
                   [[name, LR_MLP[name], reach[name] if reach[name] is not None else "never",
                     loss_final[name], float(histories[name]["train_acc"][-1])]
