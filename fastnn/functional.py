@@ -268,6 +268,11 @@ def activation_forward(x, kind, negative_slope=0.01, out=None):
     check.choice("kind", kind, ELEMENTWISE)
     out = _output("out", out, x.shape, x.dtype)
     check.disjoint(("out", "x"), (out, x), 1)
+    return _activation_forward(x, kind, negative_slope, out)
+
+
+def _activation_forward(x, kind, negative_slope, out):
+    """activation_forward on arguments already checked (layers check once, then call this)."""
     if get_backend() == "reference":
         return reference.activation_forward(x, kind, negative_slope, out)
     _native.activation_forward(out, x, ELEMENTWISE[kind], float(negative_slope))
@@ -282,6 +287,11 @@ def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
     check.choice("kind", kind, ELEMENTWISE)
     dx = _output("dx", dx, dy.shape, dy.dtype)
     check.disjoint(("dx", "dy", "x", "y"), (dx, dy, x, y), 1)
+    return _activation_backward(dy, x, y, kind, negative_slope, dx)
+
+
+def _activation_backward(dy, x, y, kind, negative_slope, dx):
+    """activation_backward on arguments already checked."""
     if get_backend() == "reference":
         return reference.activation_backward(dy, x, y, kind, negative_slope, dx)
     _native.activation_backward(dx, dy, x, y, ELEMENTWISE[kind], float(negative_slope))
@@ -293,6 +303,11 @@ def softmax_forward(x, out=None):
     x = check.float_array("x", x, max(1, np.ndim(x)))
     out = _output("out", out, x.shape, x.dtype)
     check.disjoint(("out", "x"), (out, x), 1)
+    return _softmax_forward(x, out)
+
+
+def _softmax_forward(x, out):
+    """softmax_forward on arguments already checked."""
     if get_backend() == "reference":
         return reference.softmax_forward(x, out)
     _native.softmax_forward(out, x)
@@ -305,6 +320,11 @@ def softmax_backward(dy, y, dx=None):
     dy = _same_shape("dy", dy, y)
     dx = _output("dx", dx, dy.shape, dy.dtype)
     check.disjoint(("dx", "dy", "y"), (dx, dy, y), 1)
+    return _softmax_backward(dy, y, dx)
+
+
+def _softmax_backward(dy, y, dx):
+    """softmax_backward on arguments already checked."""
     if get_backend() == "reference":
         return reference.softmax_backward(dy, y, dx)
     _native.softmax_backward(dx, dy, y)
@@ -325,6 +345,11 @@ def dropout_apply(x, p, seed, offset=0, out=None):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**64:
             raise ValueError(f"{name}: expected an integer in [0, 2**64), got {v!r}")
     out = _output("out", out, x.shape, x.dtype)
+    return _dropout_apply(x, p, seed, offset, out)
+
+
+def _dropout_apply(x, p, seed, offset, out):
+    """dropout_apply on arguments already checked."""
     if get_backend() == "reference":
         return reference.dropout_apply(x, p, seed, offset, out)
     _native.dropout_apply(out, x, float(p), int(seed), int(offset))
@@ -426,6 +451,11 @@ def mse_forward(pred, target):
     """mean((pred - target) ** 2) over arrays of one shape, accumulated in float64."""
     pred = check.float_array("pred", pred, np.ndim(pred))
     target = _same_shape("target", target, pred)
+    return _mse_forward(pred, target)
+
+
+def _mse_forward(pred, target):
+    """mse_forward on arguments already checked."""
     if get_backend() == "reference":
         return reference.mse_forward(pred, target)
     return _native.squared_error_sum(pred, target) / pred.size if pred.size else float("nan")
@@ -439,6 +469,11 @@ def mse_backward(pred, target, scale=None, dpred=None):
         scale = 2 / max(1, pred.size)
     dpred = _output("dpred", dpred, pred.shape, pred.dtype)
     check.disjoint(("dpred", "pred", "target"), (dpred, pred, target), 1)
+    return _mse_backward(pred, target, scale, dpred)
+
+
+def _mse_backward(pred, target, scale, dpred):
+    """mse_backward on arguments already checked."""
     if get_backend() == "reference":
         return reference.mse_backward(pred, target, scale, dpred)
     _native.squared_error_backward(dpred, pred, target, float(scale))

@@ -255,6 +255,13 @@ def _param_array(p, field, shape, dtype, name):
                         writeable=field == "grad")
 
 
+def _gradient(dy, like):
+    """dy checked as the gradient of the array `like`: its dtype, C-contiguous, its shape."""
+    dy = F.check.float_array("dy", dy, like.ndim, like.dtype)
+    F.check.shape("dy", dy, like.shape)
+    return dy
+
+
 def _owned_array(a, shape, dtype, name, writeable=True):
     """An array a layer passes to the kernels unchecked by fastnn.functional: its own, but
     a user may have replaced it, so shape, dtype and layout are checked once per call."""
@@ -457,15 +464,18 @@ class _Elementwise(Module):
     def forward(self, x):
         x = F.check.float_array("x", x, np.ndim(x))
         self._y = _buffer(self._y, x.shape, x.dtype)
+        F.check.disjoint(("output", "x"), (self._y, x), 1)
         self._x = x
-        return F.activation_forward(x, self.kind, self.negative_slope, out=self._y)
+        return F._activation_forward(x, self.kind, self.negative_slope, self._y)
 
     def backward(self, dy):
         if self._x is None:
             raise ValueError(f"{type(self).__name__}.backward: called before forward")
+        dy = _gradient(dy, self._x)
         self._dx = _buffer(self._dx, self._x.shape, self._x.dtype)
-        return F.activation_backward(dy, self._x, self._y, self.kind, self.negative_slope,
-                                     dx=self._dx)
+        F.check.disjoint(("dx", "dy", "x", "y"), (self._dx, dy, self._x, self._y), 1)
+        return F._activation_backward(dy, self._x, self._y, self.kind, self.negative_slope,
+                                      self._dx)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -531,13 +541,16 @@ class Softmax(Module):
     def forward(self, x):
         x = F.check.float_array("x", x, max(1, np.ndim(x)))
         self._y = _buffer(self._y, x.shape, x.dtype)
-        return F.softmax_forward(x, out=self._y)
+        F.check.disjoint(("output", "x"), (self._y, x), 1)
+        return F._softmax_forward(x, self._y)
 
     def backward(self, dy):
         if self._y is None:
             raise ValueError("Softmax.backward: called before forward")
+        dy = _gradient(dy, self._y)
         self._dx = _buffer(self._dx, self._y.shape, self._y.dtype)
-        return F.softmax_backward(dy, self._y, dx=self._dx)
+        F.check.disjoint(("dx", "dy", "y"), (self._dx, dy, self._y), 1)
+        return F._softmax_backward(dy, self._y, self._dx)
 
     def __repr__(self):
         return "Softmax()"
@@ -567,6 +580,8 @@ class Dropout(Module):
 
     def forward(self, x):
         x = F.check.float_array("x", x, np.ndim(x))
+        if not (isinstance(self.p, (int, float)) and 0 <= self.p < 1):  # p may be reassigned
+            raise ValueError(f"p: expected a probability in [0, 1), got {self.p!r}")
         self._shape, self._dtype = x.shape, x.dtype
         if not self.training or self.p == 0:
             self._identity = True
@@ -575,7 +590,7 @@ class Dropout(Module):
         self._out = _buffer(self._out, x.shape, x.dtype)
         self._mask_offset = int(self.counter)
         self.counter[...] = (self._mask_offset + x.size) % 2**64
-        return F.dropout_apply(x, self.p, int(self.seed), self._mask_offset, out=self._out)
+        return F._dropout_apply(x, self.p, int(self.seed), self._mask_offset, self._out)
 
     def backward(self, dy):
         if self._shape is None:
@@ -585,7 +600,7 @@ class Dropout(Module):
         if self._identity:
             return dy
         self._dx = _buffer(self._dx, dy.shape, dy.dtype)
-        return F.dropout_apply(dy, self.p, int(self.seed), self._mask_offset, out=self._dx)
+        return F._dropout_apply(dy, self.p, int(self.seed), self._mask_offset, self._dx)
 
     _buffer_names = ("seed", "counter")
 

@@ -51,7 +51,7 @@ class MSELoss:
         pred = F.check.float_array("pred", pred, np.ndim(pred))
         target = F.check.float_array("target", target, pred.ndim, pred.dtype)
         F.check.shape("target", target, pred.shape)
-        loss = F.mse_forward(pred, target)
+        loss = F._mse_forward(pred, target)
         self._pred, self._target = pred, target
         return loss
 
@@ -65,7 +65,8 @@ class MSELoss:
                 or self._dpred.dtype != self._pred.dtype:
             self._dpred = np.empty(self._pred.shape, self._pred.dtype)
         scale = 2 * float(dloss) / max(1, self._pred.size)
-        return F.mse_backward(self._pred, self._target, scale, dpred=self._dpred)
+        F.check.disjoint(("dpred", "pred", "target"), (self._dpred, self._pred, self._target), 1)
+        return F._mse_backward(self._pred, self._target, scale, self._dpred)
 
     def __repr__(self):
         return "MSELoss()"

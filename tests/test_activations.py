@@ -473,3 +473,4 @@ def test_float32_fast_math_error_in_ulp(kind, exact, max_ulp):
     err = np.abs(y - ref) / ulp
     worst = int(np.argmax(err))
     assert err[worst] <= max_ulp, f"{kind}({x[worst]}): {err[worst]:.2f} ulp"
+

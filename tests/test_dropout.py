@@ -223,3 +223,10 @@ def test_non_contiguous_input():
     x = nonzero_data((40, 30), np.float64)
     np.testing.assert_array_equal(F.dropout_apply(x.T, 0.5, seed=16),
                                   F.dropout_apply(np.ascontiguousarray(x.T), 0.5, seed=16))
+
+
+def test_reassigned_p_is_checked_by_name():
+    layer = fastnn.Dropout(0.5)
+    layer.p = 1.5
+    with pytest.raises(ValueError, match=r"p: expected a probability in \[0, 1\), got 1.5"):
+        layer(np.ones((2, 3), np.float32))
