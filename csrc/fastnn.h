@@ -32,6 +32,21 @@ int fastnn_num_procs(void);
 void fastnn_set_num_threads(int n);
 int fastnn_get_num_threads(void);
 
+/* The matrix-product paths (gemm.c); fastnn_set_isa picks one, the default is the best this
+ * CPU runs. AVX512 and AVX2 give the same bits; GENERIC is plain C without FMA; BLAS: Linear
+ * calls scipy's BLAS instead of fastnn's core (the default where no FMA micro-kernel fits). */
+enum { FASTNN_ISA_BLAS = 0, FASTNN_ISA_GENERIC = 1, FASTNN_ISA_AVX2 = 2, FASTNN_ISA_AVX512 = 3 };
+
+int fastnn_isa_supported(int isa);
+int fastnn_best_isa(void);
+int fastnn_get_isa(void);
+/* Returns 0, or -1 when this CPU cannot run `isa` (nothing changes). */
+int fastnn_set_isa(int isa);
+
+/* The FMA peak probe: float32 flops of `iters` rounds of independent FMAs on the current
+ * path's widest vectors, on each of nthreads threads (0 on the BLAS and generic paths). */
+double fma_peak_f32(int64_t iters, int nthreads);
+
 /* ---- STREAM triad (stream.c): a (n) <- b + s * c, for measuring memory bandwidth ---- */
 void stream_triad_f64(double *a, const double *b, const double *c, double s, int64_t n);
 

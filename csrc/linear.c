@@ -1,29 +1,35 @@
 /* Linear: out = act(x @ w.T + b), forward and backward.
  *
- * The matrix products are the BLAS gemm (scipy's OpenBLAS), called on one thread per block
- * inside our own OpenMP team; bias and activation are applied to each block right after its
- * gemm, while it is still in cache.
+ * The three products run on fastnn's own core (gemm.c), with the bias and ReLU fused into the
+ * micro-kernel's store and tanh/sigmoid applied to each tile while it is in L1:
+ *   forward   out (B, OC)  = x (B, C) @ w.T        w.T packed panel by panel, x read in place
+ *   backward  dx (B, C)    = dz (B, OC) @ w        both read in place
+ *             dw (OC, C)  += dz.T @ x (B, C)       both read in place (dz.T by columns)
+ * where dz = dout * act'(out) and db += column sums of dz come from one pass over dout. The
+ * blocks of dx and dw are handed out together, dynamically, in one parallel region.
+ * Where the CPU has no FMA micro-kernel (FASTNN_ISA_BLAS), the products are scipy's BLAS gemm,
+ * called on one thread per block inside our own OpenMP team.
  *
  * This file is a template: it includes itself once per element type (float, double).
  */
 #ifndef REAL
 
 #include <math.h>
+#include "gemm.h"
 #include "runtime.h"
 #include "fastmath.h"
 
-/* Rows (or output features) per block at least: smaller blocks waste time re-packing
- * the other operand inside gemm. */
+/* BLAS path: rows (or output features) per block at least; smaller blocks waste time
+ * re-packing the other operand inside gemm. */
 #define LINEAR_MIN_BLOCK 32
 /* Column sums are accumulated this many features at a time, in a stack buffer. */
 #define COLSUM_CHUNK 256
 
 static int imax1(int64_t v) { return v < 1 ? 1 : (int)v; }
 
-/* Blocks of n rows or features for a product of `work` multiply-adds: one below the size
- * that runs on one thread anyway (every extra block is a BLAS call and a re-pack), else up to
- * one per processor. A function of the shape alone, so results do not depend on the thread
- * count. */
+/* BLAS path: blocks of n rows or features for a product of `work` multiply-adds, one below
+ * the size that runs on one thread anyway, else up to one per processor. A function of the
+ * shape alone, so results do not depend on the thread count. */
 static int64_t linear_blocks(int64_t n, double work)
 {
     return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_num_blocks(n, LINEAR_MIN_BLOCK);
@@ -56,10 +62,12 @@ static int64_t linear_blocks(int64_t n, double work)
 
 #include "act_template.h"
 
+/* ---- BLAS path ---- */
+
 /* c (m, n col-major, ldc) = alpha * op(a) @ op(b) + beta * c, sizes as in BLAS. */
-static void SFX(gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, REAL alpha,
-                      const REAL *a, int64_t lda, const REAL *b, int64_t ldb, REAL beta,
-                      REAL *c, int64_t ldc)
+static void SFX(blas_gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, REAL alpha,
+                           const REAL *a, int64_t lda, const REAL *b, int64_t ldb, REAL beta,
+                           REAL *c, int64_t ldc)
 {
     int im = (int)m, in = (int)n, ik = (int)k;
     int ilda = imax1(lda), ildb = imax1(ldb), ildc = imax1(ldc);
@@ -70,16 +78,17 @@ static void SFX(gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, REAL al
 /* The part [i0, i1) of the rows (split_m) or columns (!split_m) of the gemm above. Each block
  * re-packs the operand that is not split, so the caller splits the dimension whose other
  * operand is the smaller. */
-static void SFX(gemm_part)(char ta, char tb, int64_t m, int64_t n, int64_t k, const REAL *a,
-                           int64_t lda, const REAL *b, int64_t ldb, REAL beta, REAL *c,
-                           int64_t ldc, int split_m, int64_t i0, int64_t i1)
+static void SFX(blas_gemm_part)(char ta, char tb, int64_t m, int64_t n, int64_t k,
+                                const REAL *a, int64_t lda, const REAL *b, int64_t ldb,
+                                REAL beta, REAL *c, int64_t ldc, int split_m, int64_t i0,
+                                int64_t i1)
 {
     if (split_m)
-        SFX(gemm)(ta, tb, i1 - i0, n, k, 1, a + (ta == 'N' ? i0 : i0 * lda), lda, b, ldb,
-                  beta, c + i0, ldc);
+        SFX(blas_gemm)(ta, tb, i1 - i0, n, k, 1, a + (ta == 'N' ? i0 : i0 * lda), lda, b, ldb,
+                       beta, c + i0, ldc);
     else
-        SFX(gemm)(ta, tb, m, i1 - i0, k, 1, a, lda, b + (tb == 'N' ? i0 * ldb : i0), ldb,
-                  beta, c + i0 * ldc, ldc);
+        SFX(blas_gemm)(ta, tb, m, i1 - i0, k, 1, a, lda, b + (tb == 'N' ? i0 * ldb : i0), ldb,
+                       beta, c + i0 * ldc, ldc);
 }
 
 /* out[r0:r1, c0:c1] <- act(out + b), row segment by row segment while it is in L1 */
@@ -94,26 +103,9 @@ static void SFX(bias_act)(REAL *restrict out, const REAL *restrict b, int act, i
     }
 }
 
-/* db[f0:f1] += sum over the B rows of dz[:, f0:f1], rows added in order. */
-static void SFX(colsum_add)(REAL *db, const REAL *dz, int64_t f0, int64_t f1, int64_t B,
-                            int64_t OC)
+static void SFX(linear_forward_blas)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
+                                     int act, int64_t B, int64_t C, int64_t OC)
 {
-    ACC acc[COLSUM_CHUNK];
-    for (int64_t c0 = f0; c0 < f1; c0 += COLSUM_CHUNK) {
-        int64_t n = f1 - c0 < COLSUM_CHUNK ? f1 - c0 : COLSUM_CHUNK;
-        for (int64_t j = 0; j < n; j++) acc[j] = 0;
-        for (int64_t i = 0; i < B; i++) {
-            const REAL *row = dz + i * OC + c0;
-            for (int64_t j = 0; j < n; j++) acc[j] += row[j];
-        }
-        for (int64_t j = 0; j < n; j++) db[c0 + j] += (REAL)acc[j];
-    }
-}
-
-void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b, int act,
-                         int64_t B, int64_t C, int64_t OC)
-{
-    if (B == 0 || OC == 0) return;
     /* column-major view: out.T (OC, B) = w (C, OC).T @ x.T (C, B). Split the rows of x
      * (each block re-packs w) or the features (each block re-packs x), whichever is larger. */
     int split_features = OC > B;
@@ -125,13 +117,123 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
     for (int64_t blk = 0; blk < nblocks; blk++) {
         int64_t i0, i1;
         fastnn_block_range(blk, nblocks, n, &i0, &i1);
-        SFX(gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features, i0, i1);
+        SFX(blas_gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features, i0, i1);
         if (split_features)
             SFX(bias_act)(out, b, act, 0, B, i0, i1, OC);
         else
             SFX(bias_act)(out, b, act, i0, i1, 0, OC, OC);
     }
     fastnn_blas_serial_end(blas);
+}
+
+/* dx.T (C, B) = w (C, OC) @ dz.T (OC, B): split rows (re-pack w) or in-features (re-pack
+ * dz). dw.T (C, OC) += x.T (C, B) @ dz (B, OC): split out-features (re-pack x) or
+ * in-features (re-pack dz). Called inside the parallel region; dz is complete. */
+static void SFX(linear_backward_blas)(REAL *dx, REAL *dw, const REAL *dz, const REAL *x,
+                                      const REAL *w, int64_t B, int64_t C, int64_t OC)
+{
+    int dx_split_in = C > B;
+    int64_t dx_n = dx_split_in ? C : B;
+    int dw_split_in = C > OC;
+    int64_t dw_n = dw_split_in ? C : OC;
+    double madds = (double)B * C * OC;
+    int64_t dx_blocks = dx ? linear_blocks(dx_n, madds) : 0;
+    int64_t dw_blocks = dw ? linear_blocks(dw_n, madds) : 0;
+    #pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < dx_blocks + dw_blocks; t++) {
+        int64_t i0, i1;
+        if (t < dx_blocks) {
+            fastnn_block_range(t, dx_blocks, dx_n, &i0, &i1);
+            SFX(blas_gemm_part)('N', 'N', C, B, OC, w, C, dz, OC, 0, dx, C, dx_split_in, i0, i1);
+        } else {
+            fastnn_block_range(t - dx_blocks, dw_blocks, dw_n, &i0, &i1);
+            SFX(blas_gemm_part)('N', 'T', C, OC, B, x, C, dz, OC, 1, dw, C, dw_split_in, i0, i1);
+        }
+    }
+}
+
+/* ---- fastnn's core ---- */
+
+/* Run every block of the planned jobs, taken dynamically by the threads of the enclosing
+ * parallel region (or all on the calling thread outside one). pack: per_thread elements of
+ * scratch for each thread. */
+static void SFX(run_gemm_blocks)(const SFX(gemm_job) *jobs, const int64_t *nblocks, int njobs,
+                                 REAL *pack, int64_t per_thread)
+{
+    int64_t total = 0;
+    for (int j = 0; j < njobs; j++) total += nblocks[j];
+    REAL *mine = pack ? pack + fastnn_thread_num() * per_thread : NULL;
+    #pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < total; t++) {
+        int j = 0;
+        int64_t blk = t;
+        while (blk >= nblocks[j]) blk -= nblocks[j++];
+        SFX(gemm_run_block)(&jobs[j], blk, mine);
+    }
+}
+
+/* Plan the jobs; returns the pack scratch for nthreads threads (per_thread elements each),
+ * NULL with *ok = 0 when it cannot be had. */
+static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njobs,
+                                 int nthreads, int64_t *per_thread, int *ok)
+{
+    *per_thread = 0;
+    for (int j = 0; j < njobs; j++) {
+        nblocks[j] = SFX(gemm_plan)(&jobs[j]);
+        int64_t size = SFX(gemm_pack_size)(&jobs[j]);
+        if (size > *per_thread) *per_thread = size;
+    }
+    if (*per_thread == 0) {
+        *ok = 1;
+        return NULL;
+    }
+    REAL *pack = fastnn_scratch((size_t)nthreads * *per_thread * sizeof(REAL));
+    *ok = pack != NULL;
+    return pack;
+}
+
+/* dz[:, f0:f1] = dout * act'(out) (unless act is NONE: dz is dout) and db[f0:f1] += its
+ * column sums, rows added in order. */
+static void SFX(dz_and_bias_grad)(REAL *dz, REAL *db, const REAL *dout, const REAL *out,
+                                  int act, int64_t f0, int64_t f1, int64_t B, int64_t OC)
+{
+    ACC acc[COLSUM_CHUNK];
+    int64_t n = f1 - f0;
+    for (int64_t j = 0; j < n; j++) acc[j] = 0;
+    for (int64_t i = 0; i < B; i++) {
+        const REAL *row = dout + i * OC + f0;
+        if (act != FASTNN_ACT_NONE) {
+            SFX(act_backward)(dz + i * OC + f0, row, out + i * OC + f0, act, n);
+            row = dz + i * OC + f0;
+        }
+        if (db)
+            for (int64_t j = 0; j < n; j++) acc[j] += row[j];
+    }
+    if (db)
+        for (int64_t j = 0; j < n; j++) db[f0 + j] += (REAL)acc[j];
+}
+
+void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b, int act,
+                         int64_t B, int64_t C, int64_t OC)
+{
+    if (B == 0 || OC == 0) return;
+    int nthreads = fastnn_threads_for((double)B * C * OC);
+    SFX(gemm_job) job = {.c = out, .ldc = OC, .a = x, .rsa = C, .csa = 1, .b = w, .rsb = 1,
+                         .csb = C, .M = B, .N = OC, .K = C, .bias = b, .act = act};
+    int64_t nblocks, per_thread;
+    int ok = fastnn_get_isa() != FASTNN_ISA_BLAS;
+    REAL *pack = ok ? SFX(plan_gemm_jobs)(&job, &nblocks, 1, nthreads, &per_thread, &ok) : 0;
+    if (!ok) {
+        SFX(linear_forward_blas)(out, x, w, b, act, B, C, OC);
+        return;
+    }
+    if (nblocks < nthreads) nthreads = (int)nblocks;
+    if (nthreads == 1) { /* small products: no parallel region at all */
+        SFX(run_gemm_blocks)(&job, &nblocks, 1, pack, per_thread);
+        return;
+    }
+    #pragma omp parallel num_threads(nthreads)
+    SFX(run_gemm_blocks)(&job, &nblocks, 1, pack, per_thread);
 }
 
 void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *dout,
@@ -145,58 +247,35 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
         return;
     }
     const REAL *dz = act == FASTNN_ACT_NONE ? dout : work;
-    /* dx.T (C, B) = w (C, OC) @ dz.T (OC, B): split rows (re-pack w) or in-features
-     * (re-pack dz). dw.T (C, OC) += x.T (C, B) @ dz (B, OC): split out-features (re-pack x)
-     * or in-features (re-pack dz). */
-    int dx_split_in = C > B;
-    int64_t dx_n = dx_split_in ? C : B;
-    int dw_split_in = C > OC;
-    int64_t dw_n = dw_split_in ? C : OC;
-    double madds = (double)B * C * OC;
-    int64_t row_blocks = linear_blocks(B, madds);
-    int64_t dx_blocks = linear_blocks(dx_n, madds);
-    int64_t dw_blocks = linear_blocks(dw_n, madds);
-    int64_t db_blocks = linear_blocks(OC, madds);
-    int nthreads = fastnn_threads_for(madds);
-    int blas = fastnn_blas_serial_begin();
+    int nthreads = fastnn_threads_for((double)B * C * OC);
+    SFX(gemm_job) jobs[2];
+    int njobs = 0;
+    if (dx)
+        jobs[njobs++] = (SFX(gemm_job)){.c = dx, .ldc = C, .a = dz, .rsa = OC, .csa = 1,
+                                        .b = w, .rsb = C, .csb = 1, .M = B, .N = C, .K = OC};
+    if (dw)
+        jobs[njobs++] = (SFX(gemm_job)){.c = dw, .ldc = C, .a = dz, .rsa = 1, .csa = OC,
+                                        .b = x, .rsb = C, .csb = 1, .M = OC, .N = C, .K = B,
+                                        .accumulate = 1};
+    int64_t nblocks[2], per_thread;
+    int ok = fastnn_get_isa() != FASTNN_ISA_BLAS;
+    REAL *pack = ok ? SFX(plan_gemm_jobs)(jobs, nblocks, njobs, nthreads, &per_thread, &ok) : 0;
+    int64_t dz_chunks = act != FASTNN_ACT_NONE || db ? (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK : 0;
+    int blas = ok ? 1 : fastnn_blas_serial_begin();
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        if (act != FASTNN_ACT_NONE) {
-            #pragma omp for schedule(static)
-            for (int64_t blk = 0; blk < row_blocks; blk++) {
-                int64_t r0, r1;
-                fastnn_block_range(blk, row_blocks, B, &r0, &r1);
-                SFX(act_backward)(work + r0 * OC, dout + r0 * OC, out + r0 * OC, act,
-                                  (r1 - r0) * OC);
-            }
+        #pragma omp for schedule(static)
+        for (int64_t ch = 0; ch < dz_chunks; ch++) {
+            int64_t f0 = ch * COLSUM_CHUNK, f1 = f0 + COLSUM_CHUNK < OC ? f0 + COLSUM_CHUNK : OC;
+            SFX(dz_and_bias_grad)(work, db, dout, out, act, f0, f1, B, OC);
         }
-        /* dz is complete (barrier above); the three outputs below are disjoint: no waits */
-        if (dx) {
-            #pragma omp for schedule(static) nowait
-            for (int64_t blk = 0; blk < dx_blocks; blk++) {
-                int64_t i0, i1;
-                fastnn_block_range(blk, dx_blocks, dx_n, &i0, &i1);
-                SFX(gemm_part)('N', 'N', C, B, OC, w, C, dz, OC, 0, dx, C, dx_split_in, i0, i1);
-            }
-        }
-        if (dw) {
-            #pragma omp for schedule(static) nowait
-            for (int64_t blk = 0; blk < dw_blocks; blk++) {
-                int64_t i0, i1;
-                fastnn_block_range(blk, dw_blocks, dw_n, &i0, &i1);
-                SFX(gemm_part)('N', 'T', C, OC, B, x, C, dz, OC, 1, dw, C, dw_split_in, i0, i1);
-            }
-        }
-        if (db) {
-            #pragma omp for schedule(static) nowait
-            for (int64_t blk = 0; blk < db_blocks; blk++) {
-                int64_t f0, f1;
-                fastnn_block_range(blk, db_blocks, OC, &f0, &f1);
-                SFX(colsum_add)(db, dz, f0, f1, B, OC);
-            }
-        }
+        /* dz is complete (barrier above); dx and dw are disjoint */
+        if (ok)
+            SFX(run_gemm_blocks)(jobs, nblocks, njobs, pack, per_thread);
+        else
+            SFX(linear_backward_blas)(dx, dw, dz, x, w, B, C, OC);
     }
-    fastnn_blas_serial_end(blas);
+    if (!ok) fastnn_blas_serial_end(blas);
 }
 
 #endif

@@ -1,4 +1,5 @@
 /* Threads and the BLAS fastnn calls. */
+#include <stdlib.h>
 #include "runtime.h"
 
 #ifdef _OPENMP
@@ -71,6 +72,27 @@ void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
     int64_t size = (n + nblocks - 1) / nblocks;
     *i0 = blk * size < n ? blk * size : n;
     *i1 = *i0 + size < n ? *i0 + size : n;
+}
+
+int fastnn_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+void *fastnn_scratch(size_t bytes)
+{
+    static _Thread_local void *buf = NULL;
+    static _Thread_local size_t capacity = 0;
+    if (bytes <= capacity) return buf;
+    free(buf);
+    capacity = (bytes + 4095) / 4096 * 4096;
+    buf = aligned_alloc(64, capacity);
+    if (!buf) capacity = 0;
+    return buf;
 }
 
 int fastnn_blas_serial_begin(void)

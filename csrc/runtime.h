@@ -2,6 +2,7 @@
 #ifndef FASTNN_RUNTIME_H
 #define FASTNN_RUNTIME_H
 
+#include <stddef.h>
 #include "fastnn.h"
 
 /* FASTNN_HOT marks a memory-bound loop kernel: on x86-64 Linux with GCC it is compiled three
@@ -52,6 +53,13 @@ void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
             BODY                                                                     \
         }                                                                            \
     } while (0)
+
+/* The calling thread's index in the current parallel region (0 outside one). */
+int fastnn_thread_num(void);
+
+/* At least `bytes` of 64-byte aligned scratch owned by the calling thread, kept for its next
+ * call (steady state allocates nothing); NULL when it cannot be had. */
+void *fastnn_scratch(size_t bytes);
 
 /* Force the BLAS to one thread around an OpenMP region; returns what to restore. */
 int fastnn_blas_serial_begin(void);

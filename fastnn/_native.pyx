@@ -22,6 +22,11 @@ cdef extern from "fastnn.h" nogil:
     void fastnn_set_num_threads(int n)
     int fastnn_get_num_threads()
 
+    int fastnn_isa_supported(int isa)
+    int fastnn_get_isa()
+    int fastnn_set_isa(int isa)
+    double fma_peak_f32(int64_t iters, int nthreads)
+
     void linear_forward_f32(float *out, const float *x, const float *w, const float *b,
                             int act, int64_t B, int64_t C, int64_t OC)
     void linear_forward_f64(double *out, const double *x, const double *w, const double *b,
@@ -149,6 +154,30 @@ def num_procs():
 
 def set_num_threads(int n):
     fastnn_set_num_threads(n)
+
+
+# The matrix-product paths, by their codes in csrc/gemm.h (FASTNN_ISA_*).
+ISAS = ("blas", "generic", "avx2", "avx512")
+
+
+def isa_supported(str name):
+    return bool(fastnn_isa_supported(ISAS.index(name)))
+
+
+def set_isa(str name):
+    """Select a matrix-product path by name; False when this CPU cannot run it."""
+    return fastnn_set_isa(ISAS.index(name)) == 0
+
+
+def get_isa():
+    return ISAS[fastnn_get_isa()]
+
+
+def fma_peak(int64_t iters, int nthreads):
+    """float32 flops of the FMA peak probe (csrc/gemm.c): time the call to get the rate."""
+    with nogil:
+        flops = fma_peak_f32(iters, nthreads)
+    return flops
 
 
 def get_num_threads():

@@ -1,0 +1,491 @@
+/* fastnn's matrix-product core: micro-kernels per ISA, the transposing pack, and the blocked
+ * driver (see gemm.h for the contract, gemm_kernel.h for the kernels).
+ *
+ * The design is BLIS's, cut to what Linear needs. The output is split into blocks of up to
+ * GEMM_MB rows and GEMM_NB_PANELS column panels; inside a block, for each chunk of at most
+ * GEMM_KC(REAL) of the K dimension, each panel of nr columns of b (packed when b is a
+ * transposed matrix, else read in place) is swept by every mr-row tile of a. The panel of b
+ * (kc x nr) stays in L1/L2 across those tiles; a is read in place, since the kernels
+ * broadcast it element by element from rows or columns. Between K chunks a tile is stored and
+ * reloaded in full precision, so the blocking never changes a result.
+ *
+ * This file is a template: it includes itself once per element type.
+ */
+#ifndef REAL
+
+#include <stdlib.h>
+#include "gemm.h"
+#include "runtime.h"
+#include "fastmath.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define GEMM_X86 1
+#include <immintrin.h>
+#endif
+
+/* Rows per block at most (rounded down to whole tiles), column panels per block at most,
+ * and the K chunk: 2 KB of one row of a tile of a per chunk (512 floats, 256 doubles), so
+ * that a kc x nr panel of b (96 KB at most) stays in L2 while the tiles of a stream. */
+#define GEMM_MB 64
+#define GEMM_NB_PANELS 4
+#define GEMM_KC(REAL) ((int64_t)(2048 / sizeof(REAL)))
+
+static int current_isa = -1;
+
+int fastnn_isa_supported(int isa)
+{
+#ifdef GEMM_X86
+    __builtin_cpu_init();
+#endif
+    switch (isa) {
+    case FASTNN_ISA_BLAS:
+    case FASTNN_ISA_GENERIC:
+        return 1;
+#ifdef GEMM_X86
+    case FASTNN_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case FASTNN_ISA_AVX512:
+        return fastnn_isa_supported(FASTNN_ISA_AVX2) && __builtin_cpu_supports("avx512f");
+#endif
+    default:
+        return 0;
+    }
+}
+
+int fastnn_best_isa(void)
+{
+    if (fastnn_isa_supported(FASTNN_ISA_AVX512)) return FASTNN_ISA_AVX512;
+    if (fastnn_isa_supported(FASTNN_ISA_AVX2)) return FASTNN_ISA_AVX2;
+    return FASTNN_ISA_BLAS; /* no FMA micro-kernel here: the BLAS is faster than generic C */
+}
+
+int fastnn_get_isa(void)
+{
+    if (current_isa < 0) current_isa = fastnn_best_isa();
+    return current_isa;
+}
+
+int fastnn_set_isa(int isa)
+{
+    if (!fastnn_isa_supported(isa)) return -1;
+    current_isa = isa;
+    return 0;
+}
+
+/* ---- micro-kernels ---- */
+
+#ifdef GEMM_X86
+/* 8x8 float and 4x4 double transposes: dst[j][p] = src[p][j] */
+__attribute__((target("avx2"))) static inline void transpose8_f32(float *dst, int64_t ldd,
+                                                                  const float *src, int64_t lds)
+{
+    __m256 r[8], t[8], s[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+    }
+}
+
+__attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, int64_t ldd,
+                                                                  const double *src,
+                                                                  int64_t lds)
+{
+    __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + lds);
+    __m256d r2 = _mm256_loadu_pd(src + 2 * lds), r3 = _mm256_loadu_pd(src + 3 * lds);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(dst + ldd, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(dst + 2 * ldd, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
+/* AVX-512: 8 rows x up to 3 vectors (48 floats, 24 doubles): 24 accumulators of 32. */
+#define TARGET __attribute__((target("avx512f,avx2,fma")))
+#define MR 8
+#define NV 3
+#define MASK_ALL ((MASK)-1)
+#define MASK_FIRST(n) ((MASK)((1u << (n)) - 1))
+#define MLOADU(mask, p) MASKZ_LOADU(mask, p)
+
+#define REAL float
+#define VEC __m512
+#define W 16
+#define MASK __mmask16
+#define LOADU _mm512_loadu_ps
+#define MASKZ_LOADU _mm512_maskz_loadu_ps
+#define STOREU _mm512_storeu_ps
+#define MSTOREU _mm512_mask_storeu_ps
+#define FMADD _mm512_fmadd_ps
+#define SET1 _mm512_set1_ps
+#define ADD _mm512_add_ps
+#define MAX _mm512_max_ps
+#define ZERO _mm512_setzero_ps()
+#define TB 8
+#define TRANSPOSE_BLOCK transpose8_f32
+#define UK_TILE tile_avx512_f32
+#define UK ukernel_avx512_f32
+#define PACK pack_bt_avx512_f32
+#include "gemm_kernel.h"
+#undef REAL
+#undef VEC
+#undef W
+#undef MASK
+#undef LOADU
+#undef MASKZ_LOADU
+#undef STOREU
+#undef MSTOREU
+#undef FMADD
+#undef SET1
+#undef ADD
+#undef MAX
+#undef ZERO
+#undef TB
+#undef TRANSPOSE_BLOCK
+#undef UK_TILE
+#undef UK
+#undef PACK
+
+#define REAL double
+#define VEC __m512d
+#define W 8
+#define MASK __mmask8
+#define LOADU _mm512_loadu_pd
+#define MASKZ_LOADU _mm512_maskz_loadu_pd
+#define STOREU _mm512_storeu_pd
+#define MSTOREU _mm512_mask_storeu_pd
+#define FMADD _mm512_fmadd_pd
+#define SET1 _mm512_set1_pd
+#define ADD _mm512_add_pd
+#define MAX _mm512_max_pd
+#define ZERO _mm512_setzero_pd()
+#define TB 4
+#define TRANSPOSE_BLOCK transpose4_f64
+#define UK_TILE tile_avx512_f64
+#define UK ukernel_avx512_f64
+#define PACK pack_bt_avx512_f64
+#include "gemm_kernel.h"
+#undef REAL
+#undef VEC
+#undef W
+#undef MASK
+#undef LOADU
+#undef MASKZ_LOADU
+#undef STOREU
+#undef MSTOREU
+#undef FMADD
+#undef SET1
+#undef ADD
+#undef MAX
+#undef ZERO
+#undef TB
+#undef TRANSPOSE_BLOCK
+#undef UK_TILE
+#undef UK
+#undef PACK
+#undef TARGET
+#undef MR
+#undef NV
+#undef MASK_ALL
+#undef MASK_FIRST
+#undef MLOADU
+
+/* AVX2: 6 rows x 2 vectors (16 floats, 8 doubles): 12 accumulators of 16. A mask is a
+ * vector whose lanes below n have the sign bit set. */
+#define TARGET __attribute__((target("avx2,fma")))
+#define MR 6
+#define NV 2
+#define MASK __m256i
+#define MASK_ALL _mm256_set1_epi32(-1)
+#define TB_LANES _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+
+#define REAL float
+#define VEC __m256
+#define W 8
+#define MASK_FIRST(n) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), TB_LANES)
+#define LOADU _mm256_loadu_ps
+#define MLOADU(mask, p) _mm256_maskload_ps(p, mask)
+#define STOREU _mm256_storeu_ps
+#define MSTOREU _mm256_maskstore_ps
+#define FMADD _mm256_fmadd_ps
+#define SET1 _mm256_set1_ps
+#define ADD _mm256_add_ps
+#define MAX _mm256_max_ps
+#define ZERO _mm256_setzero_ps()
+#define TB 8
+#define TRANSPOSE_BLOCK transpose8_f32
+#define UK_TILE tile_avx2_f32
+#define UK ukernel_avx2_f32
+#define PACK pack_bt_avx2_f32
+#include "gemm_kernel.h"
+#undef REAL
+#undef VEC
+#undef W
+#undef MASK_FIRST
+#undef LOADU
+#undef MLOADU
+#undef STOREU
+#undef MSTOREU
+#undef FMADD
+#undef SET1
+#undef ADD
+#undef MAX
+#undef ZERO
+#undef TB
+#undef TRANSPOSE_BLOCK
+#undef UK_TILE
+#undef UK
+#undef PACK
+
+/* a double lane is two int32 lanes: lane l of the mask is set when 2l+1 < 2n */
+#define REAL double
+#define VEC __m256d
+#define W 4
+#define MASK_FIRST(n) _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * (int)(n)), TB_LANES)
+#define LOADU _mm256_loadu_pd
+#define MLOADU(mask, p) _mm256_maskload_pd(p, mask)
+#define STOREU _mm256_storeu_pd
+#define MSTOREU _mm256_maskstore_pd
+#define FMADD _mm256_fmadd_pd
+#define SET1 _mm256_set1_pd
+#define ADD _mm256_add_pd
+#define MAX _mm256_max_pd
+#define ZERO _mm256_setzero_pd()
+#define TB 4
+#define TRANSPOSE_BLOCK transpose4_f64
+#define UK_TILE tile_avx2_f64
+#define UK ukernel_avx2_f64
+#define PACK pack_bt_avx2_f64
+#include "gemm_kernel.h"
+#undef REAL
+#undef VEC
+#undef W
+#undef MASK_FIRST
+#undef LOADU
+#undef MLOADU
+#undef STOREU
+#undef MSTOREU
+#undef FMADD
+#undef SET1
+#undef ADD
+#undef MAX
+#undef ZERO
+#undef TB
+#undef TRANSPOSE_BLOCK
+#undef UK_TILE
+#undef UK
+#undef PACK
+#undef TARGET
+#undef MR
+#undef NV
+#undef MASK
+#undef MASK_ALL
+#undef TB_LANES
+#endif /* GEMM_X86 */
+
+/* ---- FMA peak probe ---- */
+
+/* 24 independent chains of FMAs on the widest vectors the path has, as many as the micro-
+ * kernels keep in flight; `iters` rounds on each of nthreads threads. Returns the float32
+ * flops done (2 per lane per FMA). A machine limit for the benchmarks, not a kernel. */
+#define PEAK_CHAINS 24
+#define PEAK_LOOP(VEC, SET1, FMADD, ADD, STORE_SUM)                                    \
+    VEC acc[PEAK_CHAINS], x = SET1(1.0f - 1e-7f), y = SET1(1e-7f);                      \
+    _Pragma("GCC unroll 24") for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = SET1((float)c); \
+    for (int64_t it = 0; it < iters; it++)                                              \
+        _Pragma("GCC unroll 24") for (int c = 0; c < PEAK_CHAINS; c++)                  \
+            acc[c] = FMADD(acc[c], x, y);                                               \
+    _Pragma("GCC unroll 24") for (int c = 1; c < PEAK_CHAINS; c++)                      \
+        acc[0] = ADD(acc[0], acc[c]);                                                   \
+    STORE_SUM;
+
+#ifdef GEMM_X86
+__attribute__((target("avx512f"))) static float fma_peak_avx512(int64_t iters)
+{
+    float out[16];
+    PEAK_LOOP(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
+              _mm512_storeu_ps(out, acc[0]))
+    return out[0];
+}
+
+__attribute__((target("avx2,fma"))) static float fma_peak_avx2(int64_t iters)
+{
+    float out[8];
+    PEAK_LOOP(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+              _mm256_storeu_ps(out, acc[0]))
+    return out[0];
+}
+#endif
+
+double fma_peak_f32(int64_t iters, int nthreads)
+{
+    int isa = fastnn_get_isa();
+    volatile float sink = 0; /* keeps the loops from being optimised away */
+    int lanes = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float sum = 0;
+#ifdef GEMM_X86
+        if (isa == FASTNN_ISA_AVX512) sum = fma_peak_avx512(iters);
+        else if (isa == FASTNN_ISA_AVX2) sum = fma_peak_avx2(iters);
+#endif
+        #pragma omp critical
+        sink += sum;
+    }
+#ifdef GEMM_X86
+    lanes = isa == FASTNN_ISA_AVX512 ? 16 : isa == FASTNN_ISA_AVX2 ? 8 : 0;
+#endif
+    (void)isa;
+    return 2.0 * lanes * PEAK_CHAINS * (double)iters * nthreads;
+}
+
+#define REAL float
+#define SFX(name) name##_f32
+#define TANH fastnn_tanhf
+#define EXP fastnn_expf
+#include "gemm.c"
+#undef REAL
+#undef SFX
+#undef TANH
+#undef EXP
+
+#define REAL double
+#define SFX(name) name##_f64
+#define TANH tanh
+#define EXP exp
+#include "gemm.c"
+
+#else /* template body, instantiated above */
+
+#include "act_template.h"
+
+/* The generic kernel: plain C, 4 x 16 tiles, a * b + c in two roundings where the target has
+ * no FMA. Same contract as the ISA kernels. */
+#define GENERIC_MR 4
+#define GENERIC_NR 16
+static void SFX(ukernel_generic)(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa,
+                                 int64_t csa, const REAL *b, int64_t ldb, REAL *c, int64_t ldc,
+                                 int load_c, const REAL *bias, int relu)
+{
+    REAL acc[GENERIC_MR][GENERIC_NR];
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) acc[i][j] = load_c ? c[i * ldc + j] : 0;
+    for (int64_t p = 0; p < k; p++)
+        for (int64_t i = 0; i < m; i++) {
+            REAL ai = a[i * rsa + p * csa];
+            for (int64_t j = 0; j < n; j++) acc[i][j] += ai * b[p * ldb + j];
+        }
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            REAL v = bias ? acc[i][j] + bias[j] : acc[i][j];
+            c[i * ldc + j] = relu && v < 0 ? 0 : v;
+        }
+}
+
+static void SFX(pack_bt_generic)(REAL *restrict dst, const REAL *restrict src, int64_t ld,
+                                 int64_t n, int64_t k)
+{
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t p = 0; p < k; p++) dst[p * GENERIC_NR + j] = src[j * ld + p];
+}
+
+typedef void (*SFX(ukernel_fn))(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa,
+                                int64_t csa, const REAL *b, int64_t ldb, REAL *c, int64_t ldc,
+                                int load_c, const REAL *bias, int relu);
+typedef void (*SFX(pack_fn))(REAL *dst, const REAL *src, int64_t ld, int64_t n, int64_t k);
+
+typedef struct {
+    int64_t mr, nr;
+    SFX(ukernel_fn) kernel;
+    SFX(pack_fn) pack;
+} SFX(ukernel_info);
+
+static SFX(ukernel_info) SFX(ukernel_for)(int isa)
+{
+#ifdef GEMM_X86
+    const int64_t w = 64 / sizeof(REAL); /* lanes of a 512-bit vector */
+    if (isa == FASTNN_ISA_AVX512)
+        return (SFX(ukernel_info)){8, 3 * w, SFX(ukernel_avx512), SFX(pack_bt_avx512)};
+    if (isa == FASTNN_ISA_AVX2)
+        return (SFX(ukernel_info)){6, w, SFX(ukernel_avx2), SFX(pack_bt_avx2)};
+#endif
+    (void)isa;
+    return (SFX(ukernel_info)){GENERIC_MR, GENERIC_NR, SFX(ukernel_generic),
+                               SFX(pack_bt_generic)};
+}
+
+static int64_t SFX(ceil_div)(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Split `panels` into equal blocks of at most max_panels; returns panels per block. */
+static int64_t SFX(panels_per_block)(int64_t panels, int64_t max_panels)
+{
+    return SFX(ceil_div)(panels, SFX(ceil_div)(panels, max_panels));
+}
+
+int64_t SFX(gemm_plan)(SFX(gemm_job) *job)
+{
+    job->isa = fastnn_get_isa();
+    SFX(ukernel_info) uk = SFX(ukernel_for)(job->isa);
+    int64_t mpanels = SFX(ceil_div)(job->M, uk.mr), npanels = SFX(ceil_div)(job->N, uk.nr);
+    int64_t max_mpanels = GEMM_MB / uk.mr > 0 ? GEMM_MB / uk.mr : 1;
+    job->mb = uk.mr * (mpanels ? SFX(panels_per_block)(mpanels, max_mpanels) : 1);
+    job->nb = uk.nr * (npanels ? SFX(panels_per_block)(npanels, GEMM_NB_PANELS) : 1);
+    job->kc = job->K ? SFX(ceil_div)(job->K, SFX(ceil_div)(job->K, GEMM_KC(REAL))) : 0;
+    job->mblocks = SFX(ceil_div)(job->M, job->mb);
+    job->nblocks = SFX(ceil_div)(job->N, job->nb);
+    return job->mblocks * job->nblocks;
+}
+
+int64_t SFX(gemm_pack_size)(const SFX(gemm_job) *job)
+{
+    return job->csb == 1 ? 0 : job->kc * SFX(ukernel_for)(job->isa).nr;
+}
+
+void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *pack)
+{
+    SFX(ukernel_info) uk = SFX(ukernel_for)(job->isa);
+    int64_t i0 = blk / job->nblocks * job->mb, j0 = blk % job->nblocks * job->nb;
+    int64_t i1 = i0 + job->mb < job->M ? i0 + job->mb : job->M;
+    int64_t j1 = j0 + job->nb < job->N ? j0 + job->nb : job->N;
+    int packed = job->csb != 1;
+    int relu = job->act == FASTNN_ACT_RELU;
+    int after = job->act == FASTNN_ACT_TANH || job->act == FASTNN_ACT_SIGMOID;
+    int64_t pc = 0;
+    do { /* at least once: K == 0 still writes c (0 or c, plus bias, activated) */
+        int64_t kc = job->K - pc < job->kc ? job->K - pc : job->kc;
+        int last = pc + kc == job->K;
+        for (int64_t j = j0; j < j1; j += uk.nr) {
+            int64_t n = j1 - j < uk.nr ? j1 - j : uk.nr;
+            const REAL *bp = job->b + pc * job->rsb + j * job->csb;
+            int64_t ldb = job->rsb;
+            if (packed) {
+                uk.pack(pack, bp, job->csb, n, kc);
+                bp = pack;
+                ldb = uk.nr;
+            }
+            const REAL *bias = last && job->bias ? job->bias + j : NULL;
+            for (int64_t i = i0; i < i1; i += uk.mr) {
+                int64_t m = i1 - i < uk.mr ? i1 - i : uk.mr;
+                REAL *c = job->c + i * job->ldc + j;
+                uk.kernel(m, n, kc, job->a + i * job->rsa + pc * job->csa, job->rsa, job->csa,
+                          bp, ldb, c, job->ldc, job->accumulate || pc > 0, bias, last && relu);
+                if (last && after)
+                    for (int64_t r = 0; r < m; r++) SFX(act_inplace)(c + r * job->ldc, job->act, n);
+            }
+        }
+        pc += kc;
+    } while (pc < job->K);
+}
+
+#endif

@@ -1,0 +1,120 @@
+/* One register-blocked GEMM micro-kernel and its transposing pack, for one ISA and one element
+ * type: a template, included by gemm.c with these macros defined:
+ *   REAL, VEC, W (lanes per vector), MR (rows per tile), NV (vectors per row: NR = NV * W),
+ *   MASK, MASK_ALL, MASK_FIRST(n) (the first n lanes), LOADU, MLOADU(mask, p), STOREU,
+ *   MSTOREU(p, mask, v), FMADD(a, b, c) = a * b + c rounded once, SET1, ADD, MAX, ZERO,
+ *   TRANSPOSE_PACK (pack_bt below, vectorised), TARGET (the function attribute), UK (the
+ *   kernel's name), PACK (the pack's name).
+ *
+ * Every path computes each output element the same way, whatever its vector width, tile shape
+ * or blocking: acc = (accumulate ? c : 0); acc = fma(a[i][p], b[p][j], acc) for p = 0, 1, ...
+ * in order; then acc + bias[j], then max(0, acc) for ReLU. The ISA paths therefore agree bit
+ * for bit, and so do any two thread counts. */
+
+/* c[0:m, 0:nv*W] tile with nv vectors per row; `full`: all nv*W columns are valid, else the
+ * last vector holds n - (nv-1)*W valid lanes (masked loads and stores never touch the rest).
+ * Rows i >= m read row 0 of a and are not stored. */
+TARGET static inline __attribute__((always_inline)) void UK_TILE(
+    const int nv, const int full, int64_t m, int64_t n, int64_t k, const REAL *restrict a,
+    int64_t rsa, int64_t csa, const REAL *restrict b, int64_t ldb, REAL *restrict c,
+    int64_t ldc, int load_c, const REAL *restrict bias, int relu)
+{
+    VEC acc[MR][NV];
+    const MASK last = full ? MASK_ALL : MASK_FIRST(n - (nv - 1) * W);
+    const REAL *ap[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) ap[i] = a + (i < m ? i : 0) * rsa;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            const REAL *ci = c + i * ldc + v * W;
+            if (!load_c || i >= m) acc[i][v] = ZERO;
+            else acc[i][v] = (full || v < nv - 1) ? LOADU(ci) : MLOADU(last, ci);
+        }
+    for (int64_t p = 0; p < k; p++) {
+        const REAL *bp = b + p * ldb;
+        VEC bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            bv[v] = (full || v < nv - 1) ? LOADU(bp + v * W) : MLOADU(last, bp + v * W);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            VEC ai = SET1(ap[i][p * csa]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) acc[i][v] = FMADD(ai, bv[v], acc[i][v]);
+        }
+    }
+    if (bias) {
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            VEC bb = (full || v < nv - 1) ? LOADU(bias + v * W) : MLOADU(last, bias + v * W);
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++) acc[i][v] = ADD(acc[i][v], bb);
+        }
+    }
+    if (relu) /* max(0, acc) with 0 first: NaN and -0 pass through, as in y < 0 ? 0 : y */
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) acc[i][v] = MAX(ZERO, acc[i][v]);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        if (i >= m) break;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            REAL *ci = c + i * ldc + v * W;
+            if (full || v < nv - 1) STOREU(ci, acc[i][v]);
+            else MSTOREU(ci, last, acc[i][v]);
+        }
+    }
+}
+
+/* The micro-kernel, see gemm.h: m <= MR, n <= NV * W. */
+TARGET static void UK(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa, int64_t csa,
+                      const REAL *b, int64_t ldb, REAL *c, int64_t ldc, int load_c,
+                      const REAL *bias, int relu)
+{
+    if (n == NV * W) {
+        UK_TILE(NV, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, load_c, bias, relu);
+        return;
+    }
+    int nv = (int)((n + W - 1) / W);
+    int full = n % W == 0;
+    switch (nv * 2 + full) {
+#define UK_CASE(NVC)                                                                       \
+    case NVC * 2:                                                                          \
+        UK_TILE(NVC, 0, m, n, k, a, rsa, csa, b, ldb, c, ldc, load_c, bias, relu);         \
+        break;                                                                             \
+    case NVC * 2 + 1:                                                                      \
+        UK_TILE(NVC, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, load_c, bias, relu);         \
+        break;
+        UK_CASE(1)
+#if NV >= 2
+        UK_CASE(2)
+#endif
+#if NV >= 3
+        UK_CASE(3)
+#endif
+#undef UK_CASE
+    default:
+        break;
+    }
+}
+
+/* dst (k, n) row-major with row stride NV*W <- src (n, k) row-major with row stride ld,
+ * i.e. dst[p][j] = src[j][p]: a block of B^T laid out as the micro-kernel reads B. */
+TARGET static void PACK(REAL *restrict dst, const REAL *restrict src, int64_t ld, int64_t n,
+                        int64_t k)
+{
+    const int64_t nr = NV * W;
+    int64_t j = 0;
+    for (; j + TB <= n; j += TB) {
+        int64_t p = 0;
+        for (; p + TB <= k; p += TB) TRANSPOSE_BLOCK(dst + p * nr + j, nr, src + j * ld + p, ld);
+        for (; p < k; p++)
+            for (int64_t jj = 0; jj < TB; jj++) dst[p * nr + j + jj] = src[(j + jj) * ld + p];
+    }
+    for (; j < n; j++)
+        for (int64_t p = 0; p < k; p++) dst[p * nr + j] = src[j * ld + p];
+}
