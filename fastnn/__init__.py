@@ -29,8 +29,10 @@ from .random import manual_seed
 from .runtime import (
     build_info,
     get_backend,
+    get_isa,
     get_num_threads,
     set_backend,
+    set_isa,
     set_num_threads,
     use_backend,
 )
@@ -59,6 +61,7 @@ __all__ = [
     "clip_grad_value_",
     "functional",
     "get_backend",
+    "get_isa",
     "get_num_threads",
     "init",
     "load",
@@ -67,6 +70,7 @@ __all__ = [
     "reference",
     "save",
     "set_backend",
+    "set_isa",
     "set_num_threads",
     "train",
     "use_backend",

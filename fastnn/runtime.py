@@ -1,8 +1,10 @@
-"""Threads, the kernel backend, and what the build contains.
+"""Threads, the kernel backend, the matrix-product path, and what the build contains.
 
-One thread pool at a time: fastnn's kernels parallelise with their own OpenMP team and call
-the BLAS (scipy's, through scipy.linalg.cython_blas) on one thread per block, so the BLAS's
-own threads are held at one while a kernel runs and restored afterwards.
+One thread pool at a time: fastnn's kernels parallelise with their own OpenMP team. Matrix
+products run on fastnn's own core (csrc/gemm.c) where the CPU has an FMA micro-kernel for
+it; elsewhere they call the BLAS (scipy's, through scipy.linalg.cython_blas) on one thread
+per block, so the BLAS's own threads are held at one while a kernel runs and restored
+afterwards.
 """
 import contextlib
 import ctypes
@@ -18,8 +20,10 @@ from . import _native
 __all__ = [
     "build_info",
     "get_backend",
+    "get_isa",
     "get_num_threads",
     "set_backend",
+    "set_isa",
     "set_num_threads",
     "use_backend",
 ]
@@ -94,6 +98,39 @@ def _default_num_threads():
 _native.set_num_threads(_default_num_threads())
 
 
+ISAS = _native.ISAS
+
+
+def set_isa(name):
+    """Choose the matrix-product path: "avx512", "avx2" (fastnn's FMA micro-kernels, which
+    give the same bits), "generic" (plain C, no FMA: may differ in the last bits) or "blas"
+    (scipy's BLAS). The default is the fastest this CPU runs; FASTNN_ISA sets it at import.
+    Results never depend on the thread count, whichever path."""
+    if name not in ISAS:
+        raise ValueError(f"set_isa: name must be one of {ISAS}, got {name!r}")
+    if not _native.set_isa(name):
+        supported = tuple(n for n in ISAS if _native.isa_supported(n))
+        raise ValueError(f"set_isa: this CPU cannot run {name!r}; it runs {supported}")
+
+
+def get_isa():
+    """The matrix-product path in use (see set_isa)."""
+    return _native.get_isa()
+
+
+def _isa_from_environment():
+    name = os.environ.get("FASTNN_ISA", "").strip().lower()
+    if not name:
+        return
+    try:
+        set_isa(name)
+    except ValueError as e:
+        warnings.warn(f"ignoring FASTNN_ISA={name!r}: {e}; using {get_isa()!r}", stacklevel=2)
+
+
+_isa_from_environment()
+
+
 def set_backend(name):
     """Choose the kernel backend: "native" (C/OpenMP) or "reference" (the NumPy twin)."""
     global _backend
@@ -138,4 +175,5 @@ def build_info():
         "blas": blas,
         "compile_args": _native.compile_args(),
         "backend": get_backend(),
+        "isa": get_isa(),
     }

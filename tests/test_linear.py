@@ -15,7 +15,7 @@ DTYPES = [np.float32, np.float64]
 def make_problem(B, C, OC, dtype, seed=0, bias=True):
     """x ~ N(0, 1); weight and bias ~ U(+-1/sqrt(C)) as Linear initialises them."""
     rng = np.random.default_rng(seed)
-    bound = 1 / np.sqrt(C)
+    bound = 1 / np.sqrt(max(C, 1))
     x = rng.standard_normal((B, C)).astype(dtype)
     w = rng.uniform(-bound, bound, (OC, C)).astype(dtype)
     b = rng.uniform(-bound, bound, OC).astype(dtype) if bias else None
