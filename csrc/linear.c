@@ -236,6 +236,28 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
     SFX(run_gemm_blocks)(&job, &nblocks, 1, pack, per_thread);
 }
 
+/* The backward's work for each thread of the team (or the lone caller): dz and db, then
+ * (dz complete: the barrier of the first loop) the disjoint dx and dw. */
+static void SFX(linear_backward_team)(REAL *dx, REAL *dw, REAL *db, REAL *work,
+                                      const REAL *dout, const REAL *x, const REAL *w,
+                                      const REAL *out, int act, int64_t B, int64_t C,
+                                      int64_t OC, const SFX(gemm_job) *jobs,
+                                      const int64_t *nblocks, int njobs, REAL *pack,
+                                      int64_t per_thread, int ok)
+{
+    int64_t dz_chunks = act != FASTNN_ACT_NONE || db ? (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK : 0;
+    #pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < dz_chunks; ch++) {
+        int64_t f0 = ch * COLSUM_CHUNK, f1 = f0 + COLSUM_CHUNK < OC ? f0 + COLSUM_CHUNK : OC;
+        SFX(dz_and_bias_grad)(work, db, dout, out, act, f0, f1, B, OC);
+    }
+    const REAL *dz = act == FASTNN_ACT_NONE ? dout : work;
+    if (ok)
+        SFX(run_gemm_blocks)(jobs, nblocks, njobs, pack, per_thread);
+    else
+        SFX(linear_backward_blas)(dx, dw, dz, x, w, B, C, OC);
+}
+
 void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *dout,
                           const REAL *x, const REAL *w, const REAL *out, int act,
                           int64_t B, int64_t C, int64_t OC)
@@ -260,21 +282,14 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
     int64_t nblocks[2], per_thread;
     int ok = fastnn_get_isa() != FASTNN_ISA_BLAS;
     REAL *pack = ok ? SFX(plan_gemm_jobs)(jobs, nblocks, njobs, nthreads, &per_thread, &ok) : 0;
-    int64_t dz_chunks = act != FASTNN_ACT_NONE || db ? (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK : 0;
     int blas = ok ? 1 : fastnn_blas_serial_begin();
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        #pragma omp for schedule(static)
-        for (int64_t ch = 0; ch < dz_chunks; ch++) {
-            int64_t f0 = ch * COLSUM_CHUNK, f1 = f0 + COLSUM_CHUNK < OC ? f0 + COLSUM_CHUNK : OC;
-            SFX(dz_and_bias_grad)(work, db, dout, out, act, f0, f1, B, OC);
-        }
-        /* dz is complete (barrier above); dx and dw are disjoint */
-        if (ok)
-            SFX(run_gemm_blocks)(jobs, nblocks, njobs, pack, per_thread);
-        else
-            SFX(linear_backward_blas)(dx, dw, dz, x, w, B, C, OC);
-    }
+    if (nthreads == 1) /* small products: no parallel region at all */
+        SFX(linear_backward_team)(dx, dw, db, work, dout, x, w, out, act, B, C, OC, jobs,
+                                  nblocks, njobs, pack, per_thread, ok);
+    else
+        #pragma omp parallel num_threads(nthreads)
+        SFX(linear_backward_team)(dx, dw, db, work, dout, x, w, out, act, B, C, OC, jobs,
+                                  nblocks, njobs, pack, per_thread, ok);
     if (!ok) fastnn_blas_serial_end(blas);
 }
 
