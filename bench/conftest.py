@@ -64,14 +64,14 @@ def torch_threads(torch, n):
 
 def setting(impl, threads, stack, step, no_grad=False):
     """Enter, on `stack`, what `impl` runs under: thread counts and, for fastnn, the backend
-    ("kernel", a bare kernel call, runs natively); no_grad: torch without an autograd graph,
+    ("kernel", a bare kernel call, and "layers", plain layer calls, run natively); no_grad: torch without an autograd graph,
     as for inference."""
     if impl == "torch":
         stack.enter_context(torch_threads(step.torch, threads))
         if no_grad:
             stack.enter_context(step.torch.no_grad())
     else:
-        stack.enter_context(fastnn.use_backend("native" if impl == "kernel" else impl))
+        stack.enter_context(fastnn.use_backend("native" if impl in ("kernel", "layers") else impl))
         stack.enter_context(fastnn_threads(threads))
         # The reference runs on numpy's BLAS; native holds scipy's BLAS at one thread itself.
         stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))

@@ -8,7 +8,8 @@ bench/results/bench.json), it prints the markdown tables of each suite (Linear L
 bench/test_bench_linear.py, BatchNorm1d N1..N3 and the STREAM triad from
 bench/test_bench_batchnorm.py, activations, softmax and cross-entropy from
 bench/test_bench_ops.py, Adam and SGD-momentum steps O1..O3 from bench/test_bench_optim.py,
-whole training steps S1 and S2 from bench/test_bench_steps.py),
+whole training steps S1 and S2 from bench/test_bench_steps.py, the matrix products of S1, S2
+and 2048^3 with the FMA peak from bench/test_bench_products.py),
 writes bench/results/<suite>.md and the PNG charts in bench/results/, and regenerates each
 suite's section of BENCHMARKS.md and its table in the summary in README.md between the
 markers below. A suite absent from FILE leaves its section and its summary table as they are.
@@ -98,7 +99,7 @@ def finish_json(source, json_path, command):
     atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
-SUITES = ("linear", "batchnorm", "ops", "optim", "steps")
+SUITES = ("products", "linear", "batchnorm", "ops", "optim", "steps")
 
 
 def markers(name):
@@ -539,6 +540,95 @@ def optim_lead(entries):
             f"{where}")
 
 
+# ---- matrix products (S1, S2, 2048^3) against the FMA peak ----
+
+PRODUCT_IMPLS = ("native", "torch", "numpy")
+PRODUCTS_INTRO = (
+    "Every matrix product of the S1 and S2 steps, per Linear layer (batch × in × out), and a "
+    "2048-wide layer at batch 2048: *forward* is x @ W.T (+ b), *backward* dx = dy @ W and "
+    "dW += dy.T @ x (+ db; no dx for S2's first layer, whose input is data, as in the step). "
+    "native runs them through a `fastnn.Linear` on fastnn's own matrix-product core "
+    "(csrc/gemm.c, the path in the heading), torch as `torch.mm`/`addmm` (MKL/oneDNN) and "
+    "numpy as `numpy.matmul(out=)` (OpenBLAS), into preallocated outputs. Best round time; "
+    "*vs X* is X's best time over native's; *vs best* over the faster of the two. *% of peak* "
+    "is the GFLOP/s (2·B·in·out per product) over the FMA peak at the same thread count "
+    "(`fastnn._native.fma_peak`: 24 independent chains of the widest FMAs the CPU has).")
+
+
+def fma_peaks(suites):
+    """{threads: FMA peak entry} of the products suite."""
+    return {t: e for (w, p, t, i), e in suites.get("products", {}).items()
+            if (w, p, i) == ("fma-peak", "peak", "native")}
+
+
+def product_rows(entries, peaks):
+    keys = sorted({(w, p, t) for (w, p, t, i) in entries if w != "fma-peak"},
+                  key=lambda k: (k[0], k[1] != "forward", k[2]))
+    out = []
+    for w, p, t in keys:
+        row = {"workload": w, "phase": p, "threads": t}
+        for impl in PRODUCT_IMPLS:
+            row[impl] = entries.get((w, p, t, impl))
+        native = row["native"]
+        for impl in ("torch", "numpy"):
+            row[f"vs_{impl}"] = ratio(lambda e: 1 / best(e), native, row[impl])
+        others = [row[i] for i in ("torch", "numpy") if row[i] is not None]
+        row["vs_best"] = (min(best(e) for e in others) / best(native)
+                          if native is not None and others else None)
+        for impl in PRODUCT_IMPLS:
+            row[f"peak_{impl}"] = ratio(gflops, row[impl], peaks.get(t))
+        out.append(row)
+    return out
+
+
+def products_tables(entries, peaks):
+    if peaks:
+        peak_line = "FMA peak: " + ", ".join(
+            f"{gflops(e):.1f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
+            for t, e in sorted(peaks.items()))
+    else:
+        peak_line = "No FMA peak measurement in this run (no FMA path on this CPU)."
+    isa = next(iter(entries.values()))["extra_info"].get("isa", "?")
+    lines = []
+    for r in product_rows(entries, peaks):
+        B, C, OC = next(r[i] for i in PRODUCT_IMPLS if r[i])["extra_info"]["shape"]
+        lines.append([r["workload"], f"{B}×{C}×{OC}", r["phase"], str(r["threads"]),
+                      *[fmt_time(best(r[i])) if r[i] else "–" for i in PRODUCT_IMPLS],
+                      *[cell(r[k], "{:.2f}x") for k in ("vs_torch", "vs_numpy", "vs_best")],
+                      *[cell(r[f"peak_{i}"], "{:.0%}") for i in PRODUCT_IMPLS]])
+    header = ["layer", "shape", "phase", "threads", *PRODUCT_IMPLS, "vs torch", "vs numpy",
+              "vs best", "native % of peak", "torch % of peak", "numpy % of peak"]
+    return f"{peak_line}. fastnn's path: `{isa}`.\n\n" + table(header, lines) + "\n"
+
+
+def products_charts(entries, peaks):
+    all_rows = product_rows(entries, peaks)
+    labels = [f"{r['workload']} {'fwd' if r['phase'] == 'forward' else 'bwd'} t{r['threads']}"
+              for r in all_rows]
+    charts = {"products_speedup.png": ([("vs torch", "vs_torch"), ("vs numpy", "vs_numpy")],
+                                       "native speed-up (best time of other / native)", 1.0,
+                                       "{:.2f}x")}
+    if peaks:
+        charts["products_peak_fraction.png"] = (
+            [(i, f"peak_{i}") for i in PRODUCT_IMPLS], "GFLOP/s / FMA peak (same threads)",
+            None, "{:.0%}")
+    return bar_charts(all_rows, labels, charts, "matrix products of S1, S2 and 2048^3, float32")
+
+
+def products_summary(entries, peaks):
+    lines = [[r["workload"], r["phase"], cell(r["vs_best"], "{:.2f}x"),
+              cell(r["peak_native"], "{:.0%}"), cell(r["peak_torch"], "{:.0%}"),
+              cell(r["peak_numpy"], "{:.0%}")]
+             for r in product_rows(entries, peaks) if r["threads"] == 2]
+    if not lines:
+        return None
+    return ("Matrix products through `fastnn.Linear`, float32, 2 threads, against the faster of "
+            "PyTorch (`torch.mm`) and NumPy at the same shape, and as a fraction of the FMA "
+            "peak:\n\n" + table(["layer", "phase", "vs faster of torch, numpy",
+                                   "fastnn % of peak", "torch % of peak", "numpy % of peak"],
+                                  lines))
+
+
 # ---- whole training steps (S1, S2) ----
 
 STEPS_INTRO = (
@@ -546,34 +636,33 @@ STEPS_INTRO = (
     "fixed batch, every buffer reused; S1 is the character-level MLP (Embedding(27, 10), "
     "Linear(30, 200), BatchNorm1d + tanh, Linear(200, 27), batch 32, SGD), S2 the "
     "784-512-512-10 MLP (Linear, BatchNorm1d + ReLU twice, Linear, batch 128, Adam), both "
-    "float32. reference is the same fastnn model on the NumPy backend; torch the same "
+    "float32. native replays forward, loss and backward in one C call (`FusedStep`, as "
+    "`Trainer` does); layers makes the plain layer calls of a hand-written loop; reference is "
+    "the same fastnn model on the NumPy backend; torch the same "
     "torch.nn model in eager mode from the same weights. Best round time per step (the "
     "minimum over rounds). *native vs X* is X's best time over native's. *matmul GFLOP/s* "
     "counts only the step's matrix products (forward, weight gradients, input gradients but "
-    "the first layer's) over the whole step's time; *of sgemm* divides it by the best raw "
-    "sgemm rate of this run (the Linear suite's); *1→2 threads* is native's 1-thread time "
+    "the first layer's) over the whole step's time; *of peak* divides it by the FMA peak "
+    "at the same thread count (the products suite's); *1→2 threads* is native's 1-thread time "
     "over its 2-thread time. *held / minimum*: bytes held by model, optimizer and loss after "
     "a step over parameters + gradients + optimizer state + saved activations "
     "(`fastnn.diagnostics.memory_footprint`); a steady step allocates no array (asserted).")
 
 
-def machine_sgemm(suites):
-    """The best raw sgemm entry of the run (any shape, any thread count), or None."""
-    found = [e for (w, p, t, i), e in suites.get("linear", {}).items() if p == "sgemm"]
-    return max(found, key=gflops, default=None)
-
-
-def step_rows(entries, sgemm):
-    """One dict per (workload, threads): best times, speed-ups, matmul rate, its fraction of
-    `sgemm`, native's 1->2 thread speed-up and its memory ratio."""
+def step_rows(entries, peaks):
+    """One dict per (workload, threads): best times, speed-ups, the plain layer calls' speed-up
+    over torch, matmul rate, its fraction of the FMA peak, native's 1->2 thread speed-up and
+    its memory ratio."""
     keys = sorted({(w, t) for (w, p, t, i) in entries})
     out = []
     for w, t in keys:
         row = compare(entries, w, "step", t)
         native = row["native"]
         row["name"] = w
+        row["layers"] = entries.get((w, "step", t, "layers"))
+        row["layers_vs_torch"] = ratio(lambda e: 1 / best(e), row["layers"], row["torch"])
         row["gflops"] = gflops(native) if native is not None else None
-        row["sgemm_fraction"] = ratio(gflops, native, sgemm)
+        row["peak_fraction"] = ratio(gflops, native, peaks.get(t))
         one = entries.get((w, "step", 1, "native"))
         row["scaling"] = (best(one) / best(native)
                           if t > 1 and one is not None and native is not None else None)
@@ -582,46 +671,49 @@ def step_rows(entries, sgemm):
     return out
 
 
-def steps_tables(entries, sgemm):
-    rate = ("No raw sgemm measurement in this run (run the Linear suite with it)."
-            if sgemm is None else
-            f"Machine sgemm rate, the best raw sgemm of this run: {gflops(sgemm):.1f} GFLOP/s "
-            f"({sgemm['extra_info']['workload']}, {sgemm['extra_info']['threads']} threads).")
+def steps_tables(entries, peaks):
     lines = []
-    for r in step_rows(entries, sgemm):
+    for r in step_rows(entries, peaks):
         info = r["native"]["extra_info"] if r["native"] else {}
         mem = (f"{info['mem_held'] / 1e6:.3g} / {info['mem_minimum'] / 1e6:.3g} MB = "
                f"{info['mem_ratio']:.2f}x" if "mem_ratio" in info else "–")
         lines.append([r["name"], str(r["threads"]), *impl_cells(r),
-                      cell(r["gflops"], "{:.1f}"), cell(r["sgemm_fraction"], "{:.0%}"),
+                      fmt_time(best(r["layers"])) if r["layers"] else "–",
+                      cell(r["layers_vs_torch"], "{:.2f}x"),
+                      cell(r["gflops"], "{:.1f}"), cell(r["peak_fraction"], "{:.0%}"),
                       cell(r["scaling"], "{:.2f}x"), mem])
-    header = ["workload", "threads", *IMPL_HEADER, "matmul GFLOP/s", "of sgemm",
-              "1→2 threads", "held / minimum"]
-    return rate + "\n\n" + table(header, lines) + "\n"
+    header = ["workload", "threads", *IMPL_HEADER, "layers", "layers vs torch",
+              "matmul GFLOP/s", "of peak", "1→2 threads", "held / minimum"]
+    note = "" if peaks else "No FMA peak measurement in this run (run the products suite).\n\n"
+    return note + table(header, lines) + "\n"
 
 
-def steps_charts(entries, sgemm):
-    all_rows = step_rows(entries, sgemm)
+def steps_charts(entries, peaks):
+    all_rows = step_rows(entries, peaks)
     labels = [f"{r['name']} t{r['threads']}" for r in all_rows]
-    charts = {"steps_speedup.png": SPEEDUP_CHART}
-    if sgemm is not None:
-        charts["steps_sgemm_fraction.png"] = (
-            [("native", "sgemm_fraction")],
-            "step's matmul GFLOP/s / best raw sgemm GFLOP/s", None, "{:.0%}")
+    charts = {"steps_speedup.png": ([("vs reference", "vs_reference"), ("vs torch", "vs_torch"),
+                                     ("layers vs torch", "layers_vs_torch")],
+                                    SPEEDUP_CHART[1], 1.0, "{:.2f}x")}
+    if peaks:
+        charts["steps_peak_fraction.png"] = (
+            [("native", "peak_fraction")],
+            "step's matmul GFLOP/s / FMA peak (same threads)", None, "{:.0%}")
     return bar_charts(all_rows, labels, charts, "fastnn whole training steps, float32 (S1, S2)")
 
 
-def steps_summary(entries, sgemm):
+def steps_summary(entries, peaks):
     lines = [[r["name"], cell(r["vs_reference"], "{:.2f}x"), cell(r["vs_torch"], "{:.2f}x"),
-              cell(r["sgemm_fraction"], "{:.0%}"), cell(r["scaling"], "{:.2f}x"),
-              cell(r["mem_ratio"], "{:.2f}x")]
-             for r in step_rows(entries, sgemm) if r["threads"] == 2]
+              cell(r["layers_vs_torch"], "{:.2f}x"), cell(r["peak_fraction"], "{:.0%}"),
+              cell(r["scaling"], "{:.2f}x"), cell(r["mem_ratio"], "{:.2f}x")]
+             for r in step_rows(entries, peaks) if r["threads"] == 2]
     if not lines:
         return None
     return ("Whole training steps, float32, 2 threads (S1: char-level MLP, batch 32, SGD; "
-            "S2: 784-512-512-10 MLP, batch 128, Adam):\n\n"
-            + table(["workload", "vs NumPy twin", "vs PyTorch", "matmul % of sgemm",
-                     "1→2 threads", "memory held / minimum"], lines))
+            "S2: 784-512-512-10 MLP, batch 128, Adam; *replayed*: `FusedStep`, *plain layer "
+            "calls*: a hand-written loop):\n\n"
+            + table(["workload", "vs NumPy twin", "replayed vs PyTorch",
+                     "plain layer calls vs PyTorch", "matmul % of FMA peak", "1→2 threads",
+                     "memory held / minimum"], lines))
 
 
 def replace_section(path, start, end, text, header=""):
@@ -687,6 +779,13 @@ def main(argv=None):
     if not any(suites.values()):
         sys.exit(f"{args.json}: no benchmarks in it")
     written, summary = [], {}
+    peaks = fma_peaks(suites)
+    product_entries = suites.get("products")
+    if product_entries:
+        written += publish("products", "Matrix products (S1, S2, 2048³) and the FMA peak", doc,
+                           PRODUCTS_INTRO, products_tables(product_entries, peaks),
+                           products_charts(product_entries, peaks))
+        summary["products"] = products_summary(product_entries, peaks)
     entries = suites.get("linear")
     if entries:
         written += publish("linear", "Linear + bias + ReLU (L1..L4)", doc, LINEAR_INTRO,
@@ -733,10 +832,9 @@ def main(argv=None):
                                              optim_lead(optim_entries), OPTIM_PHASES)
     step_entries = suites.get("steps")
     if step_entries:
-        sgemm = machine_sgemm(suites)
         written += publish("steps", "Whole training steps (S1, S2)", doc, STEPS_INTRO,
-                           steps_tables(step_entries, sgemm), steps_charts(step_entries, sgemm))
-        summary["steps"] = steps_summary(step_entries, sgemm)
+                           steps_tables(step_entries, peaks), steps_charts(step_entries, peaks))
+        summary["steps"] = steps_summary(step_entries, peaks)
     if summary:
         update_readme_summary(summary)
     for path in [*written, BENCHMARKS_MD, *([README_MD] if summary else [])]:

@@ -1,12 +1,15 @@
 """Whole training-step benchmarks: workloads S1 and S2 of DESIGN.md, float32.
 
 One step is what a training loop does per batch: zero the gradients, forward, loss, backward,
-optimizer step. For each workload and thread count (1, 2), three implementations of the same
+optimizer step. For each workload and thread count (1, 2), four implementations of the same
 model, started from the same weights, run side by side in one benchmark group:
   native     a fastnn model (Sequential of fastnn layers, fastnn.optim) on the C/OpenMP kernels;
              forward, loss and backward through fastnn.fused.FusedStep, as fastnn's Trainer
              runs them: the first step through the layers, the rest replayed in one C call
              (bit for bit the same results, tests/test_fused.py)
+  layers     the same model and kernels through the plain layer calls a hand-written loop
+             makes: opt.zero_grad(); loss_fn.forward(model.forward(x), y);
+             model.backward(loss_fn.backward(), input_grad=False); opt.step()
   reference  the same fastnn model under fastnn.use_backend("reference") (numpy's BLAS limited
              with threadpoolctl)
   torch      the equivalent torch.nn model, weights copied from the fastnn model, torch eager,
@@ -54,7 +57,7 @@ WORKLOADS = {  # id: batch size
     "S2": 128,
 }
 PHASE = "step"
-IMPLS = ("native", "reference", "torch")
+IMPLS = ("native", "layers", "reference", "torch")
 THREADS = (1, 2)
 DTYPE = np.float32
 # S1
@@ -145,6 +148,17 @@ class FastnnStep:
                 **{f"grad:{name}": p.grad.copy() for name, p in params}}
 
 
+class LayerCallsStep(FastnnStep):
+    """The same step through the plain layer calls, no replay."""
+
+    def __call__(self):
+        self.optimizer.zero_grad()
+        loss = self.loss_fn.forward(self.model.forward(self.x), self.target)
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        self.optimizer.step()
+        return loss
+
+
 def torch_model(torch, model):
     """The torch.nn equivalent of the fastnn Sequential `model`, with copies of its weights;
     also [(fastnn parameter name, torch parameter)] for comparing the two."""
@@ -216,7 +230,7 @@ class TorchStep:
 
 
 def make_step(impl, workload):
-    return TorchStep(workload) if impl == "torch" else FastnnStep(workload)
+    return {"torch": TorchStep, "layers": LayerCallsStep}.get(impl, FastnnStep)(workload)
 
 
 def check(got, want, workload, label):
@@ -291,7 +305,7 @@ def test_step(benchmark, measure, workload, threads, impl):
         workload=workload, batch=WORKLOADS[workload], dtype=np.dtype(DTYPE).name,
         threads=threads, impl=impl, phase=PHASE,
     )
-    oracle = "reference" if impl == "native" else "native"
+    oracle = "reference" if impl in ("native", "layers") else "native"
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)
         got = step.results()

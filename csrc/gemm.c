@@ -2,7 +2,7 @@
  * driver (see gemm.h for the contract, gemm_kernel.h for the kernels).
  *
  * The design is BLIS's, cut to what Linear needs. The output is split into blocks of up to
- * GEMM_MB rows and GEMM_NB_PANELS column panels; inside a block, for each chunk of at most
+ * GEMM_MB_MAX rows and GEMM_NB_PANELS column panels; inside a block, for each chunk of at most
  * GEMM_KC(REAL) of the K dimension, each panel of nr columns of b (packed when b is a
  * transposed matrix, else read in place) is swept by every mr-row tile of a. The panel of b
  * (kc x nr) stays in L1/L2 across those tiles; a is read in place, since the kernels
@@ -23,10 +23,14 @@
 #include <immintrin.h>
 #endif
 
-/* Rows per block at most (rounded down to whole tiles), column panels per block at most,
- * and the K chunk: 2 KB of one row of a tile of a per chunk (512 floats, 256 doubles), so
- * that a kc x nr panel of b (96 KB at most) stays in L2 while the tiles of a stream. */
-#define GEMM_MB 64
+/* Rows per block: up to GEMM_MB_MAX, so that a packed panel of b serves many tiles of a,
+ * but halved (down to GEMM_MB_MIN) while the output has fewer than GEMM_MIN_BLOCKS blocks, so
+ * that the threads have blocks to share. Column panels per block at most. The K chunk: 2 KB
+ * of one row of a tile of a (512 floats, 256 doubles), so that a tile's rows of a (16 KB)
+ * stay in L1 and a kc x nr panel of b (96 KB at most) in L2. */
+#define GEMM_MB_MAX 256
+#define GEMM_MB_MIN 64
+#define GEMM_MIN_BLOCKS 8
 #define GEMM_NB_PANELS 4
 #define GEMM_KC(REAL) ((int64_t)(2048 / sizeof(REAL)))
 
@@ -438,12 +442,15 @@ int64_t SFX(gemm_plan)(SFX(gemm_job) *job)
     job->isa = fastnn_get_isa();
     SFX(ukernel_info) uk = SFX(ukernel_for)(job->isa);
     int64_t mpanels = SFX(ceil_div)(job->M, uk.mr), npanels = SFX(ceil_div)(job->N, uk.nr);
-    int64_t max_mpanels = GEMM_MB / uk.mr > 0 ? GEMM_MB / uk.mr : 1;
-    job->mb = uk.mr * (mpanels ? SFX(panels_per_block)(mpanels, max_mpanels) : 1);
     job->nb = uk.nr * (npanels ? SFX(panels_per_block)(npanels, GEMM_NB_PANELS) : 1);
-    job->kc = job->K ? SFX(ceil_div)(job->K, SFX(ceil_div)(job->K, GEMM_KC(REAL))) : 0;
-    job->mblocks = SFX(ceil_div)(job->M, job->mb);
     job->nblocks = SFX(ceil_div)(job->N, job->nb);
+    int64_t mpp = mpanels ? SFX(panels_per_block)(mpanels, GEMM_MB_MAX / uk.mr) : 1;
+    while (mpp > GEMM_MB_MIN / uk.mr
+           && SFX(ceil_div)(mpanels, mpp) * job->nblocks < GEMM_MIN_BLOCKS)
+        mpp = SFX(panels_per_block)(mpanels, SFX(ceil_div)(mpp, 2));
+    job->mb = uk.mr * mpp;
+    job->mblocks = SFX(ceil_div)(job->M, job->mb);
+    job->kc = job->K ? SFX(ceil_div)(job->K, SFX(ceil_div)(job->K, GEMM_KC(REAL))) : 0;
     return job->mblocks * job->nblocks;
 }
 
