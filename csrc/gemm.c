@@ -142,24 +142,8 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define UK ukernel_avx512_f32
 #define PACK pack_bt_avx512_f32
 #include "gemm_kernel.h"
-#undef REAL
-#undef VEC
-#undef W
 #undef MASK
-#undef LOADU
 #undef MASKZ_LOADU
-#undef STOREU
-#undef MSTOREU
-#undef FMADD
-#undef SET1
-#undef ADD
-#undef MAX
-#undef ZERO
-#undef TB
-#undef TRANSPOSE_BLOCK
-#undef UK_TILE
-#undef UK
-#undef PACK
 
 #define REAL double
 #define VEC __m512d
@@ -180,24 +164,8 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define UK ukernel_avx512_f64
 #define PACK pack_bt_avx512_f64
 #include "gemm_kernel.h"
-#undef REAL
-#undef VEC
-#undef W
 #undef MASK
-#undef LOADU
 #undef MASKZ_LOADU
-#undef STOREU
-#undef MSTOREU
-#undef FMADD
-#undef SET1
-#undef ADD
-#undef MAX
-#undef ZERO
-#undef TB
-#undef TRANSPOSE_BLOCK
-#undef UK_TILE
-#undef UK
-#undef PACK
 #undef TARGET
 #undef MR
 #undef NV
@@ -233,24 +201,8 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define UK ukernel_avx2_f32
 #define PACK pack_bt_avx2_f32
 #include "gemm_kernel.h"
-#undef REAL
-#undef VEC
-#undef W
 #undef MASK_FIRST
-#undef LOADU
 #undef MLOADU
-#undef STOREU
-#undef MSTOREU
-#undef FMADD
-#undef SET1
-#undef ADD
-#undef MAX
-#undef ZERO
-#undef TB
-#undef TRANSPOSE_BLOCK
-#undef UK_TILE
-#undef UK
-#undef PACK
 
 /* a double lane is two int32 lanes: lane l of the mask is set when 2l+1 < 2n */
 #define REAL double
@@ -272,24 +224,8 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define UK ukernel_avx2_f64
 #define PACK pack_bt_avx2_f64
 #include "gemm_kernel.h"
-#undef REAL
-#undef VEC
-#undef W
 #undef MASK_FIRST
-#undef LOADU
 #undef MLOADU
-#undef STOREU
-#undef MSTOREU
-#undef FMADD
-#undef SET1
-#undef ADD
-#undef MAX
-#undef ZERO
-#undef TB
-#undef TRANSPOSE_BLOCK
-#undef UK_TILE
-#undef UK
-#undef PACK
 #undef TARGET
 #undef MR
 #undef NV

@@ -3,8 +3,9 @@
  *   REAL, VEC, W (lanes per vector), MR (rows per tile), NV (vectors per row: NR = NV * W),
  *   MASK, MASK_ALL, MASK_FIRST(n) (the first n lanes), LOADU, MLOADU(mask, p), STOREU,
  *   MSTOREU(p, mask, v), FMADD(a, b, c) = a * b + c rounded once, SET1, ADD, MAX, ZERO,
- *   TRANSPOSE_PACK (pack_bt below, vectorised), TARGET (the function attribute), UK (the
- *   kernel's name), PACK (the pack's name).
+ *   TB and TRANSPOSE_BLOCK (a TB x TB transpose, for the pack), TARGET (the function
+ *   attribute), UK_TILE, UK and PACK (the names of the tile, the kernel and the pack).
+ * It undefines the per-type ones (all but TARGET, MR, NV and the MASK macros) at its end.
  *
  * Every path computes each output element the same way, whatever its vector width, tile shape
  * or blocking: acc = (accumulate ? c : 0); acc = fma(a[i][p], b[p][j], acc) for p = 0, 1, ...
@@ -118,3 +119,20 @@ TARGET static void PACK(REAL *restrict dst, const REAL *restrict src, int64_t ld
     for (; j < n; j++)
         for (int64_t p = 0; p < k; p++) dst[p * nr + j] = src[j * ld + p];
 }
+
+#undef REAL
+#undef VEC
+#undef W
+#undef LOADU
+#undef STOREU
+#undef MSTOREU
+#undef FMADD
+#undef SET1
+#undef ADD
+#undef MAX
+#undef ZERO
+#undef TB
+#undef TRANSPOSE_BLOCK
+#undef UK_TILE
+#undef UK
+#undef PACK
