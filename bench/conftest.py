@@ -71,7 +71,8 @@ def setting(impl, threads, stack, step, no_grad=False):
         if no_grad:
             stack.enter_context(step.torch.no_grad())
     else:
-        stack.enter_context(fastnn.use_backend("native" if impl in ("kernel", "layers") else impl))
+        backend = "native" if impl in ("kernel", "layers") else impl
+        stack.enter_context(fastnn.use_backend(backend))
         stack.enter_context(fastnn_threads(threads))
         # The reference runs on numpy's BLAS; native holds scipy's BLAS at one thread itself.
         stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))

@@ -552,7 +552,8 @@ PRODUCTS_INTRO = (
     "numpy as `numpy.matmul(out=)` (OpenBLAS), into preallocated outputs. Best round time; "
     "*vs X* is X's best time over native's; *vs best* over the faster of the two. *% of peak* "
     "is the GFLOP/s (2·B·in·out per product) over the FMA peak at the same thread count "
-    "(`fastnn._native.fma_peak`: 24 independent chains of the widest FMAs the CPU has).")
+    "(`fastnn._native.fma_peak`: independent chains of the widest FMAs the path has, as many "
+    "as its micro-kernel's accumulators, on the path named with it).")
 
 
 def fma_peaks(suites):
@@ -583,11 +584,13 @@ def product_rows(entries, peaks):
 
 def products_tables(entries, peaks):
     if peaks:
-        peak_line = "FMA peak: " + ", ".join(
+        peak_isa = next(iter(peaks.values()))["extra_info"].get("isa", "?")
+        peak_line = f"FMA peak (`{peak_isa}` path): " + ", ".join(
             f"{gflops(e):.1f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
             for t, e in sorted(peaks.items()))
     else:
-        peak_line = "No FMA peak measurement in this run (no FMA path on this CPU)."
+        peak_line = ("No FMA peak in this run (not selected, or fastnn ran on a path without "
+                     "FMA micro-kernels)")
     isa = next(iter(entries.values()))["extra_info"].get("isa", "?")
     lines = []
     for r in product_rows(entries, peaks):
@@ -684,7 +687,7 @@ def steps_tables(entries, peaks):
                       cell(r["scaling"], "{:.2f}x"), mem])
     header = ["workload", "threads", *IMPL_HEADER, "layers", "layers vs torch",
               "matmul GFLOP/s", "of peak", "1→2 threads", "held / minimum"]
-    note = "" if peaks else "No FMA peak measurement in this run (run the products suite).\n\n"
+    note = "" if peaks else "No FMA peak in this run (see the products section).\n\n"
     return note + table(header, lines) + "\n"
 
 
@@ -693,7 +696,7 @@ def steps_charts(entries, peaks):
     labels = [f"{r['name']} t{r['threads']}" for r in all_rows]
     charts = {"steps_speedup.png": ([("vs reference", "vs_reference"), ("vs torch", "vs_torch"),
                                      ("layers vs torch", "layers_vs_torch")],
-                                    SPEEDUP_CHART[1], 1.0, "{:.2f}x")}
+                                    "speed-up (best time of other / fastnn's)", 1.0, "{:.2f}x")}
     if peaks:
         charts["steps_peak_fraction.png"] = (
             [("native", "peak_fraction")],

@@ -9,9 +9,9 @@ thread count (1, 2), three implementations of the same products run side by side
   torch   torch.mm of the same products into preallocated outputs (MKL/oneDNN on x86)
   numpy   numpy.matmul(out=) of the same products (numpy's OpenBLAS, limited by threadpoolctl)
 
-The FMA peak (fastnn._native.fma_peak: 24 independent chains of the widest FMAs the CPU has, as
-many as the micro-kernels keep in flight) is measured at 1 and 2 threads; bench/report.py
-reports every product's rate as a fraction of it.
+The FMA peak (fastnn._native.fma_peak: independent chains of the widest FMAs the path has, as
+many as its micro-kernel's accumulators: 24 zmm, 12 ymm) is measured at 1 and 2 threads;
+bench/report.py reports every product's rate as a fraction of it.
 """
 import contextlib
 import functools

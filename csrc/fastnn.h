@@ -1,4 +1,4 @@
-/* fastnn C kernels: plain C99, no Python API.
+/* fastnn C kernels: plain C (C11), no Python API.
  *
  * Conventions (see ../shared/DESIGN.md):
  *   - outputs first, then const inputs, then explicit sizes;

@@ -34,6 +34,8 @@
 #define GEMM_NB_PANELS 4
 #define GEMM_KC(REAL) ((int64_t)(2048 / sizeof(REAL)))
 
+/* Read and written with atomic builtins: set_isa may run while another thread's kernel reads
+ * it (each product reads it once, when it is planned). */
 static int current_isa = -1;
 
 int fastnn_isa_supported(int isa)
@@ -65,14 +67,18 @@ int fastnn_best_isa(void)
 
 int fastnn_get_isa(void)
 {
-    if (current_isa < 0) current_isa = fastnn_best_isa();
-    return current_isa;
+    int isa = __atomic_load_n(&current_isa, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        isa = fastnn_best_isa();
+        __atomic_store_n(&current_isa, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
 }
 
 int fastnn_set_isa(int isa)
 {
     if (!fastnn_isa_supported(isa)) return -1;
-    current_isa = isa;
+    __atomic_store_n(&current_isa, isa, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -236,17 +242,19 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 
 /* ---- FMA peak probe ---- */
 
-/* 24 independent chains of FMAs on the widest vectors the path has, as many as the micro-
- * kernels keep in flight; `iters` rounds on each of nthreads threads. Returns the float32
- * flops done (2 per lane per FMA). A machine limit for the benchmarks, not a kernel. */
-#define PEAK_CHAINS 24
-#define PEAK_LOOP(VEC, SET1, FMADD, ADD, STORE_SUM)                                    \
-    VEC acc[PEAK_CHAINS], x = SET1(1.0f - 1e-7f), y = SET1(1e-7f);                      \
-    _Pragma("GCC unroll 24") for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = SET1((float)c); \
+/* Independent chains of FMAs on the widest vectors the path has, as many accumulators as
+ * its micro-kernel keeps (24 zmm, 12 ymm: in registers, more than latency x throughput);
+ * `iters` rounds on each thread. Returns the float32 flops done (2 per lane per FMA). A
+ * machine limit for the benchmarks, not a kernel. */
+#define PEAK_CHAINS_AVX512 24
+#define PEAK_CHAINS_AVX2 12
+#define PEAK_LOOP(VEC, CHAINS, SET1, FMADD, ADD, STORE_SUM)                             \
+    VEC acc[CHAINS], x = SET1(1.0f - 1e-7f), y = SET1(1e-7f);                           \
+    _Pragma("GCC unroll 24") for (int c = 0; c < CHAINS; c++) acc[c] = SET1((float)c);  \
     for (int64_t it = 0; it < iters; it++)                                              \
-        _Pragma("GCC unroll 24") for (int c = 0; c < PEAK_CHAINS; c++)                  \
+        _Pragma("GCC unroll 24") for (int c = 0; c < CHAINS; c++)                       \
             acc[c] = FMADD(acc[c], x, y);                                               \
-    _Pragma("GCC unroll 24") for (int c = 1; c < PEAK_CHAINS; c++)                      \
+    _Pragma("GCC unroll 24") for (int c = 1; c < CHAINS; c++)                           \
         acc[0] = ADD(acc[0], acc[c]);                                                   \
     STORE_SUM;
 
@@ -254,7 +262,7 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 __attribute__((target("avx512f"))) static float fma_peak_avx512(int64_t iters)
 {
     float out[16];
-    PEAK_LOOP(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
+    PEAK_LOOP(__m512, PEAK_CHAINS_AVX512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
               _mm512_storeu_ps(out, acc[0]))
     return out[0];
 }
@@ -262,7 +270,7 @@ __attribute__((target("avx512f"))) static float fma_peak_avx512(int64_t iters)
 __attribute__((target("avx2,fma"))) static float fma_peak_avx2(int64_t iters)
 {
     float out[8];
-    PEAK_LOOP(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+    PEAK_LOOP(__m256, PEAK_CHAINS_AVX2, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
               _mm256_storeu_ps(out, acc[0]))
     return out[0];
 }
@@ -272,22 +280,29 @@ double fma_peak_f32(int64_t iters, int nthreads)
 {
     int isa = fastnn_get_isa();
     volatile float sink = 0; /* keeps the loops from being optimised away */
-    int lanes = 0;
+    double flops = 0;        /* of the threads that ran, which may be fewer than asked */
+    if (nthreads < 1) nthreads = 1;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         float sum = 0;
+        double done = 0;
 #ifdef GEMM_X86
-        if (isa == FASTNN_ISA_AVX512) sum = fma_peak_avx512(iters);
-        else if (isa == FASTNN_ISA_AVX2) sum = fma_peak_avx2(iters);
+        if (isa == FASTNN_ISA_AVX512) {
+            sum = fma_peak_avx512(iters);
+            done = 2.0 * 16 * PEAK_CHAINS_AVX512 * (double)iters;
+        } else if (isa == FASTNN_ISA_AVX2) {
+            sum = fma_peak_avx2(iters);
+            done = 2.0 * 8 * PEAK_CHAINS_AVX2 * (double)iters;
+        }
 #endif
         #pragma omp critical
-        sink += sum;
+        {
+            sink += sum;
+            flops += done;
+        }
     }
-#ifdef GEMM_X86
-    lanes = isa == FASTNN_ISA_AVX512 ? 16 : isa == FASTNN_ISA_AVX2 ? 8 : 0;
-#endif
     (void)isa;
-    return 2.0 * lanes * PEAK_CHAINS * (double)iters * nthreads;
+    return flops;
 }
 
 #define REAL float
@@ -310,8 +325,9 @@ double fma_peak_f32(int64_t iters, int nthreads)
 
 #include "act_template.h"
 
-/* The generic kernel: plain C, 4 x 16 tiles, a * b + c in two roundings where the target has
- * no FMA. Same contract as the ISA kernels. */
+/* The generic kernel: plain C, 4 x 16 tiles, c + a * b in two roundings (the compiler
+ * contracts it to an FMA only in a build for an FMA target, e.g. FASTNN_NATIVE=1). Same
+ * contract as the ISA kernels otherwise. */
 #define GENERIC_MR 4
 #define GENERIC_NR 16
 static void SFX(ukernel_generic)(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa,
@@ -354,11 +370,12 @@ typedef struct {
 static SFX(ukernel_info) SFX(ukernel_for)(int isa)
 {
 #ifdef GEMM_X86
-    const int64_t w = 64 / sizeof(REAL); /* lanes of a 512-bit vector */
+    /* the tiles of gemm_kernel.h's instances above: 8 x 3 zmm, 6 x 2 ymm */
+    const int64_t zmm = 64 / sizeof(REAL), ymm = 32 / sizeof(REAL);
     if (isa == FASTNN_ISA_AVX512)
-        return (SFX(ukernel_info)){8, 3 * w, SFX(ukernel_avx512), SFX(pack_bt_avx512)};
+        return (SFX(ukernel_info)){8, 3 * zmm, SFX(ukernel_avx512), SFX(pack_bt_avx512)};
     if (isa == FASTNN_ISA_AVX2)
-        return (SFX(ukernel_info)){6, w, SFX(ukernel_avx2), SFX(pack_bt_avx2)};
+        return (SFX(ukernel_info)){6, 2 * ymm, SFX(ukernel_avx2), SFX(pack_bt_avx2)};
 #endif
     (void)isa;
     return (SFX(ukernel_info)){GENERIC_MR, GENERIC_NR, SFX(ukernel_generic),
@@ -375,7 +392,6 @@ static int64_t SFX(panels_per_block)(int64_t panels, int64_t max_panels)
 
 int64_t SFX(gemm_plan)(SFX(gemm_job) *job)
 {
-    job->isa = fastnn_get_isa();
     SFX(ukernel_info) uk = SFX(ukernel_for)(job->isa);
     int64_t mpanels = SFX(ceil_div)(job->M, uk.mr), npanels = SFX(ceil_div)(job->N, uk.nr);
     job->nb = uk.nr * (npanels ? SFX(panels_per_block)(npanels, GEMM_NB_PANELS) : 1);

@@ -24,12 +24,11 @@
         int64_t ldc, rsa, csa, rsb, csb, M, N, K;                                          \
         int accumulate; /* c += a @ b; else c = a @ b */                                   \
         int act;        /* FASTNN_ACT_NONE, _RELU, _TANH or _SIGMOID */                     \
-        /* set by gemm_plan: the path, and the blocking */                                 \
-        int isa;                                                                           \
-        int64_t mb, nb, kc, mblocks, nblocks;                                              \
+        int isa; /* the path (FASTNN_ISA_*, not BLAS): read once by the caller */           \
+        int64_t mb, nb, kc, mblocks, nblocks; /* the blocking, set by gemm_plan */          \
     } gemm_job_##SFX;                                                                      \
-    /* Fill the path and blocking of a job whose other fields are set; returns the number  \
-     * of blocks (mblocks * nblocks, 0 for an empty output). */                            \
+    /* Fill the blocking of a job whose other fields are set; returns the number of blocks \
+     * (mblocks * nblocks, 0 for an empty output). */                                      \
     int64_t gemm_plan_##SFX(gemm_job_##SFX *job);                                          \
     /* Elements of scratch a block needs to pack b (0 when b is read in place). */         \
     int64_t gemm_pack_size_##SFX(const gemm_job_##SFX *job);                               \

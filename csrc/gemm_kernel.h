@@ -5,7 +5,8 @@
  *   MSTOREU(p, mask, v), FMADD(a, b, c) = a * b + c rounded once, SET1, ADD, MAX, ZERO,
  *   TB and TRANSPOSE_BLOCK (a TB x TB transpose, for the pack), TARGET (the function
  *   attribute), UK_TILE, UK and PACK (the names of the tile, the kernel and the pack).
- * It undefines the per-type ones (all but TARGET, MR, NV and the MASK macros) at its end.
+ * It undefines those it shares with every includer at its end; the mask macros and the
+ * masked load are the includer's to undefine.
  *
  * Every path computes each output element the same way, whatever its vector width, tile shape
  * or blocking: acc = (accumulate ? c : 0); acc = fma(a[i][p], b[p][j], acc) for p = 0, 1, ...
@@ -29,9 +30,12 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
-            const REAL *ci = c + i * ldc + v * W;
-            if (!load_c || i >= m) acc[i][v] = ZERO;
-            else acc[i][v] = (full || v < nv - 1) ? LOADU(ci) : MLOADU(last, ci);
+            if (!load_c || i >= m) {
+                acc[i][v] = ZERO;
+            } else {
+                const REAL *ci = c + i * ldc + v * W;
+                acc[i][v] = (full || v < nv - 1) ? LOADU(ci) : MLOADU(last, ci);
+            }
         }
     for (int64_t p = 0; p < k; p++) {
         const REAL *bp = b + p * ldb;

@@ -172,13 +172,14 @@ static void SFX(run_gemm_blocks)(const SFX(gemm_job) *jobs, const int64_t *nbloc
     }
 }
 
-/* Plan the jobs; returns the pack scratch for nthreads threads (per_thread elements each),
+/* Plan the jobs on path `isa`; returns the pack scratch for nthreads threads (per_thread elements each),
  * NULL with *ok = 0 when it cannot be had. */
-static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njobs,
+static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njobs, int isa,
                                  int nthreads, int64_t *per_thread, int *ok)
 {
     *per_thread = 0;
     for (int j = 0; j < njobs; j++) {
+        jobs[j].isa = isa;
         nblocks[j] = SFX(gemm_plan)(&jobs[j]);
         int64_t size = SFX(gemm_pack_size)(&jobs[j]);
         if (size > *per_thread) *per_thread = size;
@@ -221,8 +222,9 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
     SFX(gemm_job) job = {.c = out, .ldc = OC, .a = x, .rsa = C, .csa = 1, .b = w, .rsb = 1,
                          .csb = C, .M = B, .N = OC, .K = C, .bias = b, .act = act};
     int64_t nblocks, per_thread;
-    int ok = fastnn_get_isa() != FASTNN_ISA_BLAS;
-    REAL *pack = ok ? SFX(plan_gemm_jobs)(&job, &nblocks, 1, nthreads, &per_thread, &ok) : 0;
+    int isa = fastnn_get_isa(), ok = isa != FASTNN_ISA_BLAS;
+    REAL *pack = ok ? SFX(plan_gemm_jobs)(&job, &nblocks, 1, isa, nthreads, &per_thread, &ok)
+                    : NULL;
     if (!ok) {
         SFX(linear_forward_blas)(out, x, w, b, act, B, C, OC);
         return;
@@ -280,8 +282,9 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
                                         .b = x, .rsb = C, .csb = 1, .M = OC, .N = C, .K = B,
                                         .accumulate = 1};
     int64_t nblocks[2], per_thread;
-    int ok = fastnn_get_isa() != FASTNN_ISA_BLAS;
-    REAL *pack = ok ? SFX(plan_gemm_jobs)(jobs, nblocks, njobs, nthreads, &per_thread, &ok) : 0;
+    int isa = fastnn_get_isa(), ok = isa != FASTNN_ISA_BLAS;
+    REAL *pack = ok ? SFX(plan_gemm_jobs)(jobs, nblocks, njobs, isa, nthreads, &per_thread, &ok)
+                    : NULL;
     int blas = ok ? 1 : fastnn_blas_serial_begin();
     if (nthreads == 1) /* small products: no parallel region at all */
         SFX(linear_backward_team)(dx, dw, db, work, dout, x, w, out, act, B, C, OC, jobs,
