@@ -19,9 +19,9 @@ static inline __attribute__((always_inline)) float fastnn_expf(float x)
     const float magic = 12582912.0f;
     float t = v * 1.44269504088896341f + magic;
     float nf = t - magic;
-    int32_t tbits;
+    uint32_t tbits; /* unsigned: NaN's bits make the exponent below garbage, not UB */
     memcpy(&tbits, &t, sizeof tbits);
-    int32_t n = tbits - 0x4B400000;
+    uint32_t n = tbits - 0x4B400000u;
     float r = v - nf * 0.693359375f + nf * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -30,7 +30,7 @@ static inline __attribute__((always_inline)) float fastnn_expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = (n + 127) << 23;
+    uint32_t bits = (n + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     float result = p * scale;

@@ -38,6 +38,10 @@
  * it (each product reads it once, when it is planned). */
 static int current_isa = -1;
 
+/* What a kernel call does (flags): start from 0, or continue the partial sum of the earlier
+ * K chunks; store the sum, or add it to c. */
+enum { GEMM_C_CONTINUE = 1, GEMM_C_ACCUMULATE = 2 };
+
 int fastnn_isa_supported(int isa)
 {
 #ifdef GEMM_X86
@@ -332,11 +336,12 @@ double fma_peak_f32(int64_t iters, int nthreads)
 #define GENERIC_NR 16
 static void SFX(ukernel_generic)(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa,
                                  int64_t csa, const REAL *b, int64_t ldb, REAL *c, int64_t ldc,
-                                 int load_c, const REAL *bias, int relu)
+                                 const REAL *cin, int64_t ldcin, int c_mode, const REAL *bias,
+                                 int relu)
 {
     REAL acc[GENERIC_MR][GENERIC_NR];
     for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < n; j++) acc[i][j] = load_c ? c[i * ldc + j] : 0;
+        for (int64_t j = 0; j < n; j++) acc[i][j] = c_mode & GEMM_C_CONTINUE ? cin[i * ldcin + j] : 0;
     for (int64_t p = 0; p < k; p++)
         for (int64_t i = 0; i < m; i++) {
             REAL ai = a[i * rsa + p * csa];
@@ -344,7 +349,8 @@ static void SFX(ukernel_generic)(int64_t m, int64_t n, int64_t k, const REAL *a,
         }
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
-            REAL v = bias ? acc[i][j] + bias[j] : acc[i][j];
+            REAL v = c_mode & GEMM_C_ACCUMULATE ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+            v = bias ? v + bias[j] : v;
             c[i * ldc + j] = relu && v < 0 ? 0 : v;
         }
 }
@@ -358,7 +364,8 @@ static void SFX(pack_bt_generic)(REAL *restrict dst, const REAL *restrict src, i
 
 typedef void (*SFX(ukernel_fn))(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa,
                                 int64_t csa, const REAL *b, int64_t ldb, REAL *c, int64_t ldc,
-                                int load_c, const REAL *bias, int relu);
+                                const REAL *cin, int64_t ldcin, int c_mode, const REAL *bias,
+                                int relu);
 typedef void (*SFX(pack_fn))(REAL *dst, const REAL *src, int64_t ld, int64_t n, int64_t k);
 
 typedef struct {
@@ -406,24 +413,35 @@ int64_t SFX(gemm_plan)(SFX(gemm_job) *job)
     return job->mblocks * job->nblocks;
 }
 
-int64_t SFX(gemm_pack_size)(const SFX(gemm_job) *job)
+/* A product accumulated into c over several K chunks keeps its partial sums in a block of
+ * scratch until the last chunk adds them to c. */
+static int SFX(needs_partial)(const SFX(gemm_job) *job)
 {
-    return job->csb == 1 ? 0 : job->kc * SFX(ukernel_for)(job->isa).nr;
+    return job->accumulate && job->K > job->kc;
 }
 
-void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *pack)
+int64_t SFX(gemm_scratch_size)(const SFX(gemm_job) *job)
+{
+    int64_t pack = job->csb == 1 ? 0 : job->kc * SFX(ukernel_for)(job->isa).nr;
+    return pack + (SFX(needs_partial)(job) ? job->mb * job->nb : 0);
+}
+
+void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *scratch)
 {
     SFX(ukernel_info) uk = SFX(ukernel_for)(job->isa);
     int64_t i0 = blk / job->nblocks * job->mb, j0 = blk % job->nblocks * job->nb;
     int64_t i1 = i0 + job->mb < job->M ? i0 + job->mb : job->M;
     int64_t j1 = j0 + job->nb < job->N ? j0 + job->nb : job->N;
     int packed = job->csb != 1;
+    REAL *pack = scratch;
+    REAL *partial = SFX(needs_partial)(job) ? scratch + (packed ? job->kc * uk.nr : 0) : NULL;
     int relu = job->act == FASTNN_ACT_RELU;
     int after = job->act == FASTNN_ACT_TANH || job->act == FASTNN_ACT_SIGMOID;
     int64_t pc = 0;
     do { /* at least once: K == 0 still writes c (0 or c, plus bias, activated) */
         int64_t kc = job->K - pc < job->kc ? job->K - pc : job->kc;
         int last = pc + kc == job->K;
+        int c_mode = (pc > 0 ? GEMM_C_CONTINUE : 0) | (last && job->accumulate ? GEMM_C_ACCUMULATE : 0);
         for (int64_t j = j0; j < j1; j += uk.nr) {
             int64_t n = j1 - j < uk.nr ? j1 - j : uk.nr;
             const REAL *bp = job->b + pc * job->rsb + j * job->csb;
@@ -436,9 +454,20 @@ void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *pack)
             const REAL *bias = last && job->bias ? job->bias + j : NULL;
             for (int64_t i = i0; i < i1; i += uk.mr) {
                 int64_t m = i1 - i < uk.mr ? i1 - i : uk.mr;
-                REAL *c = job->c + i * job->ldc + j;
+                /* partial sums (of c, or of the scratch block) in, the tile out */
+                REAL *c = job->c + i * job->ldc + j, *out = c;
+                const REAL *cin = c;
+                int64_t ldc = job->ldc, ldcin = job->ldc;
+                if (partial) {
+                    cin = partial + (i - i0) * job->nb + (j - j0);
+                    ldcin = job->nb;
+                    if (!last) {
+                        out = (REAL *)cin;
+                        ldc = job->nb;
+                    }
+                }
                 uk.kernel(m, n, kc, job->a + i * job->rsa + pc * job->csa, job->rsa, job->csa,
-                          bp, ldb, c, job->ldc, job->accumulate || pc > 0, bias, last && relu);
+                          bp, ldb, out, ldc, cin, ldcin, c_mode, bias, last && relu);
                 if (last && after)
                     for (int64_t r = 0; r < m; r++) SFX(act_inplace)(c + r * job->ldc, job->act, n);
             }

@@ -22,7 +22,7 @@
         REAL *c;                                                                           \
         const REAL *a, *b, *bias;                                                          \
         int64_t ldc, rsa, csa, rsb, csb, M, N, K;                                          \
-        int accumulate; /* c += a @ b; else c = a @ b */                                   \
+        int accumulate; /* c += a @ b (the product summed, then added); else c = a @ b */    \
         int act;        /* FASTNN_ACT_NONE, _RELU, _TANH or _SIGMOID */                     \
         int isa; /* the path (FASTNN_ISA_*, not BLAS): read once by the caller */           \
         int64_t mb, nb, kc, mblocks, nblocks; /* the blocking, set by gemm_plan */          \
@@ -30,11 +30,12 @@
     /* Fill the blocking of a job whose other fields are set; returns the number of blocks \
      * (mblocks * nblocks, 0 for an empty output). */                                      \
     int64_t gemm_plan_##SFX(gemm_job_##SFX *job);                                          \
-    /* Elements of scratch a block needs to pack b (0 when b is read in place). */         \
-    int64_t gemm_pack_size_##SFX(const gemm_job_##SFX *job);                               \
-    /* Compute block blk of the job on the calling thread; pack: gemm_pack_size elements   \
-     * of this thread's own scratch. */                                                    \
-    void gemm_run_block_##SFX(const gemm_job_##SFX *job, int64_t blk, REAL *pack);
+    /* Elements of scratch a block needs: to pack b, and for the partial sums of a product \
+     * accumulated over several K chunks (0 when neither). */                              \
+    int64_t gemm_scratch_size_##SFX(const gemm_job_##SFX *job);                            \
+    /* Compute block blk of the job on the calling thread; scratch: gemm_scratch_size      \
+     * elements of this thread's own. */                                                   \
+    void gemm_run_block_##SFX(const gemm_job_##SFX *job, int64_t blk, REAL *scratch);
 
 GEMM_JOB(float, f32)
 GEMM_JOB(double, f64)

@@ -9,17 +9,19 @@
  * masked load are the includer's to undefine.
  *
  * Every path computes each output element the same way, whatever its vector width, tile shape
- * or blocking: acc = (accumulate ? c : 0); acc = fma(a[i][p], b[p][j], acc) for p = 0, 1, ...
- * in order; then acc + bias[j], then max(0, acc) for ReLU. The ISA paths therefore agree bit
- * for bit, and so do any two thread counts. */
+ * or blocking: acc = 0, or the partial sum in cin when a K chunk continues one
+ * (c_mode & GEMM_C_CONTINUE); acc = fma(a[i][p], b[p][j], acc) for p = 0, 1, ... in order;
+ * then c + acc when the product accumulates into c (c_mode & GEMM_C_ACCUMULATE: summed first,
+ * so it rounds as the product does, as BLAS's beta = 1); + bias[j]; max(0, acc) for ReLU.
+ * The ISA paths therefore agree bit for bit, and so do any two thread counts. */
 
 /* c[0:m, 0:nv*W] tile with nv vectors per row; `full`: all nv*W columns are valid, else the
  * last vector holds n - (nv-1)*W valid lanes (masked loads and stores never touch the rest).
  * Rows i >= m read row 0 of a and are not stored. */
 TARGET static inline __attribute__((always_inline)) void UK_TILE(
     const int nv, const int full, int64_t m, int64_t n, int64_t k, const REAL *restrict a,
-    int64_t rsa, int64_t csa, const REAL *restrict b, int64_t ldb, REAL *restrict c,
-    int64_t ldc, int load_c, const REAL *restrict bias, int relu)
+    int64_t rsa, int64_t csa, const REAL *restrict b, int64_t ldb, REAL *c, int64_t ldc,
+    const REAL *cin, int64_t ldcin, int c_mode, const REAL *restrict bias, int relu)
 {
     VEC acc[MR][NV];
     const MASK last = full ? MASK_ALL : MASK_FIRST(n - (nv - 1) * W);
@@ -30,10 +32,10 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
-            if (!load_c || i >= m) {
+            if (!(c_mode & GEMM_C_CONTINUE) || i >= m) {
                 acc[i][v] = ZERO;
             } else {
-                const REAL *ci = c + i * ldc + v * W;
+                const REAL *ci = cin + i * ldcin + v * W;
                 acc[i][v] = (full || v < nv - 1) ? LOADU(ci) : MLOADU(last, ci);
             }
         }
@@ -50,6 +52,16 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
             for (int v = 0; v < nv; v++) acc[i][v] = FMADD(ai, bv[v], acc[i][v]);
         }
     }
+    if (c_mode & GEMM_C_ACCUMULATE)
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            if (i >= m) break;
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                const REAL *ci = c + i * ldc + v * W;
+                acc[i][v] = ADD((full || v < nv - 1) ? LOADU(ci) : MLOADU(last, ci), acc[i][v]);
+            }
+        }
     if (bias) {
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
@@ -75,13 +87,14 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
     }
 }
 
-/* The micro-kernel, see gemm.h: m <= MR, n <= NV * W. */
+/* The micro-kernel: the tile c (m, n) of the product of a (m, k) and b (k, n), see above;
+ * m <= MR, n <= NV * W. */
 TARGET static void UK(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa, int64_t csa,
-                      const REAL *b, int64_t ldb, REAL *c, int64_t ldc, int load_c,
-                      const REAL *bias, int relu)
+                      const REAL *b, int64_t ldb, REAL *c, int64_t ldc, const REAL *cin,
+                      int64_t ldcin, int c_mode, const REAL *bias, int relu)
 {
     if (n == NV * W) {
-        UK_TILE(NV, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, load_c, bias, relu);
+        UK_TILE(NV, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);
         return;
     }
     int nv = (int)((n + W - 1) / W);
@@ -89,10 +102,10 @@ TARGET static void UK(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rs
     switch (nv * 2 + full) {
 #define UK_CASE(NVC)                                                                       \
     case NVC * 2:                                                                          \
-        UK_TILE(NVC, 0, m, n, k, a, rsa, csa, b, ldb, c, ldc, load_c, bias, relu);         \
+        UK_TILE(NVC, 0, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);         \
         break;                                                                             \
     case NVC * 2 + 1:                                                                      \
-        UK_TILE(NVC, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, load_c, bias, relu);         \
+        UK_TILE(NVC, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);         \
         break;
         UK_CASE(1)
 #if NV >= 2

@@ -155,14 +155,14 @@ static void SFX(linear_backward_blas)(REAL *dx, REAL *dw, const REAL *dz, const 
 /* ---- fastnn's core ---- */
 
 /* Run every block of the planned jobs, taken dynamically by the threads of the enclosing
- * parallel region (or all on the calling thread outside one). pack: per_thread elements of
- * scratch for each thread. */
+ * parallel region (or all on the calling thread outside one); scratch: per_thread elements for
+ * each thread. */
 static void SFX(run_gemm_blocks)(const SFX(gemm_job) *jobs, const int64_t *nblocks, int njobs,
-                                 REAL *pack, int64_t per_thread)
+                                 REAL *scratch, int64_t per_thread)
 {
     int64_t total = 0;
     for (int j = 0; j < njobs; j++) total += nblocks[j];
-    REAL *mine = pack ? pack + fastnn_thread_num() * per_thread : NULL;
+    REAL *mine = scratch ? scratch + fastnn_thread_num() * per_thread : NULL;
     #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < total; t++) {
         int j = 0;
@@ -172,8 +172,8 @@ static void SFX(run_gemm_blocks)(const SFX(gemm_job) *jobs, const int64_t *nbloc
     }
 }
 
-/* Plan the jobs on path `isa`; returns the pack scratch for nthreads threads (per_thread elements each),
- * NULL with *ok = 0 when it cannot be had. */
+/* Plan the jobs on path `isa`; returns scratch for nthreads threads (per_thread elements
+ * each), or NULL: none needed (*ok = 1) or none to be had (*ok = 0). */
 static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njobs, int isa,
                                  int nthreads, int64_t *per_thread, int *ok)
 {
@@ -181,16 +181,16 @@ static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njob
     for (int j = 0; j < njobs; j++) {
         jobs[j].isa = isa;
         nblocks[j] = SFX(gemm_plan)(&jobs[j]);
-        int64_t size = SFX(gemm_pack_size)(&jobs[j]);
+        int64_t size = SFX(gemm_scratch_size)(&jobs[j]);
         if (size > *per_thread) *per_thread = size;
     }
     if (*per_thread == 0) {
         *ok = 1;
         return NULL;
     }
-    REAL *pack = fastnn_scratch((size_t)nthreads * *per_thread * sizeof(REAL));
-    *ok = pack != NULL;
-    return pack;
+    REAL *scratch = fastnn_scratch((size_t)nthreads * *per_thread * sizeof(REAL));
+    *ok = scratch != NULL;
+    return scratch;
 }
 
 /* dz[:, f0:f1] = dout * act'(out) (unless act is NONE: dz is dout) and db[f0:f1] += its
@@ -223,7 +223,7 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
                          .csb = C, .M = B, .N = OC, .K = C, .bias = b, .act = act};
     int64_t nblocks, per_thread;
     int isa = fastnn_get_isa(), ok = isa != FASTNN_ISA_BLAS;
-    REAL *pack = ok ? SFX(plan_gemm_jobs)(&job, &nblocks, 1, isa, nthreads, &per_thread, &ok)
+    REAL *scratch = ok ? SFX(plan_gemm_jobs)(&job, &nblocks, 1, isa, nthreads, &per_thread, &ok)
                     : NULL;
     if (!ok) {
         SFX(linear_forward_blas)(out, x, w, b, act, B, C, OC);
@@ -231,11 +231,11 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
     }
     if (nblocks < nthreads) nthreads = (int)nblocks;
     if (nthreads == 1) { /* small products: no parallel region at all */
-        SFX(run_gemm_blocks)(&job, &nblocks, 1, pack, per_thread);
+        SFX(run_gemm_blocks)(&job, &nblocks, 1, scratch, per_thread);
         return;
     }
     #pragma omp parallel num_threads(nthreads)
-    SFX(run_gemm_blocks)(&job, &nblocks, 1, pack, per_thread);
+    SFX(run_gemm_blocks)(&job, &nblocks, 1, scratch, per_thread);
 }
 
 /* The backward's work for each thread of the team (or the lone caller): dz and db, then
@@ -244,7 +244,7 @@ static void SFX(linear_backward_team)(REAL *dx, REAL *dw, REAL *db, REAL *work,
                                       const REAL *dout, const REAL *x, const REAL *w,
                                       const REAL *out, int act, int64_t B, int64_t C,
                                       int64_t OC, const SFX(gemm_job) *jobs,
-                                      const int64_t *nblocks, int njobs, REAL *pack,
+                                      const int64_t *nblocks, int njobs, REAL *scratch,
                                       int64_t per_thread, int ok)
 {
     int64_t dz_chunks = act != FASTNN_ACT_NONE || db ? (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK : 0;
@@ -255,7 +255,7 @@ static void SFX(linear_backward_team)(REAL *dx, REAL *dw, REAL *db, REAL *work,
     }
     const REAL *dz = act == FASTNN_ACT_NONE ? dout : work;
     if (ok)
-        SFX(run_gemm_blocks)(jobs, nblocks, njobs, pack, per_thread);
+        SFX(run_gemm_blocks)(jobs, nblocks, njobs, scratch, per_thread);
     else
         SFX(linear_backward_blas)(dx, dw, dz, x, w, B, C, OC);
 }
@@ -283,16 +283,16 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
                                         .accumulate = 1};
     int64_t nblocks[2], per_thread;
     int isa = fastnn_get_isa(), ok = isa != FASTNN_ISA_BLAS;
-    REAL *pack = ok ? SFX(plan_gemm_jobs)(jobs, nblocks, njobs, isa, nthreads, &per_thread, &ok)
+    REAL *scratch = ok ? SFX(plan_gemm_jobs)(jobs, nblocks, njobs, isa, nthreads, &per_thread, &ok)
                     : NULL;
     int blas = ok ? 1 : fastnn_blas_serial_begin();
     if (nthreads == 1) /* small products: no parallel region at all */
         SFX(linear_backward_team)(dx, dw, db, work, dout, x, w, out, act, B, C, OC, jobs,
-                                  nblocks, njobs, pack, per_thread, ok);
+                                  nblocks, njobs, scratch, per_thread, ok);
     else
         #pragma omp parallel num_threads(nthreads)
         SFX(linear_backward_team)(dx, dw, db, work, dout, x, w, out, act, B, C, OC, jobs,
-                                  nblocks, njobs, pack, per_thread, ok);
+                                  nblocks, njobs, scratch, per_thread, ok);
     if (!ok) fastnn_blas_serial_end(blas);
 }
 

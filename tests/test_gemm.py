@@ -11,6 +11,7 @@ import pytest
 import fastnn
 from fastnn import _native
 from fastnn import functional as F
+from helpers import assert_close
 from test_linear import ACTS, DTYPES, check_native_matches_reference, make_problem
 
 SUPPORTED = [name for name in fastnn.runtime.ISAS if _native.isa_supported(name)]
@@ -68,6 +69,20 @@ def test_avx512_and_avx2_bitwise_equal_on_one_and_two_threads(shape, dtype, isa,
         for key, outputs in results.items():
             for name, a, r in zip(["y", "dx", "dweight", "dbias"], outputs, first):
                 assert a.tobytes() == r.tobytes(), f"{name} of {key} differs ({act})"
+
+
+@pytest.mark.parametrize("path", SUPPORTED)
+def test_accumulated_weight_gradient_is_the_product_added_once(path, isa):
+    # dweight starts at 0.5 and ends near 0.02 (found by hypothesis): summed onto 0.5 term by
+    # term, the product rounded at 0.5's scale gave 1.9e-5 relative error; summed first, then
+    # added once (as numpy's dw += dz.T @ x), it stays within float32's tolerance
+    fastnn.set_isa(path)
+    x, w, _, dy = make_problem(25, 1, 1, np.float32, seed=0, bias=False)
+    dw = np.full_like(w, 0.5)
+    F.linear_backward(dy, x, w, None, "none", dw)
+    exact = 0.5 + dy.astype(np.float64).T @ x.astype(np.float64)
+    assert abs(exact[0, 0]) < 0.05
+    assert_close(dw, exact, np.float32)
 
 
 @pytest.mark.parametrize("path", ["generic", "blas"])
