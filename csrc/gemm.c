@@ -149,6 +149,7 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define TB 8
 #define TRANSPOSE_BLOCK transpose8_f32
 #define UK_TILE tile_avx512_f32
+#define UK_ROWS rows_avx512_f32
 #define UK ukernel_avx512_f32
 #define PACK pack_bt_avx512_f32
 #include "gemm_kernel.h"
@@ -171,6 +172,7 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define TB 4
 #define TRANSPOSE_BLOCK transpose4_f64
 #define UK_TILE tile_avx512_f64
+#define UK_ROWS rows_avx512_f64
 #define UK ukernel_avx512_f64
 #define PACK pack_bt_avx512_f64
 #include "gemm_kernel.h"
@@ -208,6 +210,7 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define TB 8
 #define TRANSPOSE_BLOCK transpose8_f32
 #define UK_TILE tile_avx2_f32
+#define UK_ROWS rows_avx2_f32
 #define UK ukernel_avx2_f32
 #define PACK pack_bt_avx2_f32
 #include "gemm_kernel.h"
@@ -231,6 +234,7 @@ __attribute__((target("avx2"))) static inline void transpose4_f64(double *dst, i
 #define TB 4
 #define TRANSPOSE_BLOCK transpose4_f64
 #define UK_TILE tile_avx2_f64
+#define UK_ROWS rows_avx2_f64
 #define UK ukernel_avx2_f64
 #define PACK pack_bt_avx2_f64
 #include "gemm_kernel.h"

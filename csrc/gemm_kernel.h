@@ -15,11 +15,11 @@
  * so it rounds as the product does, as BLAS's beta = 1); + bias[j]; max(0, acc) for ReLU.
  * The ISA paths therefore agree bit for bit, and so do any two thread counts. */
 
-/* c[0:m, 0:nv*W] tile with nv vectors per row; `full`: all nv*W columns are valid, else the
- * last vector holds n - (nv-1)*W valid lanes (masked loads and stores never touch the rest).
- * Rows i >= m read row 0 of a and are not stored. */
+/* c[0:m, 0:nv*W] tile of `rows` (MR or MR / 2) rows and nv vectors per row; `full`: all
+ * nv*W columns are valid, else the last vector holds n - (nv-1)*W valid lanes (masked loads
+ * and stores never touch the rest). Rows m <= i < rows read row 0 of a and are not stored. */
 TARGET static inline __attribute__((always_inline)) void UK_TILE(
-    const int nv, const int full, int64_t m, int64_t n, int64_t k, const REAL *restrict a,
+    const int rows, const int nv, const int full, int64_t m, int64_t n, int64_t k, const REAL *restrict a,
     int64_t rsa, int64_t csa, const REAL *restrict b, int64_t ldb, REAL *c, int64_t ldc,
     const REAL *cin, int64_t ldcin, int c_mode, const REAL *restrict bias, int relu)
 {
@@ -27,9 +27,9 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
     const MASK last = full ? MASK_ALL : MASK_FIRST(n - (nv - 1) * W);
     const REAL *ap[MR];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) ap[i] = a + (i < m ? i : 0) * rsa;
+    for (int i = 0; i < rows; i++) ap[i] = a + (i < m ? i : 0) * rsa;
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
             if (!(c_mode & GEMM_C_CONTINUE) || i >= m) {
@@ -46,7 +46,7 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
         for (int v = 0; v < nv; v++)
             bv[v] = (full || v < nv - 1) ? LOADU(bp + v * W) : MLOADU(last, bp + v * W);
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < rows; i++) {
             VEC ai = SET1(ap[i][p * csa]);
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++) acc[i][v] = FMADD(ai, bv[v], acc[i][v]);
@@ -54,7 +54,7 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
     }
     if (c_mode & GEMM_C_ACCUMULATE)
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < rows; i++) {
             if (i >= m) break;
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++) {
@@ -67,16 +67,16 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
         for (int v = 0; v < nv; v++) {
             VEC bb = (full || v < nv - 1) ? LOADU(bias + v * W) : MLOADU(last, bias + v * W);
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; i++) acc[i][v] = ADD(acc[i][v], bb);
+            for (int i = 0; i < rows; i++) acc[i][v] = ADD(acc[i][v], bb);
         }
     }
     if (relu) /* max(0, acc) with 0 first: NaN and -0 pass through, as in y < 0 ? 0 : y */
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++)
+        for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++) acc[i][v] = MAX(ZERO, acc[i][v]);
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < rows; i++) {
         if (i >= m) break;
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
@@ -87,37 +87,44 @@ TARGET static inline __attribute__((always_inline)) void UK_TILE(
     }
 }
 
+/* UK_TILE for a constant number of rows, with nv and full made constants too. */
+TARGET static inline __attribute__((always_inline)) void UK_ROWS(
+    const int rows, int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa, int64_t csa,
+    const REAL *b, int64_t ldb, REAL *c, int64_t ldc, const REAL *cin, int64_t ldcin,
+    int c_mode, const REAL *bias, int relu)
+{
+#define UK_CASE(NVC, FULL)                                                                 \
+    UK_TILE(rows, NVC, FULL, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, \
+            relu)
+    int nv = (int)((n + W - 1) / W);
+    int full = n % W == 0;
+    switch (nv * 2 + full) {
+    case 2: UK_CASE(1, 0); break;
+    case 3: UK_CASE(1, 1); break;
+#if NV >= 2
+    case 4: UK_CASE(2, 0); break;
+    case 5: UK_CASE(2, 1); break;
+#endif
+#if NV >= 3
+    case 6: UK_CASE(3, 0); break;
+    case 7: UK_CASE(3, 1); break;
+#endif
+    default: break;
+    }
+#undef UK_CASE
+}
+
 /* The micro-kernel: the tile c (m, n) of the product of a (m, k) and b (k, n), see above;
- * m <= MR, n <= NV * W. */
+ * m <= MR, n <= NV * W. A short last tile of rows (M = 10: 8 + 2) runs on half the
+ * accumulators. */
 TARGET static void UK(int64_t m, int64_t n, int64_t k, const REAL *a, int64_t rsa, int64_t csa,
                       const REAL *b, int64_t ldb, REAL *c, int64_t ldc, const REAL *cin,
                       int64_t ldcin, int c_mode, const REAL *bias, int relu)
 {
-    if (n == NV * W) {
-        UK_TILE(NV, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);
-        return;
-    }
-    int nv = (int)((n + W - 1) / W);
-    int full = n % W == 0;
-    switch (nv * 2 + full) {
-#define UK_CASE(NVC)                                                                       \
-    case NVC * 2:                                                                          \
-        UK_TILE(NVC, 0, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);         \
-        break;                                                                             \
-    case NVC * 2 + 1:                                                                      \
-        UK_TILE(NVC, 1, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);         \
-        break;
-        UK_CASE(1)
-#if NV >= 2
-        UK_CASE(2)
-#endif
-#if NV >= 3
-        UK_CASE(3)
-#endif
-#undef UK_CASE
-    default:
-        break;
-    }
+    if (m <= MR / 2)
+        UK_ROWS(MR / 2, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);
+    else
+        UK_ROWS(MR, m, n, k, a, rsa, csa, b, ldb, c, ldc, cin, ldcin, c_mode, bias, relu);
 }
 
 /* dst (k, n) row-major with row stride NV*W <- src (n, k) row-major with row stride ld,
@@ -151,5 +158,6 @@ TARGET static void PACK(REAL *restrict dst, const REAL *restrict src, int64_t ld
 #undef TB
 #undef TRANSPOSE_BLOCK
 #undef UK_TILE
+#undef UK_ROWS
 #undef UK
 #undef PACK
