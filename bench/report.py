@@ -259,7 +259,8 @@ def build_summary(doc):
         f"- fastnn {info.get('version', '?')}, OpenMP {'on' if info.get('openmp') else 'off'}, "
         f"{info.get('num_procs', '?')} processors, compile args "
         f"`{' '.join(info.get('compile_args', []))}`",
-        f"- BLAS: {info.get('blas', '?')}",
+        f"- matrix products: fastnn's core, path `{info.get('isa', '?')}`; BLAS: "
+        f"{info.get('blas', '?')}",
         "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"- CPU: {cpu}; commit {commit.get('id', '?')[:12]}"
         f"{' (dirty tree)' if commit.get('dirty') else ''}",

@@ -165,6 +165,7 @@ def build_info():
         blas = (
             f"scipy.linalg.cython_blas -> {_blas.internal_api} {_blas.version} "
             f"({os.path.basename(_blas.filepath)}, {getattr(_blas, 'threading_layer', 'unknown')} threading, "
+            "the matrix products' path where the CPU has no FMA micro-kernel or FASTNN_ISA=blas, "
             "held at 1 thread inside fastnn kernels)"
         )
     return {
