@@ -445,7 +445,8 @@ void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *scratch)
     do { /* at least once: K == 0 still writes c (0 or c, plus bias, activated) */
         int64_t kc = job->K - pc < job->kc ? job->K - pc : job->kc;
         int last = pc + kc == job->K;
-        int c_mode = (pc > 0 ? GEMM_C_CONTINUE : 0) | (last && job->accumulate ? GEMM_C_ACCUMULATE : 0);
+        int c_mode = (pc > 0 ? GEMM_C_CONTINUE : 0)
+                   | (last && job->accumulate ? GEMM_C_ACCUMULATE : 0);
         for (int64_t j = j0; j < j1; j += uk.nr) {
             int64_t n = j1 - j < uk.nr ? j1 - j : uk.nr;
             const REAL *bp = job->b + pc * job->rsb + j * job->csb;
@@ -463,10 +464,11 @@ void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *scratch)
                 const REAL *cin = c;
                 int64_t ldc = job->ldc, ldcin = job->ldc;
                 if (partial) {
-                    cin = partial + (i - i0) * job->nb + (j - j0);
+                    REAL *part = partial + (i - i0) * job->nb + (j - j0);
+                    cin = part;
                     ldcin = job->nb;
                     if (!last) {
-                        out = (REAL *)cin;
+                        out = part;
                         ldc = job->nb;
                     }
                 }
