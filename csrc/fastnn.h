@@ -31,6 +31,8 @@ int fastnn_has_openmp(void);
 int fastnn_num_procs(void);
 void fastnn_set_num_threads(int n);
 int fastnn_get_num_threads(void);
+/* 1 in the child of a fork of a process that loaded fastnn: its kernels run on one thread. */
+int fastnn_forked_child(void);
 
 /* The matrix-product paths (gemm.c); fastnn_set_isa picks one, the default is the best this
  * CPU runs. AVX512 and AVX2 give the same bits; GENERIC is plain C without FMA; BLAS: Linear

@@ -289,7 +289,7 @@ double fma_peak_f32(int64_t iters, int nthreads)
     int isa = fastnn_get_isa();
     volatile float sink = 0; /* keeps the loops from being optimised away */
     double flops = 0;        /* of the threads that ran, which may be fewer than asked */
-    if (nthreads < 1) nthreads = 1;
+    if (nthreads < 1 || fastnn_forked_child()) nthreads = 1;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         float sum = 0;

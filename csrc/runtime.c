@@ -1,4 +1,5 @@
 /* Threads and the BLAS fastnn calls. */
+#include <pthread.h>
 #include <stdlib.h>
 #include "runtime.h"
 
@@ -11,10 +12,19 @@ dgemm_fn fastnn_dgemm = 0;
 static blas_set_threads_fn blas_set_threads = 0;
 static blas_get_threads_fn blas_get_threads = 0;
 static int num_threads = 1;
+/* Set in the child of a fork: the OpenMP runtime's threads did not come along (libgomp's
+ * pool would wait for them forever), so the child's kernels run on the calling thread. */
+static int forked_child = 0;
+
+static void on_fork_child(void) { forked_child = 1; }
+
+int fastnn_forked_child(void) { return forked_child; }
 
 void fastnn_register_blas(sgemm_fn sgemm, dgemm_fn dgemm, blas_set_threads_fn set_threads,
                           blas_get_threads_fn get_threads)
 {
+    static int fork_handler = 0; /* called once, at import */
+    if (!fork_handler) fork_handler = pthread_atfork(NULL, NULL, on_fork_child) == 0;
     fastnn_sgemm = sgemm;
     fastnn_dgemm = dgemm;
     blas_set_threads = set_threads;
@@ -47,7 +57,10 @@ int fastnn_num_procs(void)
 
 void fastnn_set_num_threads(int n) { num_threads = n < 1 ? 1 : n; }
 
-int fastnn_get_num_threads(void) { return fastnn_has_openmp() ? num_threads : 1; }
+int fastnn_get_num_threads(void)
+{
+    return fastnn_has_openmp() && !forked_child ? num_threads : 1;
+}
 
 int fastnn_threads_for(double work)
 {

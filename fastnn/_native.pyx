@@ -21,6 +21,7 @@ cdef extern from "fastnn.h" nogil:
     int fastnn_num_procs()
     void fastnn_set_num_threads(int n)
     int fastnn_get_num_threads()
+    int fastnn_forked_child()
 
     int fastnn_isa_supported(int isa)
     int fastnn_get_isa()
@@ -182,6 +183,10 @@ def fma_peak(int64_t iters, int nthreads):
 
 def get_num_threads():
     return fastnn_get_num_threads()
+
+
+def forked_child():
+    return bool(fastnn_forked_child())
 
 
 cdef inline bint is_native_layout(cnp.ndarray a):

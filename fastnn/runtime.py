@@ -76,11 +76,19 @@ def set_num_threads(n):
         raise ValueError(f"set_num_threads: n must be in [1, {cores}] (usable cores), got {n}")
     if n > 1 and not _native.has_openmp():
         warnings.warn("fastnn was built without OpenMP: kernels run on one thread", stacklevel=2)
+    elif n > 1 and _native.forked_child():
+        warnings.warn(f"set_num_threads({n}): {FORKED_CHILD}", stacklevel=2)
     _native.set_num_threads(n)
 
 
+FORKED_CHILD = ("this process is the child of a fork, and the OpenMP runtime's threads do not "
+                "survive a fork: fastnn's kernels run on one thread here (start worker "
+                "processes with the 'spawn' or 'forkserver' method for threads)")
+
+
 def get_num_threads():
-    """The number of threads fastnn's kernels use (1 in a build without OpenMP)."""
+    """The number of threads fastnn's kernels use (1 in a build without OpenMP, and in the
+    child of a fork: see build_info()["one_thread_because"])."""
     return _native.get_num_threads()
 
 
@@ -177,4 +185,5 @@ def build_info():
         "compile_args": _native.compile_args(),
         "backend": get_backend(),
         "isa": get_isa(),
+        "one_thread_because": FORKED_CHILD if _native.forked_child() else None,
     }

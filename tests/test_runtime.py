@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -64,3 +65,64 @@ def test_backend_switching():
             assert fastnn.get_backend() == "reference"
             raise RuntimeError
     assert fastnn.get_backend() == "native"
+
+
+def _train_one_step(seed):
+    """One S2-like training step in a worker; returns the loss and build_info's thread note."""
+    fastnn.manual_seed(seed)
+    model = fastnn.Sequential(fastnn.Linear(64, 128, bias=False),
+                              fastnn.BatchNorm1d(128, activation="relu"), fastnn.Linear(128, 10))
+    opt = fastnn.optim.Adam(model.parameters())
+    x = np.random.default_rng(seed).standard_normal((256, 64)).astype(np.float32)
+    y = np.arange(256) % 10
+    loss_fn = fastnn.CrossEntropyLoss()
+    opt.zero_grad()
+    loss = loss_fn(model(x), y)
+    model.backward(loss_fn.backward())
+    opt.step()
+    return loss, fastnn.get_num_threads(), fastnn.build_info()["one_thread_because"]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_worker_processes_after_two_thread_kernels(method, threads):
+    """A process that ran 2-thread kernels starts workers that train a step each, on every
+    start method; a forked child (whose OpenMP threads did not come along) runs on one thread
+    and says why, instead of hanging in its first parallel region."""
+    import multiprocessing
+
+    fastnn.set_num_threads(2)
+    expected = [_train_one_step(seed)[0] for seed in (1, 2)]  # 2-thread regions in the parent
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        results = pool.map_async(_train_one_step, (1, 2)).get(timeout=120)
+    for (loss, n, because), want in zip(results, expected):
+        assert loss == want  # results do not depend on the thread count
+        if method == "fork":
+            assert n == 1 and "child of a fork" in because
+        else:
+            assert because is None
+
+
+def test_set_num_threads_in_a_forked_child_warns_and_stays_at_one(threads):
+    fastnn.set_num_threads(2)
+    F.linear_forward(np.ones((600, 300), np.float32), np.ones((200, 300), np.float32))
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never raise out of the test
+        code = 1
+        try:
+            x, w = np.ones((600, 300), np.float32), np.ones((200, 300), np.float32)
+            y = F.linear_forward(x, w)  # the first parallel region is where it hung
+            with pytest.warns(UserWarning, match="child of a fork"):
+                fastnn.set_num_threads(2)
+            same = (y == 300).all() and (F.linear_forward(x, w) == y).all()
+            code = 0 if fastnn.get_num_threads() == 1 and same else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung")
