@@ -47,3 +47,21 @@ def on_one_and_two_threads(run):
         fastnn.set_num_threads(n)
         results.append(run())
     return results
+
+
+def train_one_step(seed):
+    """One small training step (Linear, BatchNorm1d + ReLU, Linear; Adam) from a seeded start:
+    (loss, threads used, build_info's one_thread_because). Lives here, not in a test module,
+    so that spawned workers can import it."""
+    fastnn.manual_seed(seed)
+    model = fastnn.Sequential(fastnn.Linear(64, 128, bias=False),
+                              fastnn.BatchNorm1d(128, activation="relu"), fastnn.Linear(128, 10))
+    opt = fastnn.optim.Adam(model.parameters())
+    x = np.random.default_rng(seed).standard_normal((256, 64)).astype(np.float32)
+    y = np.arange(256) % 10
+    loss_fn = fastnn.CrossEntropyLoss()
+    opt.zero_grad()
+    loss = loss_fn(model(x), y)
+    model.backward(loss_fn.backward())
+    opt.step()
+    return loss, fastnn.get_num_threads(), fastnn.build_info()["one_thread_because"]

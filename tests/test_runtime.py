@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_info
 
 import fastnn
 from fastnn import functional as F
+from helpers import train_one_step
 
 
 def test_build_info():
@@ -67,22 +68,6 @@ def test_backend_switching():
     assert fastnn.get_backend() == "native"
 
 
-def _train_one_step(seed):
-    """One S2-like training step in a worker; returns the loss and build_info's thread note."""
-    fastnn.manual_seed(seed)
-    model = fastnn.Sequential(fastnn.Linear(64, 128, bias=False),
-                              fastnn.BatchNorm1d(128, activation="relu"), fastnn.Linear(128, 10))
-    opt = fastnn.optim.Adam(model.parameters())
-    x = np.random.default_rng(seed).standard_normal((256, 64)).astype(np.float32)
-    y = np.arange(256) % 10
-    loss_fn = fastnn.CrossEntropyLoss()
-    opt.zero_grad()
-    loss = loss_fn(model(x), y)
-    model.backward(loss_fn.backward())
-    opt.step()
-    return loss, fastnn.get_num_threads(), fastnn.build_info()["one_thread_because"]
-
-
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_worker_processes_after_two_thread_kernels(method, threads):
     """A process that ran 2-thread kernels starts workers that train a step each, on every
@@ -91,9 +76,9 @@ def test_worker_processes_after_two_thread_kernels(method, threads):
     import multiprocessing
 
     fastnn.set_num_threads(2)
-    expected = [_train_one_step(seed)[0] for seed in (1, 2)]  # 2-thread regions in the parent
+    expected = [train_one_step(seed)[0] for seed in (1, 2)]  # 2-thread regions in the parent
     with multiprocessing.get_context(method).Pool(2) as pool:
-        results = pool.map_async(_train_one_step, (1, 2)).get(timeout=120)
+        results = pool.map_async(train_one_step, (1, 2)).get(timeout=120)
     for (loss, n, because), want in zip(results, expected):
         assert loss == want  # results do not depend on the thread count
         if method == "fork":
