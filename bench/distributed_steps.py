@@ -1,4 +1,4 @@
-"""Time S2 training steps (DESIGN.md: 784-512-512-10 MLP, batch 128 per process, float32,
+"""Time S2 training steps (workload S2 of the README: 784-512-512-10 MLP, batch 128 per process, float32,
 Adam), data-parallel over MPI or in one process; print one JSON object (from rank 0).
 
     mpirun -n 2 python bench/distributed_steps.py --threads 1   # 2 ranks, DataParallel

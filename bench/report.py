@@ -810,7 +810,7 @@ def main(argv=None):
                              "fastnn BatchNorm1d training fwd+bwd, float32 (N1..N3)"))
         summary["batchnorm"] = bandwidth_summary(
             bn_entries, triad, "workload",
-            "BatchNorm1d training forward+backward, float32, 2 threads (N1..N3 of DESIGN.md: "
+            "BatchNorm1d training forward+backward, float32, 2 threads (N1..N3 of the README: "
             "(batch, C) = (128, 256), (512, 1024), (4096, 4096)")
     ops_entries = suites.get("ops")
     if ops_entries:

@@ -1,4 +1,4 @@
-"""BatchNorm1d training benchmarks: workloads N1..N3 of DESIGN.md, float32, and the machine's
+"""BatchNorm1d training benchmarks: workloads N1..N3 (README), float32, and the machine's
 memory bandwidth (STREAM triad) they are compared to.
 
 For each workload and thread count (1, 2), three implementations of one training step (one

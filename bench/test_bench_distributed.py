@@ -1,6 +1,6 @@
 """Data-parallel training over MPI: what the gradient all-reduce costs, and what 2 ranks buy.
 
-Workload S2 of DESIGN.md (784-512-512-10 MLP, batch 128, float32, Adam), timed by
+Workload S2 (README) (784-512-512-10 MLP, batch 128, float32, Adam), timed by
 bench/distributed_steps.py in separate jobs, since pytest-benchmark runs in one process:
   2 ranks   mpirun -n 2, one thread per rank, batch 128 per rank (global batch 256),
             DataParallel: one in-place Allreduce over the flat float32 gradient buffer (about

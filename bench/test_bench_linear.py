@@ -1,4 +1,4 @@
-"""Linear + bias + ReLU benchmarks: workloads L1..L4 of DESIGN.md, float32.
+"""Linear + bias + ReLU benchmarks: workloads L1..L4 (README), float32.
 
 For each workload, phase ("forward", "forward+backward") and thread count (1, 2), three
 implementations run side by side in one benchmark group:

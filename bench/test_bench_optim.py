@@ -1,4 +1,4 @@
-"""Optimizer step benchmarks: workloads O1..O3 of DESIGN.md (Adam, and SGD with momentum 0.9,
+"""Optimizer step benchmarks: workloads O1..O3 (README) (Adam, and SGD with momentum 0.9,
 over 10k, 1M and 16M float32 parameters).
 
 For each workload, phase ("adam" or "sgd") and thread count (1, 2), three implementations of

@@ -1,7 +1,7 @@
 """Matrix-product benchmarks: every product of the S1 and S2 steps, and 2048^3, float32,
 against the machine's FMA peak.
 
-Per Linear layer of DESIGN.md's S1 and S2 (and a 2048-wide layer at batch 2048), phase and
+Per Linear layer of the README's workloads S1 and S2 (and a 2048-wide layer at batch 2048), phase and
 thread count (1, 2), three implementations of the same products run side by side:
   native  through a fastnn.Linear layer (no activation): forward = layer.forward(x), one
           product x @ W.T (+ b); backward = layer.backward(dy), dx = dy @ W and dW += dy.T @ x

@@ -1,4 +1,4 @@
-"""Whole training-step benchmarks: workloads S1 and S2 of DESIGN.md, float32.
+"""Whole training-step benchmarks: workloads S1 and S2 (README), float32.
 
 One step is what a training loop does per batch: zero the gradients, forward, loss, backward,
 optimizer step. For each workload and thread count (1, 2), four implementations of the same

@@ -1,6 +1,6 @@
 /* fastnn C kernels: plain C (C11), no Python API.
  *
- * Conventions (see ../shared/DESIGN.md):
+ * Conventions:
  *   - outputs first, then const inputs, then explicit sizes;
  *   - every array is C-contiguous, row-major, shapes given in the comment above each kernel;
  *   - backward kernels accumulate parameter gradients (+=); zeroing is the caller's job;

@@ -1,7 +1,7 @@
 """A training step's forward, loss and backward in one call into C.
 
 A Sequential runs each layer through Python: argument checks, buffer bookkeeping, then a
-call into C. For a small model that costs as much as the arithmetic (S1 of DESIGN.md, a
+call into C. For a small model that costs as much as the arithmetic (workload S1 of the README, a
 character-level MLP on 32 samples, has eleven kernel calls of a few microseconds each).
 FusedStep takes one step through the layers, which check everything, records the kernel
 calls that step made and the buffers it used, and replays them for the following steps as one

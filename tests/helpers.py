@@ -3,7 +3,8 @@ import numpy as np
 
 import fastnn
 
-# Normwise relative tolerance of native vs reference, per dtype (DESIGN.md).
+# Normwise relative tolerance of native vs reference, per dtype: a kernel matches its NumPy
+# twin to ~1e-5 in float32 and ~1e-12 in float64.
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
