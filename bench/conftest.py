@@ -64,12 +64,15 @@ def torch_threads(torch, n):
 
 def setting(impl, threads, stack, step, no_grad=False):
     """Enter, on `stack`, what `impl` runs under: thread counts and, for fastnn, the backend
-    ("kernel", a bare kernel call, and "layers", plain layer calls, run natively); no_grad: torch without an autograd graph,
-    as for inference."""
+    ("kernel", a bare kernel call, and "layers", plain layer calls, run natively; "numpy" is
+    numpy alone, its BLAS limited); no_grad: torch without an autograd graph, as for
+    inference."""
     if impl == "torch":
         stack.enter_context(torch_threads(step.torch, threads))
         if no_grad:
             stack.enter_context(step.torch.no_grad())
+    elif impl == "numpy":
+        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
     else:
         backend = "native" if impl in ("kernel", "layers") else impl
         stack.enter_context(fastnn.use_backend(backend))

@@ -18,12 +18,11 @@ import functools
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn import _native
 
-from .conftest import assert_close, cores, fastnn_threads, torch_threads
+from .conftest import assert_close, cores, setting
 
 LAYERS = {  # id: (batch, in_features, out_features, bias, input gradient)
     "S1.1": (32, 30, 200, False, True),
@@ -165,18 +164,6 @@ def oracle(layer, phase):
     return out
 
 
-@contextlib.contextmanager
-def threads_for(impl, threads, step):
-    with contextlib.ExitStack() as stack:
-        if impl == "torch":
-            stack.enter_context(torch_threads(step.torch, threads))
-        elif impl == "numpy":
-            stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
-        else:
-            stack.enter_context(fastnn_threads(threads))
-        yield
-
-
 CASES = [
     pytest.param(w, p, t, i, id=f"{w}-{p}-t{t}-{i}")
     for w in LAYERS for p in PHASES for t in THREADS for i in IMPLS
@@ -195,7 +182,8 @@ def test_product(benchmark, measure, layer, phase, threads, impl):
         impl=impl, phase=phase, flops=flops(layer, phase), bias=bias, input_grad=input_grad,
         isa=fastnn.get_isa(),
     )
-    with threads_for(impl, threads, step):
+    with contextlib.ExitStack() as stack:
+        setting(impl, threads, stack, step)
         got = step.results()
         benchmark.extra_info["rel_err"] = assert_close(got, oracle(layer, phase), TOL,
                                                        f"{impl} vs float64")

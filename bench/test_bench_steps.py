@@ -123,6 +123,8 @@ def inputs(workload):
 class FastnnStep:
     """One training step of the fastnn model; the backend is the one in force when called."""
 
+    replay = True
+
     def __init__(self, workload):
         self.x, self.target = inputs(workload)
         self.model = build_model(workload)
@@ -130,7 +132,7 @@ class FastnnStep:
         self.optimizer = build_optimizer(workload, self.model.parameters(), fastnn.optim)
         # forward, loss and backward: replayed in one C call on the native backend (as
         # fastnn.train.Trainer does), the layer path on the reference backend
-        self.forward_backward = FusedStep(self.model, self.loss_fn)
+        self.forward_backward = FusedStep(self.model, self.loss_fn) if self.replay else None
 
     def __call__(self):
         self.optimizer.zero_grad()
@@ -150,6 +152,8 @@ class FastnnStep:
 
 class LayerCallsStep(FastnnStep):
     """The same step through the plain layer calls, no replay."""
+
+    replay = False
 
     def __call__(self):
         self.optimizer.zero_grad()

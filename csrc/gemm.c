@@ -38,6 +38,14 @@
  * it (each product reads it once, when it is planned). */
 static int current_isa = -1;
 
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Split `panels` into equal blocks of at most max_panels; returns panels per block. */
+static int64_t panels_per_block(int64_t panels, int64_t max_panels)
+{
+    return ceil_div(panels, ceil_div(panels, max_panels));
+}
+
 /* What a kernel call does (flags): start from 0, or continue the partial sum of the earlier
  * K chunks; store the sum, or add it to c. */
 enum { GEMM_C_CONTINUE = 1, GEMM_C_ACCUMULATE = 2 };
@@ -345,7 +353,8 @@ static void SFX(ukernel_generic)(int64_t m, int64_t n, int64_t k, const REAL *a,
 {
     REAL acc[GENERIC_MR][GENERIC_NR];
     for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < n; j++) acc[i][j] = c_mode & GEMM_C_CONTINUE ? cin[i * ldcin + j] : 0;
+        for (int64_t j = 0; j < n; j++)
+            acc[i][j] = c_mode & GEMM_C_CONTINUE ? cin[i * ldcin + j] : 0;
     for (int64_t p = 0; p < k; p++)
         for (int64_t i = 0; i < m; i++) {
             REAL ai = a[i * rsa + p * csa];
@@ -393,28 +402,18 @@ static SFX(ukernel_info) SFX(ukernel_for)(int isa)
                                SFX(pack_bt_generic)};
 }
 
-static int64_t SFX(ceil_div)(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/* Split `panels` into equal blocks of at most max_panels; returns panels per block. */
-static int64_t SFX(panels_per_block)(int64_t panels, int64_t max_panels)
-{
-    return SFX(ceil_div)(panels, SFX(ceil_div)(panels, max_panels));
-}
-
 int64_t SFX(gemm_plan)(SFX(gemm_job) *job)
 {
     SFX(ukernel_info) uk = SFX(ukernel_for)(job->isa);
-    int64_t mpanels = SFX(ceil_div)(job->M, uk.mr), npanels = SFX(ceil_div)(job->N, uk.nr);
-    job->nb = uk.nr * (npanels ? SFX(panels_per_block)(npanels, GEMM_NB_PANELS) : 1);
-    job->nblocks = SFX(ceil_div)(job->N, job->nb);
-    int64_t mpp = mpanels ? SFX(panels_per_block)(mpanels, GEMM_MB_MAX / uk.mr) : 1;
-    while (mpp > GEMM_MB_MIN / uk.mr
-           && SFX(ceil_div)(mpanels, mpp) * job->nblocks < GEMM_MIN_BLOCKS)
-        mpp = SFX(panels_per_block)(mpanels, SFX(ceil_div)(mpp, 2));
+    int64_t mpanels = ceil_div(job->M, uk.mr), npanels = ceil_div(job->N, uk.nr);
+    job->nb = uk.nr * (npanels ? panels_per_block(npanels, GEMM_NB_PANELS) : 1);
+    job->nblocks = ceil_div(job->N, job->nb);
+    int64_t mpp = mpanels ? panels_per_block(mpanels, GEMM_MB_MAX / uk.mr) : 1;
+    while (mpp > GEMM_MB_MIN / uk.mr && ceil_div(mpanels, mpp) * job->nblocks < GEMM_MIN_BLOCKS)
+        mpp = panels_per_block(mpanels, ceil_div(mpp, 2));
     job->mb = uk.mr * mpp;
-    job->mblocks = SFX(ceil_div)(job->M, job->mb);
-    job->kc = job->K ? SFX(ceil_div)(job->K, SFX(ceil_div)(job->K, GEMM_KC(REAL))) : 0;
-    return job->mblocks * job->nblocks;
+    job->kc = job->K ? ceil_div(job->K, ceil_div(job->K, GEMM_KC(REAL))) : 0;
+    return ceil_div(job->M, job->mb) * job->nblocks;
 }
 
 /* A product accumulated into c over several K chunks keeps its partial sums in a block of

@@ -25,10 +25,10 @@
         int accumulate; /* c += a @ b (the product summed, then added); else c = a @ b */    \
         int act;        /* FASTNN_ACT_NONE, _RELU, _TANH or _SIGMOID */                     \
         int isa; /* the path (FASTNN_ISA_*, not BLAS): read once by the caller */           \
-        int64_t mb, nb, kc, mblocks, nblocks; /* the blocking, set by gemm_plan */          \
+        int64_t mb, nb, kc, nblocks; /* the blocking, set by gemm_plan */                   \
     } gemm_job_##SFX;                                                                      \
     /* Fill the blocking of a job whose other fields are set; returns the number of blocks \
-     * (mblocks * nblocks, 0 for an empty output). */                                      \
+     * (0 for an empty output). */                                      \
     int64_t gemm_plan_##SFX(gemm_job_##SFX *job);                                          \
     /* Elements of scratch a block needs: to pack b, and for the partial sums of a product \
      * accumulated over several K chunks (0 when neither). */                              \

@@ -238,26 +238,34 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
     SFX(run_gemm_blocks)(&job, &nblocks, 1, scratch, per_thread);
 }
 
-/* The backward's work for each thread of the team (or the lone caller): dz and db, then
- * (dz complete: the barrier of the first loop) the disjoint dx and dw. */
-static void SFX(linear_backward_team)(REAL *dx, REAL *dw, REAL *db, REAL *work,
-                                      const REAL *dout, const REAL *x, const REAL *w,
-                                      const REAL *out, int act, int64_t B, int64_t C,
-                                      int64_t OC, const SFX(gemm_job) *jobs,
-                                      const int64_t *nblocks, int njobs, REAL *scratch,
-                                      int64_t per_thread, int ok)
+/* What each thread of the backward's team (or the lone caller) needs. */
+typedef struct {
+    REAL *dx, *dw, *db, *work;
+    const REAL *dout, *dz, *x, *w, *out;
+    int act;
+    int64_t B, C, OC;
+    SFX(gemm_job) jobs[2]; /* dx and dw, on fastnn's core */
+    int64_t nblocks[2];
+    int njobs, core;       /* core: the jobs run on fastnn's core, else on the BLAS */
+    REAL *scratch;
+    int64_t per_thread;
+} SFX(backward_work);
+
+/* dz and db, then (dz complete: the barrier of the first loop) the disjoint dx and dw. */
+static void SFX(linear_backward_team)(const SFX(backward_work) *t)
 {
-    int64_t dz_chunks = act != FASTNN_ACT_NONE || db ? (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK : 0;
+    int64_t dz_chunks = t->act != FASTNN_ACT_NONE || t->db
+                      ? (t->OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK : 0;
     #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < dz_chunks; ch++) {
-        int64_t f0 = ch * COLSUM_CHUNK, f1 = f0 + COLSUM_CHUNK < OC ? f0 + COLSUM_CHUNK : OC;
-        SFX(dz_and_bias_grad)(work, db, dout, out, act, f0, f1, B, OC);
+        int64_t f0 = ch * COLSUM_CHUNK;
+        int64_t f1 = f0 + COLSUM_CHUNK < t->OC ? f0 + COLSUM_CHUNK : t->OC;
+        SFX(dz_and_bias_grad)(t->work, t->db, t->dout, t->out, t->act, f0, f1, t->B, t->OC);
     }
-    const REAL *dz = act == FASTNN_ACT_NONE ? dout : work;
-    if (ok)
-        SFX(run_gemm_blocks)(jobs, nblocks, njobs, scratch, per_thread);
+    if (t->core)
+        SFX(run_gemm_blocks)(t->jobs, t->nblocks, t->njobs, t->scratch, t->per_thread);
     else
-        SFX(linear_backward_blas)(dx, dw, dz, x, w, B, C, OC);
+        SFX(linear_backward_blas)(t->dx, t->dw, t->dz, t->x, t->w, t->B, t->C, t->OC);
 }
 
 void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *dout,
@@ -271,29 +279,28 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
         return;
     }
     const REAL *dz = act == FASTNN_ACT_NONE ? dout : work;
-    int nthreads = fastnn_threads_for((double)B * C * OC);
-    SFX(gemm_job) jobs[2];
-    int njobs = 0;
+    SFX(backward_work) t = {.dx = dx, .dw = dw, .db = db, .work = work, .dout = dout, .dz = dz,
+                            .x = x, .w = w, .out = out, .act = act, .B = B, .C = C, .OC = OC};
     if (dx)
-        jobs[njobs++] = (SFX(gemm_job)){.c = dx, .ldc = C, .a = dz, .rsa = OC, .csa = 1,
-                                        .b = w, .rsb = C, .csb = 1, .M = B, .N = C, .K = OC};
+        t.jobs[t.njobs++] = (SFX(gemm_job)){.c = dx, .ldc = C, .a = dz, .rsa = OC, .csa = 1,
+                                            .b = w, .rsb = C, .csb = 1, .M = B, .N = C, .K = OC};
     if (dw)
-        jobs[njobs++] = (SFX(gemm_job)){.c = dw, .ldc = C, .a = dz, .rsa = 1, .csa = OC,
-                                        .b = x, .rsb = C, .csb = 1, .M = OC, .N = C, .K = B,
-                                        .accumulate = 1};
-    int64_t nblocks[2], per_thread;
-    int isa = fastnn_get_isa(), ok = isa != FASTNN_ISA_BLAS;
-    REAL *scratch = ok ? SFX(plan_gemm_jobs)(jobs, nblocks, njobs, isa, nthreads, &per_thread, &ok)
-                    : NULL;
-    int blas = ok ? 1 : fastnn_blas_serial_begin();
+        t.jobs[t.njobs++] = (SFX(gemm_job)){.c = dw, .ldc = C, .a = dz, .rsa = 1, .csa = OC,
+                                            .b = x, .rsb = C, .csb = 1, .M = OC, .N = C,
+                                            .K = B, .accumulate = 1};
+    int nthreads = fastnn_threads_for((double)B * C * OC);
+    int isa = fastnn_get_isa();
+    t.core = isa != FASTNN_ISA_BLAS;
+    if (t.core)
+        t.scratch = SFX(plan_gemm_jobs)(t.jobs, t.nblocks, t.njobs, isa, nthreads,
+                                        &t.per_thread, &t.core);
+    int blas = t.core ? 1 : fastnn_blas_serial_begin();
     if (nthreads == 1) /* small products: no parallel region at all */
-        SFX(linear_backward_team)(dx, dw, db, work, dout, x, w, out, act, B, C, OC, jobs,
-                                  nblocks, njobs, scratch, per_thread, ok);
+        SFX(linear_backward_team)(&t);
     else
         #pragma omp parallel num_threads(nthreads)
-        SFX(linear_backward_team)(dx, dw, db, work, dout, x, w, out, act, B, C, OC, jobs,
-                                  nblocks, njobs, scratch, per_thread, ok);
-    if (!ok) fastnn_blas_serial_end(blas);
+        SFX(linear_backward_team)(&t);
+    if (!t.core) fastnn_blas_serial_end(blas);
 }
 
 #endif
