@@ -29,8 +29,12 @@ void fastnn_register_blas(sgemm_fn sgemm, dgemm_fn dgemm, blas_set_threads_fn se
 const char *fastnn_compile_args(void);
 int fastnn_has_openmp(void);
 int fastnn_num_procs(void);
-void fastnn_set_num_threads(int n);
+/* At most n threads; adaptive: fewer while the machine is busy (runtime.c), else exactly n. */
+void fastnn_set_num_threads(int n, int adaptive);
 int fastnn_get_num_threads(void);
+int fastnn_threads_adaptive(void);
+/* The threads kernels use now: the cap, or fewer while adapting to a busy machine. */
+int fastnn_threads_in_use(void);
 /* 1 in the child of a fork of a process that loaded fastnn: its kernels run on one thread. */
 int fastnn_forked_child(void);
 

@@ -111,19 +111,27 @@ static void SFX(linear_forward_blas)(REAL *out, const REAL *x, const REAL *w, co
     int split_features = OC > B;
     int64_t n = split_features ? OC : B;
     int64_t nblocks = linear_blocks(n, (double)B * C * OC);
-    int nthreads = fastnn_threads_for((double)B * C * OC);
-    int blas = fastnn_blas_serial_begin();
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t i0, i1;
-        fastnn_block_range(blk, nblocks, n, &i0, &i1);
-        SFX(blas_gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features, i0, i1);
-        if (split_features)
-            SFX(bias_act)(out, b, act, 0, B, i0, i1, OC);
-        else
-            SFX(bias_act)(out, b, act, i0, i1, 0, OC, OC);
+    fastnn_team team;
+    int nthreads = fastnn_team_for(&team, (double)B * C * OC);
+    fastnn_blas_hold();
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t clock0 = fastnn_team_clock(&team);
+        #pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t blk = 0; blk < nblocks; blk++) {
+            int64_t i0, i1;
+            fastnn_block_range(blk, nblocks, n, &i0, &i1);
+            SFX(blas_gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features,
+                                i0, i1);
+            if (split_features)
+                SFX(bias_act)(out, b, act, 0, B, i0, i1, OC);
+            else
+                SFX(bias_act)(out, b, act, i0, i1, 0, OC, OC);
+        }
+        fastnn_team_done(&team, clock0);
     }
-    fastnn_blas_serial_end(blas);
+    fastnn_blas_release();
+    fastnn_team_end(&team);
 }
 
 /* dx.T (C, B) = w (C, OC) @ dz.T (OC, B): split rows (re-pack w) or in-features (re-pack
@@ -139,7 +147,7 @@ static void SFX(linear_backward_blas)(REAL *dx, REAL *dw, const REAL *dz, const 
     double madds = (double)B * C * OC;
     int64_t dx_blocks = dx ? linear_blocks(dx_n, madds) : 0;
     int64_t dw_blocks = dw ? linear_blocks(dw_n, madds) : 0;
-    #pragma omp for schedule(dynamic, 1)
+    #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < dx_blocks + dw_blocks; t++) {
         int64_t i0, i1;
         if (t < dx_blocks) {
@@ -155,15 +163,15 @@ static void SFX(linear_backward_blas)(REAL *dx, REAL *dw, const REAL *dz, const 
 /* ---- fastnn's core ---- */
 
 /* Run every block of the planned jobs, taken dynamically by the threads of the enclosing
- * parallel region (or all on the calling thread outside one); scratch: per_thread elements for
- * each thread. */
+ * parallel region (or all on the calling thread outside one), no barrier after; scratch:
+ * per_thread elements for each thread. */
 static void SFX(run_gemm_blocks)(const SFX(gemm_job) *jobs, const int64_t *nblocks, int njobs,
                                  REAL *scratch, int64_t per_thread)
 {
     int64_t total = 0;
     for (int j = 0; j < njobs; j++) total += nblocks[j];
     REAL *mine = scratch ? scratch + fastnn_thread_num() * per_thread : NULL;
-    #pragma omp for schedule(dynamic, 1)
+    #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < total; t++) {
         int j = 0;
         int64_t blk = t;
@@ -218,7 +226,8 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
                          int64_t B, int64_t C, int64_t OC)
 {
     if (B == 0 || OC == 0) return;
-    int nthreads = fastnn_threads_for((double)B * C * OC);
+    fastnn_team team;
+    int nthreads = fastnn_team_for(&team, (double)B * C * OC);
     SFX(gemm_job) job = {.c = out, .ldc = OC, .a = x, .rsa = C, .csa = 1, .b = w, .rsb = 1,
                          .csb = C, .M = B, .N = OC, .K = C, .bias = b, .act = act};
     int64_t nblocks, per_thread;
@@ -235,7 +244,12 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
         return;
     }
     #pragma omp parallel num_threads(nthreads)
-    SFX(run_gemm_blocks)(&job, &nblocks, 1, scratch, per_thread);
+    {
+        int64_t clock0 = fastnn_team_clock(&team);
+        SFX(run_gemm_blocks)(&job, &nblocks, 1, scratch, per_thread);
+        fastnn_team_done(&team, clock0);
+    }
+    fastnn_team_end(&team);
 }
 
 /* What each thread of the backward's team (or the lone caller) needs. */
@@ -251,7 +265,8 @@ typedef struct {
     int64_t per_thread;
 } SFX(backward_work);
 
-/* dz and db, then (dz complete: the barrier of the first loop) the disjoint dx and dw. */
+/* dz and db, then (dz complete: the barrier of the first loop) the disjoint dx and dw; no
+ * barrier after. */
 static void SFX(linear_backward_team)(const SFX(backward_work) *t)
 {
     int64_t dz_chunks = t->act != FASTNN_ACT_NONE || t->db
@@ -288,19 +303,26 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
         t.jobs[t.njobs++] = (SFX(gemm_job)){.c = dw, .ldc = C, .a = dz, .rsa = 1, .csa = OC,
                                             .b = x, .rsb = C, .csb = 1, .M = OC, .N = C,
                                             .K = B, .accumulate = 1};
-    int nthreads = fastnn_threads_for((double)B * C * OC);
+    fastnn_team team;
+    int nthreads = fastnn_team_for(&team, (double)B * C * OC);
     int isa = fastnn_get_isa();
     t.core = isa != FASTNN_ISA_BLAS;
     if (t.core)
         t.scratch = SFX(plan_gemm_jobs)(t.jobs, t.nblocks, t.njobs, isa, nthreads,
                                         &t.per_thread, &t.core);
-    int blas = t.core ? 1 : fastnn_blas_serial_begin();
-    if (nthreads == 1) /* small products: no parallel region at all */
+    if (!t.core) fastnn_blas_hold();
+    if (nthreads == 1) { /* small products: no parallel region at all */
         SFX(linear_backward_team)(&t);
-    else
+    } else {
         #pragma omp parallel num_threads(nthreads)
-        SFX(linear_backward_team)(&t);
-    if (!t.core) fastnn_blas_serial_end(blas);
+        {
+            int64_t clock0 = fastnn_team_clock(&team);
+            SFX(linear_backward_team)(&t);
+            fastnn_team_done(&team, clock0);
+        }
+    }
+    if (!t.core) fastnn_blas_release();
+    fastnn_team_end(&team);
 }
 
 #endif

@@ -1,6 +1,9 @@
 /* Threads and the BLAS fastnn calls. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 #include "runtime.h"
 
 #ifdef _OPENMP
@@ -11,12 +14,20 @@ sgemm_fn fastnn_sgemm = 0;
 dgemm_fn fastnn_dgemm = 0;
 static blas_set_threads_fn blas_set_threads = 0;
 static blas_get_threads_fn blas_get_threads = 0;
-static int num_threads = 1;
 /* Set in the child of a fork: the OpenMP runtime's threads did not come along (libgomp's
  * pool would wait for them forever), so the child's kernels run on the calling thread. */
 static int forked_child = 0;
 
-static void on_fork_child(void) { forked_child = 1; }
+static pthread_mutex_t adapt_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t blas_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The child has only the forking thread: a lock another thread held stays held there. */
+static void on_fork_child(void)
+{
+    forked_child = 1;
+    pthread_mutex_init(&adapt_lock, NULL);
+    pthread_mutex_init(&blas_lock, NULL);
+}
 
 int fastnn_forked_child(void) { return forked_child; }
 
@@ -55,21 +66,163 @@ int fastnn_num_procs(void)
 #endif
 }
 
-void fastnn_set_num_threads(int n) { num_threads = n < 1 ? 1 : n; }
+/* ---- the thread count ----
+ * set_num_threads sets a cap. Results do not depend on the thread count, so the runtime is
+ * free to use fewer threads whenever that is faster, and it does when the machine is busy
+ * (unless the count is pinned): it times the large parallel regions and compares the team's
+ * CPU time in its work with the region's wall time. That ratio, the parallelism the region
+ * got, is about 1.9 for two threads on a quiet machine. When another process holds a core the
+ * scheduler parks one of the team's threads, the others wait for it at the barrier, and the
+ * ratio falls to about 1 or below: one thread fewer would be as fast. Over each window of
+ * ADAPT_WINDOW_NS of timed regions at n threads, a ratio below n - 1 + ADAPT_DROP means use
+ * n - 1. Below the cap, one window is probed at n + 1 threads every so often (the wait
+ * doubling while probes fail, from ADAPT_BACKOFF_MIN_NS to ADAPT_BACKOFF_MAX_NS), and a ratio
+ * of at least n + ADAPT_RAISE there means use n + 1. */
+#define ADAPT_WINDOW_NS 4000000LL
+#define ADAPT_DROP 0.25
+#define ADAPT_RAISE 0.5
+#define ADAPT_BACKOFF_MIN_NS 50000000LL
+#define ADAPT_BACKOFF_MAX_NS 1600000000LL
 
-int fastnn_get_num_threads(void)
+static _Atomic int cap = 1;      /* set_num_threads */
+static _Atomic int pinned = 0;   /* set_num_threads(n, adaptive=False): always cap */
+static _Atomic int in_use = 1;   /* the threads kernels use now, 1 <= in_use <= cap */
+static _Atomic int probing = 0;  /* 1 while a window runs at in_use + 1 */
+static _Atomic int64_t probe_at; /* CLOCK_MONOTONIC ns: the next probe */
+static int64_t backoff = ADAPT_BACKOFF_MIN_NS; /* the rest under adapt_lock */
+static int64_t window_wall, window_cpu;
+
+static int64_t clock_ns(clockid_t clock)
 {
-    return fastnn_has_openmp() && !forked_child ? num_threads : 1;
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int threads_ok(void) { return fastnn_has_openmp() && !forked_child; }
+
+void fastnn_set_num_threads(int n, int adaptive)
+{
+    pthread_mutex_lock(&adapt_lock);
+    cap = n < 1 ? 1 : n;
+    pinned = !adaptive;
+    in_use = cap;
+    probing = 0;
+    backoff = ADAPT_BACKOFF_MIN_NS;
+    window_wall = window_cpu = 0;
+    pthread_mutex_unlock(&adapt_lock);
+}
+
+int fastnn_get_num_threads(void) { return threads_ok() ? cap : 1; }
+
+int fastnn_threads_adaptive(void) { return !pinned; }
+
+int fastnn_threads_in_use(void)
+{
+    if (!threads_ok()) return 1;
+    return pinned ? cap : in_use + probing;
+}
+
+/* One window of timed regions run by teams of `team` threads: act on its parallelism. */
+static void adapt_decide(int team, double parallelism, int64_t now)
+{
+    if (probing) {
+        probing = 0;
+        if (parallelism >= team - 1 + ADAPT_RAISE)
+            in_use = team;
+        else if (backoff < ADAPT_BACKOFF_MAX_NS)
+            backoff *= 2;
+        probe_at = now + backoff;
+    } else if (parallelism < team - 1 + ADAPT_DROP) {
+        in_use = team - 1;
+        probe_at = now + backoff;
+    } else {
+        backoff = ADAPT_BACKOFF_MIN_NS;
+    }
+}
+
+void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
+{
+    pthread_mutex_lock(&adapt_lock);
+    /* a region started before the last decision (or a cap change) tells nothing now */
+    if (!pinned && team > 1 && team == in_use + probing) {
+        window_wall += wall_ns;
+        window_cpu += cpu_ns;
+        if (window_wall >= ADAPT_WINDOW_NS) {
+            adapt_decide(team, (double)window_cpu / (double)window_wall,
+                         clock_ns(CLOCK_MONOTONIC));
+            window_wall = window_cpu = 0;
+        }
+    }
+    pthread_mutex_unlock(&adapt_lock);
+}
+
+void fastnn_adapt_probe_now(void) { probe_at = 0; }
+
+/* The threads for a timed region: in_use, or in_use + 1 when a probe is due. */
+static int timed_team_threads(void)
+{
+    if (!threads_ok() || pinned) return fastnn_threads_in_use();
+    if (!probing && in_use < cap && clock_ns(CLOCK_MONOTONIC) >= probe_at) {
+        pthread_mutex_lock(&adapt_lock);
+        if (!probing && in_use < cap) {
+            probing = 1;
+            window_wall = window_cpu = 0;
+        }
+        pthread_mutex_unlock(&adapt_lock);
+    }
+    return in_use + probing;
+}
+
+static int team_start(fastnn_team *t, int small, int timed)
+{
+    t->size = 0;
+    atomic_init(&t->cpu_ns, 0);
+    t->timed = !small && timed;
+    t->nthreads = small ? 1 : t->timed ? timed_team_threads() : fastnn_threads_in_use();
+    if (t->nthreads < 2) t->timed = 0;
+    if (t->timed) t->start_ns = clock_ns(CLOCK_MONOTONIC);
+    return t->nthreads;
+}
+
+int fastnn_team_for(fastnn_team *t, double work)
+{
+    return team_start(t, work < FASTNN_PARALLEL_MIN_WORK, work >= FASTNN_TIMED_MIN_WORK);
+}
+
+int fastnn_team_for_elements(fastnn_team *t, int64_t n)
+{
+    return team_start(t, n < FASTNN_PARALLEL_MIN_ELEMENTS, n >= FASTNN_TIMED_MIN_ELEMENTS);
+}
+
+int64_t fastnn_team_clock(const fastnn_team *t)
+{
+    return t->timed ? clock_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
+}
+
+void fastnn_team_done(fastnn_team *t, int64_t clock0)
+{
+    if (!t->timed) return;
+    atomic_fetch_add(&t->cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID) - clock0);
+#ifdef _OPENMP
+    if (omp_get_thread_num() == 0) t->size = omp_get_num_threads();
+#endif
+}
+
+void fastnn_team_end(fastnn_team *t)
+{
+    if (t->timed && t->size > 1)
+        fastnn_adapt_observe(t->size, clock_ns(CLOCK_MONOTONIC) - t->start_ns, t->cpu_ns);
 }
 
 int fastnn_threads_for(double work)
 {
-    return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_get_num_threads();
+    return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_threads_in_use();
 }
 
 int fastnn_threads_for_elements(int64_t n)
 {
-    return n < FASTNN_PARALLEL_MIN_ELEMENTS ? 1 : fastnn_get_num_threads();
+    return n < FASTNN_PARALLEL_MIN_ELEMENTS ? 1 : fastnn_threads_in_use();
 }
 
 int64_t fastnn_num_blocks(int64_t n, int64_t min_per_block)
@@ -108,16 +261,29 @@ void *fastnn_scratch(size_t bytes)
     return buf;
 }
 
-int fastnn_blas_serial_begin(void)
+/* The BLAS's own threads are held at one while fastnn's team calls it (the BLAS path only).
+ * Holds are counted: the first saves the count and the last restores it, so kernels running
+ * at once in several Python threads neither restore it early nor leave it at one; and the
+ * count is restored only if it is still the one fastnn set, so a limit someone else set in
+ * the meantime (threadpoolctl, to anything but one) stays. */
+static int blas_holds = 0, blas_saved = 1;
+
+void fastnn_blas_hold(void)
 {
-    /* Our OpenMP team owns the cores: the BLAS runs on the calling thread only. */
-    if (!blas_get_threads || !blas_set_threads) return 1;
-    int saved = blas_get_threads();
-    if (saved != 1) blas_set_threads(1);
-    return saved;
+    if (!blas_get_threads || !blas_set_threads) return;
+    pthread_mutex_lock(&blas_lock);
+    if (blas_holds++ == 0) {
+        blas_saved = blas_get_threads();
+        if (blas_saved != 1) blas_set_threads(1);
+    }
+    pthread_mutex_unlock(&blas_lock);
 }
 
-void fastnn_blas_serial_end(int saved)
+void fastnn_blas_release(void)
 {
-    if (saved != 1 && blas_set_threads) blas_set_threads(saved);
+    if (!blas_get_threads || !blas_set_threads) return;
+    pthread_mutex_lock(&blas_lock);
+    if (--blas_holds == 0 && blas_saved != 1 && blas_get_threads() == 1)
+        blas_set_threads(blas_saved);
+    pthread_mutex_unlock(&blas_lock);
 }

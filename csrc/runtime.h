@@ -25,11 +25,44 @@ extern dgemm_fn fastnn_dgemm;
 /* Below this many elements a memory-bound kernel runs on one thread. */
 #define FASTNN_PARALLEL_MIN_ELEMENTS (1 << 16)
 
-/* Threads to use for a kernel doing `work` multiply-adds. */
+/* Regions at least this large are timed for the adaptive thread count (runtime.c): large
+ * enough that the two CPU-clock reads per thread (about 0.5 us each) cost under 1%. */
+#define FASTNN_TIMED_MIN_WORK (1 << 23)
+#define FASTNN_TIMED_MIN_ELEMENTS (1 << 21)
+
+/* Threads to use for a kernel doing `work` multiply-adds (an untimed region). */
 int fastnn_threads_for(double work);
 
-/* Threads to use for a memory-bound kernel over n elements. */
+/* Threads to use for a memory-bound kernel over n elements (an untimed region). */
 int fastnn_threads_for_elements(int64_t n);
+
+/* A parallel region the adaptive thread count learns from:
+ *     fastnn_team team;
+ *     int nthreads = fastnn_team_for(&team, work);
+ *     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+ *     {
+ *         int64_t clock0 = fastnn_team_clock(&team);
+ *         ... this thread's share, no barrier after it ...
+ *         fastnn_team_done(&team, clock0);
+ *     }
+ *     fastnn_team_end(&team);
+ */
+typedef struct {
+    int nthreads, timed, size; /* asked for; whether timed; the team the region got */
+    int64_t start_ns;
+    _Atomic int64_t cpu_ns;    /* the team's CPU time in its shares */
+} fastnn_team;
+
+/* Threads for the region of a kernel doing `work` multiply-adds / over n elements. */
+int fastnn_team_for(fastnn_team *team, double work);
+int fastnn_team_for_elements(fastnn_team *team, int64_t n);
+int64_t fastnn_team_clock(const fastnn_team *team);
+void fastnn_team_done(fastnn_team *team, int64_t clock0);
+void fastnn_team_end(fastnn_team *team);
+
+/* For tests: what a window of timed regions would report, and a probe due now. */
+void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns);
+void fastnn_adapt_probe_now(void);
 
 /* How many blocks to split n items into: at least min_per_block items each, at most one
  * block per processor. Depends on n and the machine only, never on the thread count. */
@@ -45,13 +78,20 @@ void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
 #define FASTNN_FOR_CHUNKS(n, BODY)                                                   \
     do {                                                                             \
         int64_t nchunks_ = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);       \
-        int nthreads_ = fastnn_threads_for_elements(n);                              \
-        _Pragma("omp parallel for schedule(static) num_threads(nthreads_) if (nthreads_ > 1)") \
-        for (int64_t chunk = 0; chunk < nchunks_; chunk++) {                         \
-            int64_t i0, i1;                                                          \
-            fastnn_block_range(chunk, nchunks_, n, &i0, &i1);                        \
-            BODY                                                                     \
+        fastnn_team team_;                                                           \
+        int nthreads_ = fastnn_team_for_elements(&team_, n);                         \
+        _Pragma("omp parallel num_threads(nthreads_) if (nthreads_ > 1)")            \
+        {                                                                            \
+            int64_t clock0_ = fastnn_team_clock(&team_);                             \
+            _Pragma("omp for schedule(dynamic, 1) nowait")                           \
+            for (int64_t chunk = 0; chunk < nchunks_; chunk++) {                     \
+                int64_t i0, i1;                                                      \
+                fastnn_block_range(chunk, nchunks_, n, &i0, &i1);                    \
+                BODY                                                                 \
+            }                                                                        \
+            fastnn_team_done(&team_, clock0_);                                       \
         }                                                                            \
+        fastnn_team_end(&team_);                                                     \
     } while (0)
 
 /* The calling thread's index in the current parallel region (0 outside one). */
@@ -61,8 +101,8 @@ int fastnn_thread_num(void);
  * call (steady state allocates nothing); NULL when it cannot be had. */
 void *fastnn_scratch(size_t bytes);
 
-/* Force the BLAS to one thread around an OpenMP region; returns what to restore. */
-int fastnn_blas_serial_begin(void);
-void fastnn_blas_serial_end(int saved);
+/* Hold the BLAS at one thread around an OpenMP region that calls it (counted holds). */
+void fastnn_blas_hold(void);
+void fastnn_blas_release(void);
 
 #endif

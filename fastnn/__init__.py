@@ -5,6 +5,7 @@ Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a
 """
 __version__ = "0.1.0"
 
+from . import _wait_policy  # noqa: F401  (first: before anything loads libgomp)
 from . import data, datasets, functional, init, optim, reference, train
 from .checkpoint import load, save
 from .layers import (

@@ -19,10 +19,19 @@ cdef extern from "fastnn.h" nogil:
     const char *fastnn_compile_args()
     int fastnn_has_openmp()
     int fastnn_num_procs()
-    void fastnn_set_num_threads(int n)
+    void fastnn_set_num_threads(int n, int adaptive)
     int fastnn_get_num_threads()
+    int fastnn_threads_adaptive()
+    int fastnn_threads_in_use()
     int fastnn_forked_child()
 
+cdef extern from "runtime.h" nogil:
+    void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
+    void fastnn_adapt_probe_now()
+    void fastnn_blas_hold()
+    void fastnn_blas_release()
+
+cdef extern from "fastnn.h" nogil:
     int fastnn_isa_supported(int isa)
     int fastnn_get_isa()
     int fastnn_set_isa(int isa)
@@ -153,8 +162,36 @@ def num_procs():
     return fastnn_num_procs()
 
 
-def set_num_threads(int n):
-    fastnn_set_num_threads(n)
+def set_num_threads(int n, bint adaptive):
+    fastnn_set_num_threads(n, adaptive)
+
+
+def threads_adaptive():
+    return bool(fastnn_threads_adaptive())
+
+
+def threads_in_use():
+    return fastnn_threads_in_use()
+
+
+def adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns):
+    """For tests: feed the adaptive thread count one timed region."""
+    fastnn_adapt_observe(team, wall_ns, cpu_ns)
+
+
+def adapt_probe_now():
+    """For tests: the next timed region probes one thread more (below the cap)."""
+    fastnn_adapt_probe_now()
+
+
+def blas_hold():
+    """For tests: what a kernel on the BLAS path does before its parallel region..."""
+    fastnn_blas_hold()
+
+
+def blas_release():
+    """... and after it."""
+    fastnn_blas_release()
 
 
 # The matrix-product paths, by their codes in csrc/gemm.h (FASTNN_ISA_*).

@@ -16,6 +16,7 @@ import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS library the kerne
 from threadpoolctl import ThreadpoolController
 
 from . import _native
+from ._wait_policy import WAIT_POLICY
 
 __all__ = [
     "build_info",
@@ -67,18 +68,25 @@ def _usable_cores():
         return os.cpu_count() or 1
 
 
-def set_num_threads(n):
-    """Set the number of threads fastnn's kernels use (1 <= n <= usable cores)."""
+def set_num_threads(n, *, adaptive=True):
+    """Let fastnn's kernels use up to n threads (1 <= n <= usable cores).
+
+    adaptive=True (the default): n is a cap, and while the machine is busy (another process
+    holds a core, so a thread of the team gets parked) the kernels use fewer, probing again
+    later; see README, Threads. adaptive=False pins the count: exactly n, whatever the load.
+    Results are bitwise the same for any thread count, so neither changes an answer."""
     cores = _usable_cores()
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if not 1 <= n <= cores:
         raise ValueError(f"set_num_threads: n must be in [1, {cores}] (usable cores), got {n}")
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"set_num_threads: adaptive must be a bool, got {type(adaptive).__name__}")
     if n > 1 and not _native.has_openmp():
         warnings.warn("fastnn was built without OpenMP: kernels run on one thread", stacklevel=2)
     elif n > 1 and _native.forked_child():
         warnings.warn(f"set_num_threads({n}): {FORKED_CHILD}", stacklevel=2)
-    _native.set_num_threads(n)
+    _native.set_num_threads(n, adaptive)
 
 
 FORKED_CHILD = ("this process is the child of a fork, and the OpenMP runtime's threads do not "
@@ -87,8 +95,9 @@ FORKED_CHILD = ("this process is the child of a fork, and the OpenMP runtime's t
 
 
 def get_num_threads():
-    """The number of threads fastnn's kernels use (1 in a build without OpenMP, and in the
-    child of a fork: see build_info()["one_thread_because"])."""
+    """The thread count set (see set_num_threads; 1 in a build without OpenMP, and in the
+    child of a fork: see build_info()["one_thread_because"]). While adapting to a busy
+    machine the kernels may use fewer: build_info()["threads_in_use"]."""
     return _native.get_num_threads()
 
 
@@ -103,7 +112,7 @@ def _default_num_threads():
     return cores
 
 
-_native.set_num_threads(_default_num_threads())
+_native.set_num_threads(_default_num_threads(), True)
 
 
 ISAS = _native.ISAS
@@ -180,6 +189,9 @@ def build_info():
         "version": __version__,
         "openmp": _native.has_openmp(),
         "num_threads": get_num_threads(),
+        "adaptive_threads": _native.threads_adaptive(),
+        "threads_in_use": _native.threads_in_use(),
+        "openmp_wait": WAIT_POLICY,
         "num_procs": _native.num_procs(),
         "blas": blas,
         "compile_args": _native.compile_args(),

@@ -7,10 +7,10 @@ import fastnn
 
 @pytest.fixture
 def threads():
-    """Restores the thread count a test changes."""
-    saved = fastnn.get_num_threads()
+    """Restores the thread count (and whether it adapts) a test changes."""
+    saved = fastnn.get_num_threads(), fastnn.build_info()["adaptive_threads"]
     yield
-    fastnn.set_num_threads(saved)
+    fastnn.set_num_threads(saved[0], adaptive=saved[1])
 
 
 @pytest.fixture(autouse=True)

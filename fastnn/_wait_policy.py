@@ -1,0 +1,43 @@
+"""How long fastnn's idle OpenMP threads spin before they sleep: set before libgomp loads.
+
+libgomp reads GOMP_SPINCOUNT once, when it is loaded. Its default (300,000 spins, about
+10 ms on the development machine) keeps an idle team thread burning a core long after the
+last parallel region; on a busy machine that core is the one another process, or a parked
+thread of the team, needed. Unless the user chose a wait policy, fastnn asks for SPIN_COUNT
+spins (about 0.3 ms there: longer than the gaps between the kernels of a training step), and
+for its own loading of libgomp only: the variable is removed again, so child processes and
+libraries loaded later see the environment the user gave.
+"""
+import os
+
+SPIN_COUNT = 10000
+_USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def _libgomp_loaded():
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libgomp" in line for line in f)
+    except OSError:
+        return False
+
+
+def _load_native():
+    """Import fastnn._native under the bounded spin; returns what the OpenMP runtime waits
+    with, for build_info()."""
+    user = [f"{name}={os.environ[name]}" for name in _USER_SETTINGS if name in os.environ]
+    if user:
+        from . import _native  # noqa: F401
+        return f"the user's {', '.join(user)}"
+    if _libgomp_loaded():
+        from . import _native  # noqa: F401
+        return "libgomp's default (libgomp was loaded before fastnn)"
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    try:
+        from . import _native  # noqa: F401
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+    return f"GOMP_SPINCOUNT={SPIN_COUNT} (set by fastnn while loading libgomp)"
+
+
+WAIT_POLICY = _load_native()
