@@ -43,13 +43,13 @@ def cores():
 
 
 @contextlib.contextmanager
-def fastnn_threads(n):
-    previous = fastnn.get_num_threads()
-    fastnn.set_num_threads(n)
+def fastnn_threads(n, adaptive=True):
+    previous = fastnn.get_num_threads(), fastnn.build_info()["adaptive_threads"]
+    fastnn.set_num_threads(n, adaptive=adaptive)
     try:
         yield
     finally:
-        fastnn.set_num_threads(previous)
+        fastnn.set_num_threads(previous[0], adaptive=previous[1])
 
 
 @contextlib.contextmanager
@@ -62,11 +62,11 @@ def torch_threads(torch, n):
         torch.set_num_threads(previous)
 
 
-def setting(impl, threads, stack, step, no_grad=False):
+def setting(impl, threads, stack, step, no_grad=False, adaptive=True):
     """Enter, on `stack`, what `impl` runs under: thread counts and, for fastnn, the backend
     ("kernel", a bare kernel call, and "layers", plain layer calls, run natively; "numpy" is
     numpy alone, its BLAS limited); no_grad: torch without an autograd graph, as for
-    inference."""
+    inference; adaptive: fastnn's thread count adapts to the load (its default) or is pinned."""
     if impl == "torch":
         stack.enter_context(torch_threads(step.torch, threads))
         if no_grad:
@@ -76,7 +76,7 @@ def setting(impl, threads, stack, step, no_grad=False):
     else:
         backend = "native" if impl in ("kernel", "layers") else impl
         stack.enter_context(fastnn.use_backend(backend))
-        stack.enter_context(fastnn_threads(threads))
+        stack.enter_context(fastnn_threads(threads, adaptive))
         # The reference runs on numpy's BLAS; native holds scipy's BLAS at one thread itself.
         stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
 

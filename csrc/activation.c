@@ -126,28 +126,22 @@ static void SFX(softmax_rows)(REAL *out, const REAL *x, int64_t r0, int64_t r1, 
 
 void SFX(softmax_forward)(REAL *out, const REAL *x, int64_t N, int64_t K)
 {
-    int64_t nblocks = fastnn_num_blocks(N, 1);
-    int nthreads = fastnn_threads_for_elements(N * K);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t r0, r1;
-        fastnn_block_range(blk, nblocks, N, &r0, &r1);
-        SFX(softmax_rows)(out, x, r0, r1, K);
-    }
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1,
+                           SFX(softmax_rows)(out, x, r0, r1, K););
 }
 
 void SFX(softmax_backward)(REAL *dx, const REAL *dout, const REAL *y, int64_t N, int64_t K)
 {
-    int nthreads = fastnn_threads_for_elements(N * K);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t r = 0; r < N; r++) {
-        const REAL *restrict gr = dout + r * K;
-        const REAL *restrict yr = y + r * K;
-        REAL *restrict dr = dx + r * K;
-        double dot = 0;
-        for (int64_t j = 0; j < K; j++) dot += (double)gr[j] * yr[j];
-        for (int64_t j = 0; j < K; j++) dr[j] = (REAL)(yr[j] * ((double)gr[j] - dot));
-    }
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1, {
+        for (int64_t r = r0; r < r1; r++) {
+            const REAL *restrict gr = dout + r * K;
+            const REAL *restrict yr = y + r * K;
+            REAL *restrict dr = dx + r * K;
+            double dot = 0;
+            for (int64_t j = 0; j < K; j++) dot += (double)gr[j] * yr[j];
+            for (int64_t j = 0; j < K; j++) dr[j] = (REAL)(yr[j] * ((double)gr[j] - dot));
+        }
+    });
 }
 
 #endif

@@ -151,48 +151,54 @@ static void SFX(segment_dx)(REAL *dx, const REAL *dout, const REAL *out, const R
 /* The forward of both modes. Training (train != 0, B > 1, checked by the caller): batch
  * statistics into save_mean and save_invstd, running statistics updated when given. Evaluation: the running statistics,
  * copied into save_mean and save_invstd for the backward. */
+static void SFX(batchnorm_forward_channels)(REAL *out, REAL *save_mean, REAL *save_invstd,
+                                            REAL *running_mean, REAL *running_var,
+                                            const REAL *x, const REAL *gamma, const REAL *beta,
+                                            double eps, double momentum, int act, int train,
+                                            int64_t B, int64_t C, int64_t c0, int64_t c1)
+{
+    for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
+        int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
+        double mean[BN_SEG], var[BN_SEG];
+        REAL scale[BN_SEG], shift[BN_SEG];
+        if (train) {
+            SFX(segment_stats)(mean, var, x, B, C, s0, n);
+            for (int64_t j = 0; j < n; j++) var[j] /= (double)B; /* biased; B > 1 */
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                mean[j] = running_mean[s0 + j];
+                var[j] = running_var[s0 + j];
+            }
+        }
+        for (int64_t j = 0; j < n; j++) {
+            int64_t c = s0 + j;
+            double invstd = 1 / sqrt((var[j] < 0 ? 0 : var[j]) + eps); /* NaN stays NaN */
+            double g = gamma ? gamma[c] : 1, b = beta ? beta[c] : 0;
+            scale[j] = (REAL)(g * invstd);
+            shift[j] = (REAL)(b - mean[j] * g * invstd);
+            save_mean[c] = (REAL)mean[j];
+            save_invstd[c] = (REAL)invstd;
+            if (train && running_mean) {
+                running_mean[c] = (REAL)((1 - momentum) * running_mean[c] + momentum * mean[j]);
+                /* the unbiased variance, as PyTorch keeps */
+                double unbiased = var[j] * (double)B / (double)(B - 1);
+                running_var[c] = (REAL)((1 - momentum) * running_var[c] + momentum * unbiased);
+            }
+        }
+        SFX(normalize_segment)(out, x, scale, shift, act, B, C, s0, n);
+    }
+}
+
 static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd,
                                    REAL *running_mean, REAL *running_var, const REAL *x,
                                    const REAL *gamma, const REAL *beta, double eps,
                                    double momentum, int act, int train, int64_t B, int64_t C)
 {
-    int64_t nblocks = fastnn_num_blocks(C, BN_MIN_BLOCK);
-    int nthreads = fastnn_threads_for_elements(B * C);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t c0, c1;
-        fastnn_block_range(blk, nblocks, C, &c0, &c1);
-        for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
-            int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
-            double mean[BN_SEG], var[BN_SEG];
-            REAL scale[BN_SEG], shift[BN_SEG];
-            if (train) {
-                SFX(segment_stats)(mean, var, x, B, C, s0, n);
-                for (int64_t j = 0; j < n; j++) var[j] /= (double)B; /* biased; B > 1 */
-            } else {
-                for (int64_t j = 0; j < n; j++) {
-                    mean[j] = running_mean[s0 + j];
-                    var[j] = running_var[s0 + j];
-                }
-            }
-            for (int64_t j = 0; j < n; j++) {
-                int64_t c = s0 + j;
-                double invstd = 1 / sqrt((var[j] < 0 ? 0 : var[j]) + eps); /* NaN stays NaN */
-                double g = gamma ? gamma[c] : 1, b = beta ? beta[c] : 0;
-                scale[j] = (REAL)(g * invstd);
-                shift[j] = (REAL)(b - mean[j] * g * invstd);
-                save_mean[c] = (REAL)mean[j];
-                save_invstd[c] = (REAL)invstd;
-                if (train && running_mean) {
-                    running_mean[c] = (REAL)((1 - momentum) * running_mean[c] + momentum * mean[j]);
-                    /* the unbiased variance, as PyTorch keeps */
-                    double unbiased = var[j] * (double)B / (double)(B - 1);
-                    running_var[c] = (REAL)((1 - momentum) * running_var[c] + momentum * unbiased);
-                }
-            }
-            SFX(normalize_segment)(out, x, scale, shift, act, B, C, s0, n);
-        }
-    }
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(C, BN_MIN_BLOCK), C, B * C, blk, c0, c1,
+                           SFX(batchnorm_forward_channels)(out, save_mean, save_invstd,
+                                                           running_mean, running_var, x, gamma,
+                                                           beta, eps, momentum, act, train, B,
+                                                           C, c0, c1););
 }
 
 void SFX(batchnorm_forward_train)(REAL *out, REAL *save_mean, REAL *save_invstd,
@@ -214,39 +220,44 @@ void SFX(batchnorm_forward_eval)(REAL *out, REAL *save_mean, REAL *save_invstd,
                            (REAL *)running_var, x, gamma, beta, eps, 0, act, 0, B, C);
 }
 
+static void SFX(batchnorm_backward_channels)(REAL *dx, REAL *dgamma, REAL *dbeta,
+                                             const REAL *dout, const REAL *x, const REAL *out,
+                                             const REAL *mean, const REAL *invstd,
+                                             const REAL *gamma, int act, int train, int64_t B,
+                                             int64_t C, int64_t c0, int64_t c1)
+{
+    for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
+        int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
+        double sum_dz[BN_SEG], sum_dz_xc[BN_SEG];
+        REAL a[BN_SEG], b[BN_SEG], d[BN_SEG];
+        SFX(segment_grad_sums)(sum_dz, sum_dz_xc, dout, out, x, mean + s0, act, B, C, s0, n);
+        /* dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)) with k = gamma * invstd,
+         * xhat = (x - mean) * invstd; in evaluation mode the statistics are constants:
+         * dx = k * dz. Written as dx = a * dz + b * (x - mean) + d. */
+        for (int64_t j = 0; j < n; j++) {
+            int64_t c = s0 + j;
+            double is = invstd[c], k = (gamma ? gamma[c] : 1) * is;
+            double dg = sum_dz_xc[j] * is; /* sum(dz * xhat) */
+            if (dgamma) dgamma[c] += (REAL)dg;
+            if (dbeta) dbeta[c] += (REAL)sum_dz[j];
+            a[j] = (REAL)k;
+            b[j] = train && B > 0 ? (REAL)(-k * is * dg / (double)B) : 0;
+            d[j] = train && B > 0 ? (REAL)(-k * sum_dz[j] / (double)B) : 0;
+        }
+        if (dx)
+            SFX(segment_dx)(dx, dout, out, x, mean + s0, a, b, d, act, B, C, s0, n);
+    }
+}
+
 void SFX(batchnorm_backward)(REAL *dx, REAL *dgamma, REAL *dbeta, const REAL *dout,
                              const REAL *x, const REAL *out, const REAL *mean,
                              const REAL *invstd, const REAL *gamma, int act, int train,
                              int64_t B, int64_t C)
 {
-    int64_t nblocks = fastnn_num_blocks(C, BN_MIN_BLOCK);
-    int nthreads = fastnn_threads_for_elements(B * C);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t c0, c1;
-        fastnn_block_range(blk, nblocks, C, &c0, &c1);
-        for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
-            int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
-            double sum_dz[BN_SEG], sum_dz_xc[BN_SEG];
-            REAL a[BN_SEG], b[BN_SEG], d[BN_SEG];
-            SFX(segment_grad_sums)(sum_dz, sum_dz_xc, dout, out, x, mean + s0, act, B, C, s0, n);
-            /* dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)) with k = gamma * invstd,
-             * xhat = (x - mean) * invstd; in evaluation mode the statistics are constants:
-             * dx = k * dz. Written as dx = a * dz + b * (x - mean) + d. */
-            for (int64_t j = 0; j < n; j++) {
-                int64_t c = s0 + j;
-                double is = invstd[c], k = (gamma ? gamma[c] : 1) * is;
-                double dg = sum_dz_xc[j] * is; /* sum(dz * xhat) */
-                if (dgamma) dgamma[c] += (REAL)dg;
-                if (dbeta) dbeta[c] += (REAL)sum_dz[j];
-                a[j] = (REAL)k;
-                b[j] = train && B > 0 ? (REAL)(-k * is * dg / (double)B) : 0;
-                d[j] = train && B > 0 ? (REAL)(-k * sum_dz[j] / (double)B) : 0;
-            }
-            if (dx)
-                SFX(segment_dx)(dx, dout, out, x, mean + s0, a, b, d, act, B, C, s0, n);
-        }
-    }
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(C, BN_MIN_BLOCK), C, B * C, blk, c0, c1,
+                           SFX(batchnorm_backward_channels)(dx, dgamma, dbeta, dout, x, out,
+                                                            mean, invstd, gamma, act, train, B,
+                                                            C, c0, c1););
 }
 
 #endif

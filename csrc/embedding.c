@@ -25,28 +25,23 @@
 void SFX(embedding_forward)(REAL *out, const REAL *weight, const int64_t *idx, int64_t N,
                             int64_t D)
 {
-    int nthreads = fastnn_threads_for_elements(N * D);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t i = 0; i < N; i++)
-        memcpy(out + i * D, weight + idx[i] * D, (size_t)D * sizeof(REAL));
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * D, blk, i0, i1, {
+        for (int64_t i = i0; i < i1; i++)
+            memcpy(out + i * D, weight + idx[i] * D, (size_t)D * sizeof(REAL));
+    });
 }
 
 /* dweight (V, D)[idx[i]] += dout (N, D)[i], for i in order */
 void SFX(embedding_backward)(REAL *dweight, const REAL *dout, const int64_t *idx, int64_t N,
                              int64_t D)
 {
-    int64_t nblocks = fastnn_num_blocks(D, EMB_MIN_COLS);
-    int nthreads = fastnn_threads_for_elements(N * D);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t c0, c1;
-        fastnn_block_range(blk, nblocks, D, &c0, &c1);
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(D, EMB_MIN_COLS), D, N * D, blk, c0, c1, {
         for (int64_t i = 0; i < N; i++) {
             REAL *restrict row = dweight + idx[i] * D;
             const REAL *restrict g = dout + i * D;
             for (int64_t j = c0; j < c1; j++) row[j] += g[j];
         }
-    }
+    });
 }
 
 #endif

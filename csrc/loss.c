@@ -44,14 +44,8 @@ static void SFX(cross_entropy_rows)(REAL *probs, double *row_loss, const REAL *l
 double SFX(cross_entropy_forward)(REAL *probs, double *row_loss, const REAL *logits,
                                   const int64_t *target, int64_t N, int64_t K)
 {
-    int64_t nblocks = fastnn_num_blocks(N, 1);
-    int nthreads = fastnn_threads_for_elements(N * K);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t r0, r1;
-        fastnn_block_range(blk, nblocks, N, &r0, &r1);
-        SFX(cross_entropy_rows)(probs, row_loss, logits, target, r0, r1, K);
-    }
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1,
+                           SFX(cross_entropy_rows)(probs, row_loss, logits, target, r0, r1, K););
     double total = 0;
     for (int64_t r = 0; r < N; r++) total += row_loss[r];
     return N > 0 ? total / (double)N : NAN;
@@ -62,14 +56,14 @@ void SFX(cross_entropy_backward)(REAL *dlogits, const REAL *probs, const int64_t
                                  double scale, int64_t N, int64_t K)
 {
     REAL s = (REAL)scale;
-    int nthreads = fastnn_threads_for_elements(N * K);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t r = 0; r < N; r++) {
-        const REAL *restrict p = probs + r * K;
-        REAL *restrict d = dlogits + r * K;
-        for (int64_t j = 0; j < K; j++) d[j] = p[j] * s;
-        d[target[r]] = (p[target[r]] - 1) * s;
-    }
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1, {
+        for (int64_t r = r0; r < r1; r++) {
+            const REAL *restrict p = probs + r * K;
+            REAL *restrict d = dlogits + r * K;
+            for (int64_t j = 0; j < K; j++) d[j] = p[j] * s;
+            d[target[r]] = (p[target[r]] - 1) * s;
+        }
+    });
 }
 
 /* Returns sum((pred - target)^2) over n elements, summed in fixed chunks, in order. */
@@ -95,9 +89,7 @@ void SFX(squared_error_backward)(REAL *dpred, const REAL *pred, const REAL *targ
                                  double scale, int64_t n)
 {
     REAL s = (REAL)scale;
-    int nthreads = fastnn_threads_for_elements(n);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t i = 0; i < n; i++) dpred[i] = s * (pred[i] - target[i]);
+    FASTNN_FOR_CHUNKS(n, for (int64_t i = i0; i < i1; i++) dpred[i] = s * (pred[i] - target[i]););
 }
 
 #endif

@@ -75,10 +75,11 @@ int fastnn_num_procs(void)
  * scheduler parks one of the team's threads, the others wait for it at the barrier, and the
  * ratio falls to about 1 or below: one thread fewer would be as fast. Over each window of
  * ADAPT_WINDOW_NS of timed regions at n threads, a ratio below n - 1 + ADAPT_DROP means use
- * n - 1. Below the cap, one window is probed at n + 1 threads every so often (the wait
- * doubling while probes fail, from ADAPT_BACKOFF_MIN_NS to ADAPT_BACKOFF_MAX_NS), and a ratio
- * of at least n + ADAPT_RAISE there means use n + 1. */
+ * n - 1. Below the cap, a window of ADAPT_PROBE_NS is probed at n + 1 threads every so often
+ * (the wait doubling while probes fail, from ADAPT_BACKOFF_MIN_NS to ADAPT_BACKOFF_MAX_NS),
+ * and a ratio of at least n + ADAPT_RAISE there means use n + 1. */
 #define ADAPT_WINDOW_NS 4000000LL
+#define ADAPT_PROBE_NS 1000000LL
 #define ADAPT_DROP 0.25
 #define ADAPT_RAISE 0.5
 #define ADAPT_BACKOFF_MIN_NS 50000000LL
@@ -148,7 +149,7 @@ void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
     if (!pinned && team > 1 && team == in_use + probing) {
         window_wall += wall_ns;
         window_cpu += cpu_ns;
-        if (window_wall >= ADAPT_WINDOW_NS) {
+        if (window_wall >= (probing ? ADAPT_PROBE_NS : ADAPT_WINDOW_NS)) {
             adapt_decide(team, (double)window_cpu / (double)window_wall,
                          clock_ns(CLOCK_MONOTONIC));
             window_wall = window_cpu = 0;
@@ -157,10 +158,19 @@ void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
     pthread_mutex_unlock(&adapt_lock);
 }
 
-void fastnn_adapt_probe_now(void) { probe_at = 0; }
+void fastnn_adapt_probe_now(void)
+{
+    pthread_mutex_lock(&adapt_lock);
+    if (!pinned && in_use < cap) {
+        probing = 1;
+        window_wall = window_cpu = 0;
+    }
+    pthread_mutex_unlock(&adapt_lock);
+}
 
-/* The threads for a timed region: in_use, or in_use + 1 when a probe is due. */
-static int timed_team_threads(void)
+/* The threads for the next region: in_use, or in_use + 1 while a probe runs (starting one
+ * when it is due). */
+static int team_threads(void)
 {
     if (!threads_ok() || pinned) return fastnn_threads_in_use();
     if (!probing && in_use < cap && clock_ns(CLOCK_MONOTONIC) >= probe_at) {
@@ -174,25 +184,28 @@ static int timed_team_threads(void)
     return in_use + probing;
 }
 
-static int team_start(fastnn_team *t, int small, int timed)
+static int team_start(fastnn_team *t, int parallel, int large)
 {
+    static _Atomic unsigned sampled = 0;
     t->size = 0;
     atomic_init(&t->cpu_ns, 0);
-    t->timed = !small && timed;
-    t->nthreads = small ? 1 : t->timed ? timed_team_threads() : fastnn_threads_in_use();
-    if (t->nthreads < 2) t->timed = 0;
+    t->nthreads = parallel ? team_threads() : 1;
+    /* a probe times every region, to decide before it has cost much */
+    t->timed = t->nthreads > 1 && !pinned
+            && (large || probing || atomic_fetch_add_explicit(&sampled, 1, memory_order_relaxed)
+                                    % FASTNN_TIMED_SAMPLE == 0);
     if (t->timed) t->start_ns = clock_ns(CLOCK_MONOTONIC);
     return t->nthreads;
 }
 
 int fastnn_team_for(fastnn_team *t, double work)
 {
-    return team_start(t, work < FASTNN_PARALLEL_MIN_WORK, work >= FASTNN_TIMED_MIN_WORK);
+    return team_start(t, work >= FASTNN_PARALLEL_MIN_WORK, work >= FASTNN_TIMED_MIN_WORK);
 }
 
 int fastnn_team_for_elements(fastnn_team *t, int64_t n)
 {
-    return team_start(t, n < FASTNN_PARALLEL_MIN_ELEMENTS, n >= FASTNN_TIMED_MIN_ELEMENTS);
+    return team_start(t, n >= FASTNN_PARALLEL_MIN_ELEMENTS, n >= FASTNN_TIMED_MIN_ELEMENTS);
 }
 
 int64_t fastnn_team_clock(const fastnn_team *t)
@@ -213,16 +226,6 @@ void fastnn_team_end(fastnn_team *t)
 {
     if (t->timed && t->size > 1)
         fastnn_adapt_observe(t->size, clock_ns(CLOCK_MONOTONIC) - t->start_ns, t->cpu_ns);
-}
-
-int fastnn_threads_for(double work)
-{
-    return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_threads_in_use();
-}
-
-int fastnn_threads_for_elements(int64_t n)
-{
-    return n < FASTNN_PARALLEL_MIN_ELEMENTS ? 1 : fastnn_threads_in_use();
 }
 
 int64_t fastnn_num_blocks(int64_t n, int64_t min_per_block)

@@ -25,16 +25,12 @@ extern dgemm_fn fastnn_dgemm;
 /* Below this many elements a memory-bound kernel runs on one thread. */
 #define FASTNN_PARALLEL_MIN_ELEMENTS (1 << 16)
 
-/* Regions at least this large are timed for the adaptive thread count (runtime.c): large
- * enough that the two CPU-clock reads per thread (about 0.5 us each) cost under 1%. */
+/* Regions at least this large are all timed for the adaptive thread count (runtime.c); of
+ * the smaller ones, one in FASTNN_TIMED_SAMPLE: a CPU-clock read costs about 0.5 us, and
+ * each thread of a timed region makes two. */
 #define FASTNN_TIMED_MIN_WORK (1 << 23)
 #define FASTNN_TIMED_MIN_ELEMENTS (1 << 21)
-
-/* Threads to use for a kernel doing `work` multiply-adds (an untimed region). */
-int fastnn_threads_for(double work);
-
-/* Threads to use for a memory-bound kernel over n elements (an untimed region). */
-int fastnn_threads_for_elements(int64_t n);
+#define FASTNN_TIMED_SAMPLE 16
 
 /* A parallel region the adaptive thread count learns from:
  *     fastnn_team team;
@@ -60,7 +56,7 @@ int64_t fastnn_team_clock(const fastnn_team *team);
 void fastnn_team_done(fastnn_team *team, int64_t clock0);
 void fastnn_team_end(fastnn_team *team);
 
-/* For tests: what a window of timed regions would report, and a probe due now. */
+/* For tests: what a window of timed regions would report; a probe window started now. */
 void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns);
 void fastnn_adapt_probe_now(void);
 
@@ -71,28 +67,37 @@ int64_t fastnn_num_blocks(int64_t n, int64_t min_per_block);
 /* Block blk of nblocks equal blocks of [0, n): [*i0, *i1) (possibly empty). */
 void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, int64_t *i1);
 
-/* Run BODY over [0, n) split into fixed chunks (at most one per processor, at least
- * FASTNN_PARALLEL_MIN_ELEMENTS elements each), on the team when n is large: inside BODY,
- * `chunk` is the chunk's index and [i0, i1) its range. For elementwise kernels and sums
- * combined per chunk in a fixed order. */
-#define FASTNN_FOR_CHUNKS(n, BODY)                                                   \
+/* Run the statements after i1 for each of nblocks blocks of [0, n) (blk the block's index,
+ * [i0, i1) its range; nblocks fixed by the shape, as fastnn_num_blocks gives), on a team sized
+ * for `elements` elements of memory-bound work: the blocks are taken dynamically, so a thread
+ * the scheduler parks holds the others up by one block at most, and the region is timed for
+ * the adaptive thread count. */
+#define FASTNN_PARALLEL_BLOCKS(nblocks, n, elements, blk, i0, i1, ...)               \
     do {                                                                             \
-        int64_t nchunks_ = fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS);       \
+        int64_t nblocks_ = (nblocks), n_ = (n);                                      \
         fastnn_team team_;                                                           \
-        int nthreads_ = fastnn_team_for_elements(&team_, n);                         \
+        int nthreads_ = fastnn_team_for_elements(&team_, elements);                  \
         _Pragma("omp parallel num_threads(nthreads_) if (nthreads_ > 1)")            \
         {                                                                            \
             int64_t clock0_ = fastnn_team_clock(&team_);                             \
             _Pragma("omp for schedule(dynamic, 1) nowait")                           \
-            for (int64_t chunk = 0; chunk < nchunks_; chunk++) {                     \
+            for (int64_t blk = 0; blk < nblocks_; blk++) {                           \
                 int64_t i0, i1;                                                      \
-                fastnn_block_range(chunk, nchunks_, n, &i0, &i1);                    \
-                BODY                                                                 \
+                fastnn_block_range(blk, nblocks_, n_, &i0, &i1);                     \
+                __VA_ARGS__                                                          \
             }                                                                        \
             fastnn_team_done(&team_, clock0_);                                       \
         }                                                                            \
         fastnn_team_end(&team_);                                                     \
     } while (0)
+
+/* Run BODY over [0, n) split into fixed chunks (at most one per processor, at least
+ * FASTNN_PARALLEL_MIN_ELEMENTS elements each), on the team when n is large: inside BODY,
+ * `chunk` is the chunk's index and [i0, i1) its range. For elementwise kernels and sums
+ * combined per chunk in a fixed order. */
+#define FASTNN_FOR_CHUNKS(n, ...)                                                    \
+    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS), n, n,  \
+                           chunk, i0, i1, __VA_ARGS__)
 
 /* The calling thread's index in the current parallel region (0 outside one). */
 int fastnn_thread_num(void);

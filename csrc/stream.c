@@ -6,7 +6,5 @@
 void stream_triad_f64(double *restrict a, const double *restrict b, const double *restrict c,
                       double s, int64_t n)
 {
-    int nthreads = fastnn_threads_for_elements(n);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t i = 0; i < n; i++) a[i] = b[i] + s * c[i];
+    FASTNN_FOR_CHUNKS(n, for (int64_t i = i0; i < i1; i++) a[i] = b[i] + s * c[i];);
 }

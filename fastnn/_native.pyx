@@ -180,7 +180,7 @@ def adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns):
 
 
 def adapt_probe_now():
-    """For tests: the next timed region probes one thread more (below the cap)."""
+    """For tests: start a probe window (one thread more, below the cap) now."""
     fastnn_adapt_probe_now()
 
 

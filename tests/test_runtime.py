@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastnn
 from fastnn import _native
+from fastnn._wait_policy import SPIN_COUNT
 from fastnn import functional as F
 from fastnn.fused import FusedStep
 from helpers import train_one_step
@@ -135,7 +136,7 @@ def test_openmp_wait_policy():
     code = ("import os, fastnn; print(fastnn.build_info()['openmp_wait']); "
             "print('GOMP_SPINCOUNT' in os.environ)")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    for extra, want in [({}, "GOMP_SPINCOUNT=10000 (set by fastnn"),
+    for extra, want in [({}, f"GOMP_SPINCOUNT={SPIN_COUNT} (set by fastnn"),
                         ({"OMP_WAIT_POLICY": "passive"}, "the user's OMP_WAIT_POLICY=passive")]:
         out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, check=True,
                              capture_output=True, text=True, cwd=os.path.dirname(__file__))
@@ -147,9 +148,9 @@ def test_openmp_wait_policy():
 WINDOW_NS = 50_000_000  # more than a decision window (4 ms) of timed regions
 
 
-def big_linear():
-    """A product large enough for a timed region."""
-    F.linear_forward(np.ones((512, 512), np.float32), np.ones((512, 512), np.float32))
+def small_parallel_linear():
+    """A product that runs on the team, well within a probe's window (1 ms)."""
+    F.linear_forward(np.ones((128, 64), np.float32), np.ones((64, 64), np.float32))
 
 
 @needs_two_threads
@@ -166,21 +167,19 @@ def test_adaptive_thread_count_follows_the_parallelism_regions_get(threads):
     assert _native.threads_in_use() == 1
     # a probe that finds the machine still busy: stays at 1
     _native.adapt_probe_now()
-    big_linear()
     assert _native.threads_in_use() == 2  # the probe window runs at 2
     _native.adapt_observe(2, WINDOW_NS, int(1.0 * WINDOW_NS))
     assert _native.threads_in_use() == 1
-    big_linear()
-    assert _native.threads_in_use() == 1  # the next probe waits (at least 50 ms)
+    small_parallel_linear()
+    assert _native.threads_in_use() == 1  # the next probe is not due for 100 ms
     # a probe that finds it quiet again: back to 2
     _native.adapt_probe_now()
-    big_linear()
     _native.adapt_observe(2, WINDOW_NS, int(1.9 * WINDOW_NS))
     assert _native.threads_in_use() == 2
     # a cap of 1 never probes; a pinned count never drops
     fastnn.set_num_threads(1)
     _native.adapt_probe_now()
-    big_linear()
+    small_parallel_linear()
     assert _native.threads_in_use() == 1
     fastnn.set_num_threads(2, adaptive=False)
     _native.adapt_observe(2, WINDOW_NS, int(0.5 * WINDOW_NS))
