@@ -99,7 +99,7 @@ def finish_json(source, json_path, command):
     atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
-SUITES = ("products", "linear", "batchnorm", "ops", "optim", "steps")
+SUITES = ("products", "linear", "batchnorm", "ops", "optim", "steps", "busy")
 
 
 def markers(name):
@@ -130,6 +130,8 @@ def load(json_path):
         # suites this report does not cover may label their benchmarks differently
         key = (info.get("workload", info.get("op")),
                *(info.get(k) for k in ("phase", "threads", "impl")))
+        if "load" in info:  # the busy suite measures each case at two loads
+            key = (key[0], f"{key[1]}@{info['load']}", *key[2:])
         suites.setdefault(suite_of(bench), {})[key] = bench
     return suites, doc
 
@@ -720,6 +722,70 @@ def steps_summary(entries, peaks):
                      "memory held / minimum"], lines))
 
 
+# ---- the S2 step on a busy machine ----
+
+BUSY_INTRO = (
+    "The S2 step (784-512-512-10 MLP, batch 128, Adam, float32) quiet and beside one busy-loop "
+    "process that the benchmark starts before and stops after each measurement. *layers* is "
+    "the plain layer calls of a hand-written loop, *native* the same step replayed by "
+    "`FusedStep`, *torch* the torch.nn model in eager mode. fastnn's 2 threads run at its "
+    "default (a cap of 2 that adapts to the load, README: Threads) and *pinned* "
+    "(`set_num_threads(2, adaptive=False)`). Under load the rounds' times spread widely, so "
+    "this section reports the **median** round; *busy / quiet* is the same case's median "
+    "beside the busy process over its quiet median.")
+BUSY_CASES = [("layers", 1, "1"), ("layers", 2, "2 (default)"), ("layers-pinned", 2, "2 pinned"),
+              ("native", 1, "1"), ("native", 2, "2 (default)"), ("native-pinned", 2, "2 pinned"),
+              ("torch", 1, "1"), ("torch", 2, "2")]
+
+
+def median(entry):
+    return entry["stats"]["median"]
+
+
+def busy_entries(entries, load):
+    return {(i, t): e for (w, p, t, i), e in entries.items() if e["extra_info"]["load"] == load}
+
+
+def busy_goals(busy):
+    """{step: (default over 1-thread, default over torch 2-thread)} under load."""
+    goals = {}
+    for step in ("layers", "native"):
+        default, one, torch2 = busy.get((step, 2)), busy.get((step, 1)), busy.get(("torch", 2))
+        goals[step] = (ratio(median, default, one), ratio(median, default, torch2))
+    return goals
+
+
+def busy_tables(entries):
+    quiet, busy = busy_entries(entries, 0), busy_entries(entries, 1)
+    lines = []
+    for impl, t, label in BUSY_CASES:
+        q, b = quiet.get((impl, t)), busy.get((impl, t))
+        if q is None and b is None:
+            continue
+        lines.append([impl.split("-")[0], label, fmt_time(median(q)) if q else "–",
+                      fmt_time(median(b)) if b else "–", cell(ratio(median, b, q), "{:.2f}x")])
+    text = table(["step", "threads", "quiet", "one busy process", "busy / quiet"], lines)
+    goals = busy_goals(busy)
+    said = [f"{step}: {cell(one, '{:.2f}x')} its 1-thread time and {cell(torch2, '{:.2f}x')} "
+            "PyTorch's 2-thread time" for step, (one, torch2) in goals.items() if one]
+    return (text + "\n\nBeside the busy process, fastnn's default (2 threads, adaptive) took "
+            + "; ".join(said) + ".\n")
+
+
+def busy_summary(entries):
+    busy = busy_entries(entries, 1)
+    goals = busy_goals(busy)
+    lines = [[step, cell(one, "{:.2f}x"), cell(torch2, "{:.2f}x")]
+             for step, (one, torch2) in goals.items() if one or torch2]
+    if not lines:
+        return None
+    return ("The S2 step beside one busy-loop process, fastnn at its default 2 threads "
+            "(adaptive), median times:\n\n"
+            + table(["S2 step", "over fastnn's 1-thread time", "over PyTorch's 2-thread time"],
+                    [[("plain layer calls" if s == "layers" else "replayed"), a, b]
+                     for s, a, b in lines]))
+
+
 def replace_section(path, start, end, text, header=""):
     """Replace the text between the markers start..end in `path` (appended, after `header`
     for a new file, when the markers are missing)."""
@@ -839,6 +905,11 @@ def main(argv=None):
         written += publish("steps", "Whole training steps (S1, S2)", doc, STEPS_INTRO,
                            steps_tables(step_entries, peaks), steps_charts(step_entries, peaks))
         summary["steps"] = steps_summary(step_entries, peaks)
+    busy = suites.get("busy")
+    if busy:
+        written += publish("busy", "The S2 step on a busy machine", doc, BUSY_INTRO,
+                           busy_tables(busy), [])
+        summary["busy"] = busy_summary(busy)
     if summary:
         update_readme_summary(summary)
     for path in [*written, BENCHMARKS_MD, *([README_MD] if summary else [])]:
