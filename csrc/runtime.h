@@ -71,25 +71,32 @@ void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
  * [i0, i1) its range; nblocks fixed by the shape, as fastnn_num_blocks gives), on a team sized
  * for `elements` elements of memory-bound work: the blocks are taken dynamically, so a thread
  * the scheduler parks holds the others up by one block at most, and the region is timed for
- * the adaptive thread count. */
+ * the adaptive thread count. On one thread there is no parallel region at all: even a team
+ * of one costs libgomp about 0.3 us to build. */
 #define FASTNN_PARALLEL_BLOCKS(nblocks, n, elements, blk, i0, i1, ...)               \
     do {                                                                             \
         int64_t nblocks_ = (nblocks), n_ = (n);                                      \
         fastnn_team team_;                                                           \
         int nthreads_ = fastnn_team_for_elements(&team_, elements);                  \
-        _Pragma("omp parallel num_threads(nthreads_) if (nthreads_ > 1)")            \
-        {                                                                            \
-            int64_t clock0_ = fastnn_team_clock(&team_);                             \
-            _Pragma("omp for schedule(dynamic, 1) nowait")                           \
-            for (int64_t blk = 0; blk < nblocks_; blk++) {                           \
-                int64_t i0, i1;                                                      \
-                fastnn_block_range(blk, nblocks_, n_, &i0, &i1);                     \
-                __VA_ARGS__                                                          \
+        if (nthreads_ == 1) {                                                        \
+            FASTNN_BLOCKS_(blk, i0, i1, __VA_ARGS__)                                 \
+        } else {                                                                     \
+            _Pragma("omp parallel num_threads(nthreads_)")                           \
+            {                                                                        \
+                int64_t clock0_ = fastnn_team_clock(&team_);                         \
+                _Pragma("omp for schedule(dynamic, 1) nowait")                       \
+                FASTNN_BLOCKS_(blk, i0, i1, __VA_ARGS__)                             \
+                fastnn_team_done(&team_, clock0_);                                   \
             }                                                                        \
-            fastnn_team_done(&team_, clock0_);                                       \
+            fastnn_team_end(&team_);                                                 \
         }                                                                            \
-        fastnn_team_end(&team_);                                                     \
     } while (0)
+#define FASTNN_BLOCKS_(blk, i0, i1, ...)                                             \
+    for (int64_t blk = 0; blk < nblocks_; blk++) {                                   \
+        int64_t i0, i1;                                                              \
+        fastnn_block_range(blk, nblocks_, n_, &i0, &i1);                             \
+        __VA_ARGS__                                                                  \
+    }
 
 /* Run BODY over [0, n) split into fixed chunks (at most one per processor, at least
  * FASTNN_PARALLEL_MIN_ELEMENTS elements each), on the team when n is large: inside BODY,
