@@ -307,9 +307,15 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
     int nthreads = fastnn_team_for(&team, (double)B * C * OC);
     int isa = fastnn_get_isa();
     t.core = isa != FASTNN_ISA_BLAS;
-    if (t.core)
+    if (t.core) {
         t.scratch = SFX(plan_gemm_jobs)(t.jobs, t.nblocks, t.njobs, isa, nthreads,
                                         &t.per_thread, &t.core);
+        /* no more threads than blocks in either loop: one would idle */
+        int64_t blocks = t.nblocks[0] + t.nblocks[1];
+        int64_t dz_chunks = (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK;
+        if (dz_chunks > blocks) blocks = dz_chunks;
+        if (t.core && blocks < nthreads) nthreads = (int)blocks;
+    }
     if (!t.core) fastnn_blas_hold();
     if (nthreads == 1) { /* small products: no parallel region at all */
         SFX(linear_backward_team)(&t);

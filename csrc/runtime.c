@@ -71,17 +71,17 @@ int fastnn_num_procs(void)
  * free to use fewer threads whenever that is faster, and it does when the machine is busy
  * (unless the count is pinned): it times the large parallel regions and compares the team's
  * CPU time in its work with the region's wall time. That ratio, the parallelism the region
- * got, is about 1.9 for two threads on a quiet machine. When another process holds a core the
+ * got, is 1.6 to 1.9 for two threads on a quiet machine. When another process holds a core the
  * scheduler parks one of the team's threads, the others wait for it at the barrier, and the
  * ratio falls to about 1 or below: one thread fewer would be as fast. Over each window of
  * ADAPT_WINDOW_NS of timed regions at n threads, a ratio below n - 1 + ADAPT_DROP means use
  * n - 1. Below the cap, a window of ADAPT_PROBE_NS is probed at n + 1 threads every so often
  * (the wait doubling while probes fail, from ADAPT_BACKOFF_MIN_NS to ADAPT_BACKOFF_MAX_NS),
  * and a ratio of at least n + ADAPT_RAISE there means use n + 1. */
-#define ADAPT_WINDOW_NS 4000000LL
-#define ADAPT_PROBE_NS 1000000LL
-#define ADAPT_DROP 0.25
-#define ADAPT_RAISE 0.5
+#define ADAPT_WINDOW_NS 10000000LL
+#define ADAPT_PROBE_NS 2000000LL
+#define ADAPT_DROP 0.2
+#define ADAPT_RAISE 0.4
 #define ADAPT_BACKOFF_MIN_NS 50000000LL
 #define ADAPT_BACKOFF_MAX_NS 1600000000LL
 
@@ -145,7 +145,8 @@ static void adapt_decide(int team, double parallelism, int64_t now)
 void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
 {
     pthread_mutex_lock(&adapt_lock);
-    /* a region started before the last decision (or a cap change) tells nothing now */
+    /* a region started before the last decision (or a cap change), or one given fewer
+     * threads than the count in use, tells nothing about it */
     if (!pinned && team > 1 && team == in_use + probing) {
         window_wall += wall_ns;
         window_cpu += cpu_ns;

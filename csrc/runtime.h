@@ -71,13 +71,15 @@ void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
  * [i0, i1) its range; nblocks fixed by the shape, as fastnn_num_blocks gives), on a team sized
  * for `elements` elements of memory-bound work: the blocks are taken dynamically, so a thread
  * the scheduler parks holds the others up by one block at most, and the region is timed for
- * the adaptive thread count. On one thread there is no parallel region at all: even a team
- * of one costs libgomp about 0.3 us to build. */
+ * the adaptive thread count (unless it has fewer blocks than threads: then a thread idles
+ * whatever the load, and the region says nothing about it). On one thread there is no
+ * parallel region at all: even a team of one costs libgomp about 0.3 us to build. */
 #define FASTNN_PARALLEL_BLOCKS(nblocks, n, elements, blk, i0, i1, ...)               \
     do {                                                                             \
         int64_t nblocks_ = (nblocks), n_ = (n);                                      \
         fastnn_team team_;                                                           \
         int nthreads_ = fastnn_team_for_elements(&team_, elements);                  \
+        if (nthreads_ > nblocks_) nthreads_ = nblocks_ < 1 ? 1 : (int)nblocks_;      \
         if (nthreads_ == 1) {                                                        \
             FASTNN_BLOCKS_(blk, i0, i1, __VA_ARGS__)                                 \
         } else {                                                                     \
