@@ -768,6 +768,8 @@ def busy_tables(entries):
     goals = busy_goals(busy)
     said = [f"{step}: {cell(one, '{:.2f}x')} its 1-thread time and {cell(torch2, '{:.2f}x')} "
             "PyTorch's 2-thread time" for step, (one, torch2) in goals.items() if one]
+    if not said:
+        return text + "\n"
     return (text + "\n\nBeside the busy process, fastnn's default (2 threads, adaptive) took "
             + "; ".join(said) + ".\n")
 

@@ -193,7 +193,7 @@ def test_stream_triad(benchmark, measure, threads):
         workload="triad", shape=[TRIAD_N], dtype="float64", threads=threads, impl="native",
         phase="triad", bytes=TRIAD_BYTES_PER_ELEMENT * TRIAD_N,
     )
-    with fastnn_threads(threads):
+    with fastnn_threads(threads, adaptive=False):  # the machine's limit at exactly `threads`
         a.fill(0)
         _native.stream_triad(a, b, c, s)
         benchmark.extra_info["rel_err"] = assert_close({"a": a}, {"a": b + s * c}, 1e-15,

@@ -126,13 +126,14 @@ static void SFX(softmax_rows)(REAL *out, const REAL *x, int64_t r0, int64_t r1, 
 
 void SFX(softmax_forward)(REAL *out, const REAL *x, int64_t N, int64_t K)
 {
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1,
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * K, fastnn_num_blocks(N, 1), N, blk, r0, r1,
                            SFX(softmax_rows)(out, x, r0, r1, K););
 }
 
 void SFX(softmax_backward)(REAL *dx, const REAL *dout, const REAL *y, int64_t N, int64_t K)
 {
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1, {
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * K,
+                           fastnn_num_blocks(N, 1), N, blk, r0, r1, {
         for (int64_t r = r0; r < r1; r++) {
             const REAL *restrict gr = dout + r * K;
             const REAL *restrict yr = y + r * K;

@@ -194,7 +194,8 @@ static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd
                                    const REAL *gamma, const REAL *beta, double eps,
                                    double momentum, int act, int train, int64_t B, int64_t C)
 {
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(C, BN_MIN_BLOCK), C, B * C, blk, c0, c1,
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, B * C,
+                           fastnn_num_blocks(C, BN_MIN_BLOCK), C, blk, c0, c1,
                            SFX(batchnorm_forward_channels)(out, save_mean, save_invstd,
                                                            running_mean, running_var, x, gamma,
                                                            beta, eps, momentum, act, train, B,
@@ -254,7 +255,8 @@ void SFX(batchnorm_backward)(REAL *dx, REAL *dgamma, REAL *dbeta, const REAL *do
                              const REAL *invstd, const REAL *gamma, int act, int train,
                              int64_t B, int64_t C)
 {
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(C, BN_MIN_BLOCK), C, B * C, blk, c0, c1,
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, B * C,
+                           fastnn_num_blocks(C, BN_MIN_BLOCK), C, blk, c0, c1,
                            SFX(batchnorm_backward_channels)(dx, dgamma, dbeta, dout, x, out,
                                                             mean, invstd, gamma, act, train, B,
                                                             C, c0, c1););

@@ -25,7 +25,8 @@
 void SFX(embedding_forward)(REAL *out, const REAL *weight, const int64_t *idx, int64_t N,
                             int64_t D)
 {
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * D, blk, i0, i1, {
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * D,
+                           fastnn_num_blocks(N, 1), N, blk, i0, i1, {
         for (int64_t i = i0; i < i1; i++)
             memcpy(out + i * D, weight + idx[i] * D, (size_t)D * sizeof(REAL));
     });
@@ -35,7 +36,8 @@ void SFX(embedding_forward)(REAL *out, const REAL *weight, const int64_t *idx, i
 void SFX(embedding_backward)(REAL *dweight, const REAL *dout, const int64_t *idx, int64_t N,
                              int64_t D)
 {
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(D, EMB_MIN_COLS), D, N * D, blk, c0, c1, {
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * D,
+                           fastnn_num_blocks(D, EMB_MIN_COLS), D, blk, c0, c1, {
         for (int64_t i = 0; i < N; i++) {
             REAL *restrict row = dweight + idx[i] * D;
             const REAL *restrict g = dout + i * D;

@@ -111,32 +111,28 @@ static void SFX(linear_forward_blas)(REAL *out, const REAL *x, const REAL *w, co
     int split_features = OC > B;
     int64_t n = split_features ? OC : B;
     int64_t nblocks = linear_blocks(n, (double)B * C * OC);
-    fastnn_team team;
-    int nthreads = fastnn_team_for(&team, (double)B * C * OC);
     fastnn_blas_hold();
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int64_t clock0 = fastnn_team_clock(&team);
-        #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t blk = 0; blk < nblocks; blk++) {
-            int64_t i0, i1;
-            fastnn_block_range(blk, nblocks, n, &i0, &i1);
-            SFX(blas_gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features,
-                                i0, i1);
-            if (split_features)
-                SFX(bias_act)(out, b, act, 0, B, i0, i1, OC);
-            else
-                SFX(bias_act)(out, b, act, i0, i1, 0, OC, OC);
-        }
-        fastnn_team_done(&team, clock0);
-    }
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for, (double)B * C * OC, nblocks, n, blk, i0, i1, {
+        SFX(blas_gemm_part)('T', 'N', OC, B, C, w, C, x, C, 0, out, OC, split_features, i0, i1);
+        if (split_features)
+            SFX(bias_act)(out, b, act, 0, B, i0, i1, OC);
+        else
+            SFX(bias_act)(out, b, act, i0, i1, 0, OC, OC);
+    });
     fastnn_blas_release();
-    fastnn_team_end(&team);
 }
 
 /* dx.T (C, B) = w (C, OC) @ dz.T (OC, B): split rows (re-pack w) or in-features (re-pack
  * dz). dw.T (C, OC) += x.T (C, B) @ dz (B, OC): split out-features (re-pack x) or
  * in-features (re-pack dz). Called inside the parallel region; dz is complete. */
+static void SFX(blas_backward_blocks)(int64_t *dx_blocks, int64_t *dw_blocks, int has_dx,
+                                      int has_dw, int64_t B, int64_t C, int64_t OC)
+{
+    double madds = (double)B * C * OC;
+    *dx_blocks = has_dx ? linear_blocks(C > B ? C : B, madds) : 0;
+    *dw_blocks = has_dw ? linear_blocks(C > OC ? C : OC, madds) : 0;
+}
+
 static void SFX(linear_backward_blas)(REAL *dx, REAL *dw, const REAL *dz, const REAL *x,
                                       const REAL *w, int64_t B, int64_t C, int64_t OC)
 {
@@ -144,9 +140,8 @@ static void SFX(linear_backward_blas)(REAL *dx, REAL *dw, const REAL *dz, const 
     int64_t dx_n = dx_split_in ? C : B;
     int dw_split_in = C > OC;
     int64_t dw_n = dw_split_in ? C : OC;
-    double madds = (double)B * C * OC;
-    int64_t dx_blocks = dx ? linear_blocks(dx_n, madds) : 0;
-    int64_t dw_blocks = dw ? linear_blocks(dw_n, madds) : 0;
+    int64_t dx_blocks, dw_blocks;
+    SFX(blas_backward_blocks)(&dx_blocks, &dw_blocks, dx != NULL, dw != NULL, B, C, OC);
     #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < dx_blocks + dw_blocks; t++) {
         int64_t i0, i1;
@@ -180,10 +175,11 @@ static void SFX(run_gemm_blocks)(const SFX(gemm_job) *jobs, const int64_t *nbloc
     }
 }
 
-/* Plan the jobs on path `isa`; returns scratch for nthreads threads (per_thread elements
- * each), or NULL: none needed (*ok = 1) or none to be had (*ok = 0). */
+/* Plan the jobs on path `isa` (blocks into nblocks); returns scratch for as many threads as
+ * a team may have (per_thread elements each), or NULL: none needed (*ok = 1) or none to be
+ * had (*ok = 0). */
 static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njobs, int isa,
-                                 int nthreads, int64_t *per_thread, int *ok)
+                                 int64_t *per_thread, int *ok)
 {
     *per_thread = 0;
     for (int j = 0; j < njobs; j++) {
@@ -196,7 +192,8 @@ static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njob
         *ok = 1;
         return NULL;
     }
-    REAL *scratch = fastnn_scratch((size_t)nthreads * *per_thread * sizeof(REAL));
+    size_t threads = (size_t)fastnn_get_num_threads();
+    REAL *scratch = fastnn_scratch(threads * *per_thread * sizeof(REAL));
     *ok = scratch != NULL;
     return scratch;
 }
@@ -226,19 +223,17 @@ void SFX(linear_forward)(REAL *out, const REAL *x, const REAL *w, const REAL *b,
                          int64_t B, int64_t C, int64_t OC)
 {
     if (B == 0 || OC == 0) return;
-    fastnn_team team;
-    int nthreads = fastnn_team_for(&team, (double)B * C * OC);
     SFX(gemm_job) job = {.c = out, .ldc = OC, .a = x, .rsa = C, .csa = 1, .b = w, .rsb = 1,
                          .csb = C, .M = B, .N = OC, .K = C, .bias = b, .act = act};
     int64_t nblocks, per_thread;
     int isa = fastnn_get_isa(), ok = isa != FASTNN_ISA_BLAS;
-    REAL *scratch = ok ? SFX(plan_gemm_jobs)(&job, &nblocks, 1, isa, nthreads, &per_thread, &ok)
-                    : NULL;
+    REAL *scratch = ok ? SFX(plan_gemm_jobs)(&job, &nblocks, 1, isa, &per_thread, &ok) : NULL;
     if (!ok) {
         SFX(linear_forward_blas)(out, x, w, b, act, B, C, OC);
         return;
     }
-    if (nblocks < nthreads) nthreads = (int)nblocks;
+    fastnn_team team;
+    int nthreads = fastnn_team_for(&team, (double)B * C * OC, nblocks);
     if (nthreads == 1) { /* small products: no parallel region at all */
         SFX(run_gemm_blocks)(&job, &nblocks, 1, scratch, per_thread);
         return;
@@ -257,7 +252,7 @@ typedef struct {
     REAL *dx, *dw, *db, *work;
     const REAL *dout, *dz, *x, *w, *out;
     int act;
-    int64_t B, C, OC;
+    int64_t B, C, OC, dz_chunks; /* dz_chunks: of COLSUM_CHUNK features (0: no dz pass) */
     SFX(gemm_job) jobs[2]; /* dx and dw, on fastnn's core */
     int64_t nblocks[2];
     int njobs, core;       /* core: the jobs run on fastnn's core, else on the BLAS */
@@ -265,22 +260,28 @@ typedef struct {
     int64_t per_thread;
 } SFX(backward_work);
 
-/* dz and db, then (dz complete: the barrier of the first loop) the disjoint dx and dw; no
- * barrier after. */
-static void SFX(linear_backward_team)(const SFX(backward_work) *t)
+/* dz and db, then (dz complete) the disjoint dx and dw; no barrier after. The wait for dz is
+ * left out of the team's timed shares: a thread spinning there for a parked one would count
+ * as busy. */
+static void SFX(linear_backward_team)(const SFX(backward_work) *t, fastnn_team *team)
 {
-    int64_t dz_chunks = t->act != FASTNN_ACT_NONE || t->db
-                      ? (t->OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK : 0;
-    #pragma omp for schedule(static)
-    for (int64_t ch = 0; ch < dz_chunks; ch++) {
+    int64_t clock0 = fastnn_team_clock(team);
+    #pragma omp for schedule(static) nowait
+    for (int64_t ch = 0; ch < t->dz_chunks; ch++) {
         int64_t f0 = ch * COLSUM_CHUNK;
         int64_t f1 = f0 + COLSUM_CHUNK < t->OC ? f0 + COLSUM_CHUNK : t->OC;
         SFX(dz_and_bias_grad)(t->work, t->db, t->dout, t->out, t->act, f0, f1, t->B, t->OC);
     }
+    fastnn_team_done(team, clock0);
+    if (t->dz_chunks > 0) {
+        #pragma omp barrier
+    }
+    clock0 = fastnn_team_clock(team);
     if (t->core)
         SFX(run_gemm_blocks)(t->jobs, t->nblocks, t->njobs, t->scratch, t->per_thread);
     else
         SFX(linear_backward_blas)(t->dx, t->dw, t->dz, t->x, t->w, t->B, t->C, t->OC);
+    fastnn_team_done(team, clock0);
 }
 
 void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *dout,
@@ -296,6 +297,7 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
     const REAL *dz = act == FASTNN_ACT_NONE ? dout : work;
     SFX(backward_work) t = {.dx = dx, .dw = dw, .db = db, .work = work, .dout = dout, .dz = dz,
                             .x = x, .w = w, .out = out, .act = act, .B = B, .C = C, .OC = OC};
+    if (act != FASTNN_ACT_NONE || db) t.dz_chunks = (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK;
     if (dx)
         t.jobs[t.njobs++] = (SFX(gemm_job)){.c = dx, .ldc = C, .a = dz, .rsa = OC, .csa = 1,
                                             .b = w, .rsb = C, .csb = 1, .M = B, .N = C, .K = OC};
@@ -303,32 +305,26 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
         t.jobs[t.njobs++] = (SFX(gemm_job)){.c = dw, .ldc = C, .a = dz, .rsa = 1, .csa = OC,
                                             .b = x, .rsb = C, .csb = 1, .M = OC, .N = C,
                                             .K = B, .accumulate = 1};
-    fastnn_team team;
-    int nthreads = fastnn_team_for(&team, (double)B * C * OC);
     int isa = fastnn_get_isa();
     t.core = isa != FASTNN_ISA_BLAS;
-    if (t.core) {
-        t.scratch = SFX(plan_gemm_jobs)(t.jobs, t.nblocks, t.njobs, isa, nthreads,
-                                        &t.per_thread, &t.core);
-        /* no more threads than blocks in either loop: one would idle */
-        int64_t blocks = t.nblocks[0] + t.nblocks[1];
-        int64_t dz_chunks = (OC + COLSUM_CHUNK - 1) / COLSUM_CHUNK;
-        if (dz_chunks > blocks) blocks = dz_chunks;
-        if (t.core && blocks < nthreads) nthreads = (int)blocks;
-    }
+    if (t.core)
+        t.scratch = SFX(plan_gemm_jobs)(t.jobs, t.nblocks, t.njobs, isa, &t.per_thread, &t.core);
+    if (!t.core)
+        SFX(blas_backward_blocks)(&t.nblocks[0], &t.nblocks[1], dx != NULL, dw != NULL, B, C, OC);
+    /* a team larger than both loops would have a thread idle whatever the load */
+    int64_t most = t.nblocks[0] + t.nblocks[1];
+    fastnn_team team;
+    int nthreads = fastnn_team_for(&team, (double)B * C * OC,
+                                   t.dz_chunks > most ? t.dz_chunks : most);
     if (!t.core) fastnn_blas_hold();
     if (nthreads == 1) { /* small products: no parallel region at all */
-        SFX(linear_backward_team)(&t);
+        SFX(linear_backward_team)(&t, &team);
     } else {
         #pragma omp parallel num_threads(nthreads)
-        {
-            int64_t clock0 = fastnn_team_clock(&team);
-            SFX(linear_backward_team)(&t);
-            fastnn_team_done(&team, clock0);
-        }
+        SFX(linear_backward_team)(&t, &team);
+        fastnn_team_end(&team);
     }
     if (!t.core) fastnn_blas_release();
-    fastnn_team_end(&team);
 }
 
 #endif

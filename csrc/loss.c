@@ -44,7 +44,7 @@ static void SFX(cross_entropy_rows)(REAL *probs, double *row_loss, const REAL *l
 double SFX(cross_entropy_forward)(REAL *probs, double *row_loss, const REAL *logits,
                                   const int64_t *target, int64_t N, int64_t K)
 {
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1,
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * K, fastnn_num_blocks(N, 1), N, blk, r0, r1,
                            SFX(cross_entropy_rows)(probs, row_loss, logits, target, r0, r1, K););
     double total = 0;
     for (int64_t r = 0; r < N; r++) total += row_loss[r];
@@ -56,7 +56,8 @@ void SFX(cross_entropy_backward)(REAL *dlogits, const REAL *probs, const int64_t
                                  double scale, int64_t N, int64_t K)
 {
     REAL s = (REAL)scale;
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(N, 1), N, N * K, blk, r0, r1, {
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * K,
+                           fastnn_num_blocks(N, 1), N, blk, r0, r1, {
         for (int64_t r = r0; r < r1; r++) {
             const REAL *restrict p = probs + r * K;
             REAL *restrict d = dlogits + r * K;

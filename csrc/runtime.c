@@ -20,13 +20,16 @@ static int forked_child = 0;
 
 static pthread_mutex_t adapt_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t blas_lock = PTHREAD_MUTEX_INITIALIZER;
+static int blas_holds = 0, blas_saved = 1; /* under blas_lock */
 
-/* The child has only the forking thread: a lock another thread held stays held there. */
+/* The child has only the forking thread: a lock, or a BLAS hold, of another thread stays
+ * taken there. */
 static void on_fork_child(void)
 {
     forked_child = 1;
     pthread_mutex_init(&adapt_lock, NULL);
     pthread_mutex_init(&blas_lock, NULL);
+    blas_holds = 0;
 }
 
 int fastnn_forked_child(void) { return forked_child; }
@@ -69,15 +72,17 @@ int fastnn_num_procs(void)
 /* ---- the thread count ----
  * set_num_threads sets a cap. Results do not depend on the thread count, so the runtime is
  * free to use fewer threads whenever that is faster, and it does when the machine is busy
- * (unless the count is pinned): it times the large parallel regions and compares the team's
- * CPU time in its work with the region's wall time. That ratio, the parallelism the region
- * got, is 1.6 to 1.9 for two threads on a quiet machine. When another process holds a core the
- * scheduler parks one of the team's threads, the others wait for it at the barrier, and the
- * ratio falls to about 1 or below: one thread fewer would be as fast. Over each window of
- * ADAPT_WINDOW_NS of timed regions at n threads, a ratio below n - 1 + ADAPT_DROP means use
- * n - 1. Below the cap, a window of ADAPT_PROBE_NS is probed at n + 1 threads every so often
- * (the wait doubling while probes fail, from ADAPT_BACKOFF_MIN_NS to ADAPT_BACKOFF_MAX_NS),
- * and a ratio of at least n + ADAPT_RAISE there means use n + 1. */
+ * (unless the count is pinned): it times parallel regions (the large ones all, one in
+ * FASTNN_TIMED_SAMPLE of the rest, all of them during a probe) and compares the team's CPU
+ * time in its shares of the work with the region's wall time. That ratio, the parallelism
+ * the region got, is 1.6 to 1.9 for two threads on a quiet machine. When another process
+ * holds a core the scheduler parks one of the team's threads, the others wait for it at the
+ * barrier, and the ratio falls to about 1 or below: one thread fewer would be as fast. Over
+ * each window of ADAPT_WINDOW_NS of timed regions at n threads, a ratio below
+ * n - 1 + ADAPT_DROP means use n - 1. Below the cap, a window of ADAPT_PROBE_NS is probed at
+ * n + 1 threads every so often (the wait doubling while probes fail, from
+ * ADAPT_BACKOFF_MIN_NS to ADAPT_BACKOFF_MAX_NS), and a ratio of at least n + ADAPT_RAISE there
+ * means use n + 1. */
 #define ADAPT_WINDOW_NS 10000000LL
 #define ADAPT_PROBE_NS 2000000LL
 #define ADAPT_DROP 0.2
@@ -105,10 +110,10 @@ static int threads_ok(void) { return fastnn_has_openmp() && !forked_child; }
 void fastnn_set_num_threads(int n, int adaptive)
 {
     pthread_mutex_lock(&adapt_lock);
+    probing = 0;
     cap = n < 1 ? 1 : n;
     pinned = !adaptive;
     in_use = cap;
-    probing = 0;
     backoff = ADAPT_BACKOFF_MIN_NS;
     window_wall = window_cpu = 0;
     pthread_mutex_unlock(&adapt_lock);
@@ -121,7 +126,8 @@ int fastnn_threads_adaptive(void) { return !pinned; }
 int fastnn_threads_in_use(void)
 {
     if (!threads_ok()) return 1;
-    return pinned ? cap : in_use + probing;
+    int n = in_use + probing, most = cap; /* read unlocked: clamp a mix of old and new */
+    return pinned || n > most ? most : n;
 }
 
 /* One window of timed regions run by teams of `team` threads: act on its parallelism. */
@@ -145,8 +151,8 @@ static void adapt_decide(int team, double parallelism, int64_t now)
 void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
 {
     pthread_mutex_lock(&adapt_lock);
-    /* a region started before the last decision (or a cap change), or one given fewer
-     * threads than the count in use, tells nothing about it */
+    /* a region of another team size than the count in use (started before the last
+     * decision or a cap change) tells nothing about it */
     if (!pinned && team > 1 && team == in_use + probing) {
         window_wall += wall_ns;
         window_cpu += cpu_ns;
@@ -176,56 +182,58 @@ static int team_threads(void)
     if (!threads_ok() || pinned) return fastnn_threads_in_use();
     if (!probing && in_use < cap && clock_ns(CLOCK_MONOTONIC) >= probe_at) {
         pthread_mutex_lock(&adapt_lock);
-        if (!probing && in_use < cap) {
+        if (!probing && in_use < cap && clock_ns(CLOCK_MONOTONIC) >= probe_at) {
             probing = 1;
             window_wall = window_cpu = 0;
         }
         pthread_mutex_unlock(&adapt_lock);
     }
-    return in_use + probing;
+    return fastnn_threads_in_use();
 }
 
-static int team_start(fastnn_team *t, int parallel, int large)
+static int team_start(fastnn_team *t, int parallel, int large, int64_t max_threads)
 {
     static _Atomic unsigned sampled = 0;
-    t->size = 0;
-    atomic_init(&t->cpu_ns, 0);
-    t->nthreads = parallel ? team_threads() : 1;
-    /* a probe times every region, to decide before it has cost much */
-    t->timed = t->nthreads > 1 && !pinned
+    int n = parallel ? team_threads() : 1;
+    t->size = n > max_threads ? (max_threads < 1 ? 1 : (int)max_threads) : n;
+    /* A team cut to its blocks has threads idle whatever the load: not timed. A probe times
+     * every region, to decide before it has cost much. */
+    t->timed = t->size > 1 && t->size == n && !pinned
             && (large || probing || atomic_fetch_add_explicit(&sampled, 1, memory_order_relaxed)
                                     % FASTNN_TIMED_SAMPLE == 0);
-    if (t->timed) t->start_ns = clock_ns(CLOCK_MONOTONIC);
-    return t->nthreads;
+    atomic_init(&t->start_ns, 0);
+    atomic_init(&t->cpu_ns, 0);
+    return t->size;
 }
 
-int fastnn_team_for(fastnn_team *t, double work)
+int fastnn_team_for(fastnn_team *t, double work, int64_t max_threads)
 {
-    return team_start(t, work >= FASTNN_PARALLEL_MIN_WORK, work >= FASTNN_TIMED_MIN_WORK);
+    return team_start(t, work >= FASTNN_PARALLEL_MIN_WORK, work >= FASTNN_TIMED_MIN_WORK,
+                      max_threads);
 }
 
-int fastnn_team_for_elements(fastnn_team *t, int64_t n)
+int fastnn_team_for_elements(fastnn_team *t, int64_t n, int64_t max_threads)
 {
-    return team_start(t, n >= FASTNN_PARALLEL_MIN_ELEMENTS, n >= FASTNN_TIMED_MIN_ELEMENTS);
+    return team_start(t, n >= FASTNN_PARALLEL_MIN_ELEMENTS, n >= FASTNN_TIMED_MIN_ELEMENTS,
+                      max_threads);
 }
 
-int64_t fastnn_team_clock(const fastnn_team *t)
+int64_t fastnn_team_clock(fastnn_team *t)
 {
-    return t->timed ? clock_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
+    if (!t->timed) return 0;
+    int64_t none = 0; /* the region's wall clock starts with its first share, not before */
+    atomic_compare_exchange_strong(&t->start_ns, &none, clock_ns(CLOCK_MONOTONIC));
+    return clock_ns(CLOCK_THREAD_CPUTIME_ID);
 }
 
 void fastnn_team_done(fastnn_team *t, int64_t clock0)
 {
-    if (!t->timed) return;
-    atomic_fetch_add(&t->cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID) - clock0);
-#ifdef _OPENMP
-    if (omp_get_thread_num() == 0) t->size = omp_get_num_threads();
-#endif
+    if (t->timed) atomic_fetch_add(&t->cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID) - clock0);
 }
 
 void fastnn_team_end(fastnn_team *t)
 {
-    if (t->timed && t->size > 1)
+    if (t->timed)
         fastnn_adapt_observe(t->size, clock_ns(CLOCK_MONOTONIC) - t->start_ns, t->cpu_ns);
 }
 
@@ -270,8 +278,6 @@ void *fastnn_scratch(size_t bytes)
  * at once in several Python threads neither restore it early nor leave it at one; and the
  * count is restored only if it is still the one fastnn set, so a limit someone else set in
  * the meantime (threadpoolctl, to anything but one) stays. */
-static int blas_holds = 0, blas_saved = 1;
-
 void fastnn_blas_hold(void)
 {
     if (!blas_get_threads || !blas_set_threads) return;
@@ -287,7 +293,7 @@ void fastnn_blas_release(void)
 {
     if (!blas_get_threads || !blas_set_threads) return;
     pthread_mutex_lock(&blas_lock);
-    if (--blas_holds == 0 && blas_saved != 1 && blas_get_threads() == 1)
+    if (blas_holds > 0 && --blas_holds == 0 && blas_saved != 1 && blas_get_threads() == 1)
         blas_set_threads(blas_saved);
     pthread_mutex_unlock(&blas_lock);
 }

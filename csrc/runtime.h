@@ -26,33 +26,35 @@ extern dgemm_fn fastnn_dgemm;
 #define FASTNN_PARALLEL_MIN_ELEMENTS (1 << 16)
 
 /* Regions at least this large are all timed for the adaptive thread count (runtime.c); of
- * the smaller ones, one in FASTNN_TIMED_SAMPLE: a CPU-clock read costs about 0.5 us, and
- * each thread of a timed region makes two. */
+ * the smaller ones, one in FASTNN_TIMED_SAMPLE (and all during a probe): a CPU-clock read
+ * costs about 0.5 us, and each thread of a timed region makes two. */
 #define FASTNN_TIMED_MIN_WORK (1 << 23)
 #define FASTNN_TIMED_MIN_ELEMENTS (1 << 21)
 #define FASTNN_TIMED_SAMPLE 16
 
 /* A parallel region the adaptive thread count learns from:
  *     fastnn_team team;
- *     int nthreads = fastnn_team_for(&team, work);
- *     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+ *     int nthreads = fastnn_team_for(&team, work, blocks);
+ *     #pragma omp parallel num_threads(nthreads)        (when nthreads > 1)
  *     {
  *         int64_t clock0 = fastnn_team_clock(&team);
- *         ... this thread's share, no barrier after it ...
+ *         ... this thread's share of the blocks, no barrier after it ...
  *         fastnn_team_done(&team, clock0);
  *     }
  *     fastnn_team_end(&team);
- */
+ * A thread may time several shares (clock, share, done) with waits between them untimed. */
 typedef struct {
-    int nthreads, timed, size; /* asked for; whether timed; the team the region got */
-    int64_t start_ns;
-    _Atomic int64_t cpu_ns;    /* the team's CPU time in its shares */
+    int size;               /* the threads asked for */
+    int timed;
+    _Atomic int64_t start_ns; /* CLOCK_MONOTONIC when the region's first share started */
+    _Atomic int64_t cpu_ns;   /* the team's CPU time in its shares */
 } fastnn_team;
 
-/* Threads for the region of a kernel doing `work` multiply-adds / over n elements. */
-int fastnn_team_for(fastnn_team *team, double work);
-int fastnn_team_for_elements(fastnn_team *team, int64_t n);
-int64_t fastnn_team_clock(const fastnn_team *team);
+/* Threads for the region of a kernel doing `work` multiply-adds / over n elements, in at
+ * most max_threads blocks. */
+int fastnn_team_for(fastnn_team *team, double work, int64_t max_threads);
+int fastnn_team_for_elements(fastnn_team *team, int64_t n, int64_t max_threads);
+int64_t fastnn_team_clock(fastnn_team *team);
 void fastnn_team_done(fastnn_team *team, int64_t clock0);
 void fastnn_team_end(fastnn_team *team);
 
@@ -68,35 +70,34 @@ int64_t fastnn_num_blocks(int64_t n, int64_t min_per_block);
 void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, int64_t *i1);
 
 /* Run the statements after i1 for each of nblocks blocks of [0, n) (blk the block's index,
- * [i0, i1) its range; nblocks fixed by the shape, as fastnn_num_blocks gives), on a team sized
- * for `elements` elements of memory-bound work: the blocks are taken dynamically, so a thread
- * the scheduler parks holds the others up by one block at most, and the region is timed for
- * the adaptive thread count (unless it has fewer blocks than threads: then a thread idles
- * whatever the load, and the region says nothing about it). On one thread there is no
- * parallel region at all: even a team of one costs libgomp about 0.3 us to build. */
-#define FASTNN_PARALLEL_BLOCKS(nblocks, n, elements, blk, i0, i1, ...)               \
+ * [i0, i1) its range; nblocks fixed by the shape, as fastnn_num_blocks gives), on the team
+ * that team_for (fastnn_team_for or fastnn_team_for_elements) sizes for `size`, at most one
+ * thread per block. Blocks are taken dynamically, so the others take over the work of a
+ * thread the scheduler parks (the region still waits for it at its closing barrier), and the
+ * region is timed for the adaptive thread count. On one thread there is no parallel region at
+ * all: even a team of one costs libgomp about 0.3 us to build. The statements are compiled
+ * twice, for the two cases. */
+#define FASTNN_PARALLEL_BLOCKS(team_for, size, nblocks, n, blk, i0, i1, ...)         \
     do {                                                                             \
-        int64_t nblocks_ = (nblocks), n_ = (n);                                      \
-        fastnn_team team_;                                                           \
-        int nthreads_ = fastnn_team_for_elements(&team_, elements);                  \
-        if (nthreads_ > nblocks_) nthreads_ = nblocks_ < 1 ? 1 : (int)nblocks_;      \
-        if (nthreads_ == 1) {                                                        \
-            FASTNN_BLOCKS_(blk, i0, i1, __VA_ARGS__)                                 \
+        const int64_t fastnn_nblocks_ = (nblocks), fastnn_n_ = (n);                  \
+        fastnn_team fastnn_team_;                                                    \
+        if (team_for(&fastnn_team_, size, fastnn_nblocks_) == 1) {                   \
+            FASTNN_BLOCKS_(fastnn_nblocks_, fastnn_n_, blk, i0, i1, __VA_ARGS__)     \
         } else {                                                                     \
-            _Pragma("omp parallel num_threads(nthreads_)")                           \
+            _Pragma("omp parallel num_threads(fastnn_team_.size)")                   \
             {                                                                        \
-                int64_t clock0_ = fastnn_team_clock(&team_);                         \
+                int64_t fastnn_clock0_ = fastnn_team_clock(&fastnn_team_);           \
                 _Pragma("omp for schedule(dynamic, 1) nowait")                       \
-                FASTNN_BLOCKS_(blk, i0, i1, __VA_ARGS__)                             \
-                fastnn_team_done(&team_, clock0_);                                   \
+                FASTNN_BLOCKS_(fastnn_nblocks_, fastnn_n_, blk, i0, i1, __VA_ARGS__) \
+                fastnn_team_done(&fastnn_team_, fastnn_clock0_);                     \
             }                                                                        \
-            fastnn_team_end(&team_);                                                 \
+            fastnn_team_end(&fastnn_team_);                                          \
         }                                                                            \
     } while (0)
-#define FASTNN_BLOCKS_(blk, i0, i1, ...)                                             \
-    for (int64_t blk = 0; blk < nblocks_; blk++) {                                   \
+#define FASTNN_BLOCKS_(nblocks, n, blk, i0, i1, ...)                                 \
+    for (int64_t blk = 0; blk < nblocks; blk++) {                                    \
         int64_t i0, i1;                                                              \
-        fastnn_block_range(blk, nblocks_, n_, &i0, &i1);                             \
+        fastnn_block_range(blk, nblocks, n, &i0, &i1);                               \
         __VA_ARGS__                                                                  \
     }
 
@@ -105,7 +106,8 @@ void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
  * `chunk` is the chunk's index and [i0, i1) its range. For elementwise kernels and sums
  * combined per chunk in a fixed order. */
 #define FASTNN_FOR_CHUNKS(n, ...)                                                    \
-    FASTNN_PARALLEL_BLOCKS(fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS), n, n,  \
+    FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, n,                              \
+                           fastnn_num_blocks(n, FASTNN_PARALLEL_MIN_ELEMENTS), n,     \
                            chunk, i0, i1, __VA_ARGS__)
 
 /* The calling thread's index in the current parallel region (0 outside one). */

@@ -16,9 +16,12 @@ _USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def _libgomp_loaded():
+    """Whether the system's libgomp, the one fastnn links, is loaded already (torch's own
+    copy, libgomp-<hash>.so.1, is a separate runtime)."""
     try:
         with open("/proc/self/maps") as f:
-            return any("libgomp" in line for line in f)
+            return any(os.path.basename(line.split()[-1]).startswith("libgomp.so")
+                       for line in f if "/" in line)
     except OSError:
         return False
 

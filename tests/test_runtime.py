@@ -64,7 +64,7 @@ def blas_threads():
     return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
 
-def test_blas_threads_restored_after_a_kernel():
+def test_blas_threads_restored_after_a_kernel(blas_path):
     before = blas_threads()
     x = np.ones((600, 300), np.float32)
     F.linear_forward(x, np.ones((200, 300), np.float32))
@@ -102,9 +102,16 @@ def test_blas_holds_are_counted(scipy_blas):
     the last is done, then comes back to what it was (a saved-and-restored hold gave the
     BLAS back its threads while the second kernel still ran)."""
     _native.blas_hold()
-    assert scipy_blas.num_threads == 1
+    try:
+        assert scipy_blas.num_threads == 1
+        _native.blas_hold()
+        _native.blas_release()
+        assert scipy_blas.num_threads == 1
+    finally:
+        _native.blas_release()
+    assert scipy_blas.num_threads == 2
+    _native.blas_release()  # one release too many changes nothing
     _native.blas_hold()
-    _native.blas_release()
     assert scipy_blas.num_threads == 1
     _native.blas_release()
     assert scipy_blas.num_threads == 2
@@ -145,11 +152,11 @@ def test_openmp_wait_policy():
         assert spin_left == "False"
 
 
-WINDOW_NS = 50_000_000  # more than a decision window (4 ms) of timed regions
+WINDOW_NS = 50_000_000  # more than a decision window (10 ms) of timed regions
 
 
 def small_parallel_linear():
-    """A product that runs on the team, well within a probe's window (1 ms)."""
+    """A product that runs on the team, well within a probe's window (2 ms)."""
     F.linear_forward(np.ones((128, 64), np.float32), np.ones((64, 64), np.float32))
 
 
@@ -169,9 +176,11 @@ def test_adaptive_thread_count_follows_the_parallelism_regions_get(threads):
     _native.adapt_probe_now()
     assert _native.threads_in_use() == 2  # the probe window runs at 2
     _native.adapt_observe(2, WINDOW_NS, int(1.0 * WINDOW_NS))
+    failed = time.monotonic()
     assert _native.threads_in_use() == 1
     small_parallel_linear()
-    assert _native.threads_in_use() == 1  # the next probe is not due for 100 ms
+    if time.monotonic() - failed < 0.09:  # the next probe is not due for 100 ms
+        assert _native.threads_in_use() == 1
     # a probe that finds it quiet again: back to 2
     _native.adapt_probe_now()
     _native.adapt_observe(2, WINDOW_NS, int(1.9 * WINDOW_NS))
@@ -216,37 +225,42 @@ def s2_like_step(replay):
 @needs_two_threads
 @pytest.mark.parametrize("replay", [False, True], ids=["layers", "replayed"])
 def test_results_do_not_change_while_the_thread_count_does(threads, replay):
-    """Steps taken while the thread count changes between kernels (another Python thread
-    setting it, the adaptive count dropping and probing) give the 1-thread steps' bits."""
+    """Steps on exactly 2 threads, and steps taken while the thread count changes between
+    kernels (another Python thread setting it, the adaptive count dropping and probing), give
+    the 1-thread steps' bits."""
     fastnn.set_num_threads(1, adaptive=False)
     step, params = s2_like_step(replay)
     for _ in range(6):
         step()
     want = [p.data.copy() for p in params]
 
-    fastnn.set_num_threads(2)
     step, params = s2_like_step(replay)
-    stop = threading.Event()
-
-    def change_threads():
-        i = 0
-        while not stop.is_set():
-            i += 1
-            if i % 3 == 0:
-                fastnn.set_num_threads(1 + i % 2)
-            else:  # what a busy machine would report, then a probe
-                _native.adapt_observe(2, WINDOW_NS, int(0.8 * WINDOW_NS))
-                _native.adapt_probe_now()
-            time.sleep(0.0005)
-
-    changer = threading.Thread(target=change_threads)
-    changer.start()
-    try:
-        for _ in range(6):
+    for i in range(6):
+        if i % 2 == 0:  # a step on exactly 2 threads
+            fastnn.set_num_threads(2, adaptive=False)
             step()
-    finally:
-        stop.set()
-        changer.join()
+            continue
+        fastnn.set_num_threads(2)
+        stop = threading.Event()
+
+        def change_threads():
+            j = 0
+            while not stop.is_set():
+                j += 1
+                if j % 3 == 0:
+                    fastnn.set_num_threads(1 + j % 2)
+                else:  # what a busy machine would report, then a probe
+                    _native.adapt_observe(2, WINDOW_NS, int(0.8 * WINDOW_NS))
+                    _native.adapt_probe_now()
+                time.sleep(0.0005)
+
+        changer = threading.Thread(target=change_threads)
+        changer.start()
+        try:
+            step()
+        finally:
+            stop.set()
+            changer.join()
     for p, w in zip(params, want):
         assert np.array_equal(p.data, w), p
 
