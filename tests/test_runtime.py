@@ -298,6 +298,7 @@ def test_worker_processes_after_two_thread_kernels(method, threads):
             assert because is None
 
 
+@pytest.mark.skipif(not fastnn.build_info()["openmp"], reason="a serial build warns otherwise")
 def test_set_num_threads_in_a_forked_child_warns_and_stays_at_one(threads):
     fastnn.set_num_threads(2)
     F.linear_forward(np.ones((600, 300), np.float32), np.ones((200, 300), np.float32))
