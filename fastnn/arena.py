@@ -10,10 +10,16 @@ def _address(a):
     return a.__array_interface__["data"][0]
 
 
+def owns_memory(a):
+    """Whether `a` is no view of another array. An unpickled array's base is the bytes object
+    it was read from: that counts as its own."""
+    return not isinstance(a.base, np.ndarray)
+
+
 def contiguous_run(arrays):
     """One flat view covering `arrays` when they lie back to back in one buffer, else None."""
     base = arrays[0].base
-    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
         return None
     start = _address(arrays[0])
     address = start
@@ -41,7 +47,7 @@ class Arena:
     def __init__(self, params):
         self.params = list(params)
         self.dtype = self.params[0].data.dtype
-        if all(p.data.base is None and p.grad.base is None for p in self.params):
+        if all(owns_memory(p.data) and owns_memory(p.grad) for p in self.params):
             self._pack()
         self.runs = self._find_runs()
         self.size = sum(p.data.size for p in self.params)

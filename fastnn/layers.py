@@ -88,7 +88,7 @@ class Module:
 
     def parameters(self):
         """The Parameters of this module and its sub-modules, in a fixed order, each once
-        (a layer used twice in a model contributes its parameters once)."""
+        (a Parameter assigned to two layers, to share it, is listed once)."""
         return list({id(p): p for _, p in self.named_parameters()}.values())
 
     def named_buffers(self, prefix=""):
@@ -167,6 +167,7 @@ class Sequential(Module):
             if not isinstance(layer, Module):
                 raise TypeError(f"layers[{i}]: expected a fastnn Module, got "
                                 f"{type(layer).__name__}")
+        _each_module_once(layers)
         self.layers = list(layers)
         self.outputs = [None] * len(self.layers)  # the last forward's output of each layer
         self.grads = [None] * len(self.layers)  # the last backward's gradient at each output
@@ -194,18 +195,31 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layers)
 
+    # set by backward, cleared by forward: a second backward would add the gradients twice
+    _backward_done = False
+
     def forward(self, x):
         """Run the layers in order; outputs[i] keeps layer i's output (for diagnostics)."""
         for i, layer in enumerate(self.layers):
             x = layer(x)
             self.outputs[i] = x
+        self._backward_done = False
         return x
 
     def backward(self, dy, input_grad=True):
         """Run the backwards in reverse; grads[i] keeps the gradient w.r.t. layer i's output.
         Returns the gradient w.r.t. the input. input_grad=False: the input is data, so a
         first layer that can (Linear) skips that gradient and None is returned; for a
-        784-512-512-10 MLP that is a fifth of the step's multiply-adds."""
+        784-512-512-10 MLP that is a fifth of the step's multiply-adds. A second backward
+        after the same forward raises (as in PyTorch): it would add the gradients twice."""
+        if self._backward_done:
+            raise ValueError("Sequential.backward: called again after the same forward, which "
+                             "would add the parameter gradients twice; run forward first")
+        dx = self._backward(dy, input_grad)
+        self._backward_done = True
+        return dx
+
+    def _backward(self, dy, input_grad):
         for i in range(len(self.layers) - 1, 0, -1):
             self.grads[i] = dy
             dy = self.layers[i].backward(dy)
@@ -224,6 +238,27 @@ class Sequential(Module):
     def __repr__(self):
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential({inner}\n)"
+
+
+def _each_module_once(layers):
+    """Refuse a model that holds one module object twice (Sequential(l, Tanh(), l)): a layer
+    keeps what its last forward saw for its backward, so the first use's weight gradient
+    would come out wrong, silently. PyTorch allows it; here, build two layers (to share their
+    weights, assign one's Parameter to the other after building)."""
+    seen = {}
+
+    def walk(module, where):
+        if id(module) in seen:
+            raise ValueError(f"layers{where}: the same {type(module).__name__} object as "
+                             f"layers{seen[id(module)]}; a layer keeps its last forward's "
+                             "input for its backward, so one object cannot be used twice "
+                             "in a model: build two")
+        seen[id(module)] = where
+        for i, child in enumerate(module.children()):
+            walk(child, f"{where}[{i}]")
+
+    for i, layer in enumerate(layers):
+        walk(layer, f"[{i}]")
 
 
 def _positive_int(name, value):

@@ -109,6 +109,63 @@ def test_sequential_rejects_non_modules():
         fastnn.Sequential(fastnn.ReLU(), lambda x: x)
 
 
+def test_sequential_refuses_a_module_used_twice():
+    """One layer object twice would keep only its last use's input for both backwards (the
+    weight gradient came out 50-100% off, silently): refused when the model is built."""
+    lin, relu = fastnn.Linear(4, 4), fastnn.ReLU()
+    with pytest.raises(ValueError, match=r"layers\[2\]: the same Linear object as layers\[0\]"):
+        fastnn.Sequential(lin, fastnn.Tanh(), lin)
+    with pytest.raises(ValueError, match=r"layers\[3\]: the same ReLU object as layers\[1\]"):
+        fastnn.Sequential(fastnn.Linear(4, 4), relu, fastnn.Linear(4, 4), relu)
+    with pytest.raises(ValueError, match=r"layers\[1\]: the same Linear object as layers\[0\]\[0\]"):
+        fastnn.Sequential(fastnn.Sequential(lin), lin)
+
+
+def test_second_backward_after_one_forward_raises():
+    """It used to double the gradients, silently (PyTorch raises too)."""
+    model = fastnn.Sequential(fastnn.Linear(4, 3), fastnn.ReLU(), fastnn.Linear(3, 2))
+    x, dy = np.ones((5, 4), np.float32), np.ones((5, 2), np.float32)
+    model(x)
+    model.backward(dy)
+    grads = [p.grad.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="called again after the same forward"):
+        model.backward(dy)
+    assert all(np.array_equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    model(x)
+    model.backward(dy)  # a new forward: accumulates once more
+    assert all(np.array_equal(p.grad, 2 * g) for p, g in zip(model.parameters(), grads))
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copied_model_trains_exactly_like_the_original(how):
+    """A pickled (or deep-copied) model, 64-wide layers, packed into the arena and trained a
+    step first: an optimizer takes the copy (it used to fail in the arena: 'bytes' object has
+    no attribute 'ndim'), and the two train to the same bits."""
+    import copy
+    import pickle
+
+    fastnn.manual_seed(5)
+    model = fastnn.Sequential(fastnn.Linear(64, 64), fastnn.BatchNorm1d(64, activation="relu"),
+                              fastnn.Linear(64, 10))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 32)
+
+    def train(m, steps):
+        opt, loss_fn = optim.Adam(m.parameters()), fastnn.CrossEntropyLoss()
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(m(x), y)
+            m.backward(loss_fn.backward())
+            opt.step()
+        return [p.data.copy() for p in m.parameters()]
+
+    train(model, 1)
+    clone = pickle.loads(pickle.dumps(model)) if how == "pickle" else copy.deepcopy(model)
+    for a, b in zip(train(clone, 3), train(model, 3)):
+        assert np.array_equal(a, b)
+
+
 def test_sequential_repr():
     net = char_model()
     r = repr(net)
