@@ -71,17 +71,17 @@ void fastnn_block_range(int64_t blk, int64_t nblocks, int64_t n, int64_t *i0, in
 
 /* Run the statements after i1 for each of nblocks blocks of [0, n) (blk the block's index,
  * [i0, i1) its range; nblocks fixed by the shape, as fastnn_num_blocks gives), on the team
- * that team_for (fastnn_team_for or fastnn_team_for_elements) sizes for `size`, at most one
+ * that team_for (fastnn_team_for or fastnn_team_for_elements) sizes for `work`, at most one
  * thread per block. Blocks are taken dynamically, so the others take over the work of a
  * thread the scheduler parks (the region still waits for it at its closing barrier), and the
  * region is timed for the adaptive thread count. On one thread there is no parallel region at
  * all: even a team of one costs libgomp about 0.3 us to build. The statements are compiled
  * twice, for the two cases. */
-#define FASTNN_PARALLEL_BLOCKS(team_for, size, nblocks, n, blk, i0, i1, ...)         \
+#define FASTNN_PARALLEL_BLOCKS(team_for, work, nblocks, n, blk, i0, i1, ...)         \
     do {                                                                             \
         const int64_t fastnn_nblocks_ = (nblocks), fastnn_n_ = (n);                  \
         fastnn_team fastnn_team_;                                                    \
-        if (team_for(&fastnn_team_, size, fastnn_nblocks_) == 1) {                   \
+        if (team_for(&fastnn_team_, work, fastnn_nblocks_) == 1) {                   \
             FASTNN_BLOCKS_(fastnn_nblocks_, fastnn_n_, blk, i0, i1, __VA_ARGS__)     \
         } else {                                                                     \
             _Pragma("omp parallel num_threads(fastnn_team_.size)")                   \
