@@ -25,6 +25,22 @@ cdef extern from "fastnn.h" nogil:
     int fastnn_threads_in_use()
     int fastnn_forked_child()
 
+cdef extern from "fastnn.h":
+    enum:
+        FASTNN_ISA_BLAS, FASTNN_ISA_GENERIC, FASTNN_ISA_AVX2, FASTNN_ISA_AVX512
+        FASTNN_ACT_NONE, FASTNN_ACT_RELU, FASTNN_ACT_TANH, FASTNN_ACT_SIGMOID
+        FASTNN_ACT_LEAKY_RELU, FASTNN_ACT_GELU, FASTNN_ACT_GELU_TANH
+
+# Names for fastnn.h's codes, the values taken from the header. ACTIVATIONS: those linear
+# and batchnorm fuse; ELEMENTWISE: all the elementwise ones.
+ACTIVATIONS = {"none": FASTNN_ACT_NONE, "relu": FASTNN_ACT_RELU, "tanh": FASTNN_ACT_TANH,
+               "sigmoid": FASTNN_ACT_SIGMOID}
+ELEMENTWISE = {**ACTIVATIONS, "leaky_relu": FASTNN_ACT_LEAKY_RELU, "gelu": FASTNN_ACT_GELU,
+               "gelu_tanh": FASTNN_ACT_GELU_TANH}
+_ISA_CODES = {"blas": FASTNN_ISA_BLAS, "generic": FASTNN_ISA_GENERIC,
+              "avx2": FASTNN_ISA_AVX2, "avx512": FASTNN_ISA_AVX512}
+ISAS = tuple(_ISA_CODES)  # the matrix-product paths, slowest first
+
 cdef extern from "runtime.h" nogil:
     void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
     void fastnn_adapt_probe_now()
@@ -194,21 +210,20 @@ def blas_release():
     fastnn_blas_release()
 
 
-# The matrix-product paths, by their codes in csrc/gemm.h (FASTNN_ISA_*).
-ISAS = ("blas", "generic", "avx2", "avx512")
 
 
 def isa_supported(str name):
-    return bool(fastnn_isa_supported(ISAS.index(name)))
+    return bool(fastnn_isa_supported(_ISA_CODES[name]))
 
 
 def set_isa(str name):
     """Select a matrix-product path by name; False when this CPU cannot run it."""
-    return fastnn_set_isa(ISAS.index(name)) == 0
+    return fastnn_set_isa(_ISA_CODES[name]) == 0
 
 
 def get_isa():
-    return ISAS[fastnn_get_isa()]
+    code = fastnn_get_isa()
+    return next(name for name, c in _ISA_CODES.items() if c == code)
 
 
 def fma_peak(int64_t iters, int nthreads):

@@ -39,8 +39,7 @@ __all__ = [
 
 # Activation names and their codes in csrc/fastnn.h (FASTNN_ACT_*): those that linear and
 # batchnorm fuse, and all the elementwise ones.
-ACTIVATIONS = {"none": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
-ELEMENTWISE = {**ACTIVATIONS, "leaky_relu": 4, "gelu": 5, "gelu_tanh": 6}
+ACTIVATIONS, ELEMENTWISE = _native.ACTIVATIONS, _native.ELEMENTWISE
 
 
 def _linear_args(x, weight, bias):
