@@ -30,7 +30,7 @@ from .test_bench_steps import make_step
 
 WORKLOAD = "S2"
 PHASE = "busy-step"
-# (impl, threads, adaptive): the benchmark's impl name adds "-pinned" to a pinned 2-thread case
+# (impl, threads, adaptive)
 CASES = [("layers", 1, False), ("layers", 2, True), ("layers", 2, False),
          ("native", 1, False), ("native", 2, True), ("native", 2, False),
          ("torch", 1, False), ("torch", 2, False)]
@@ -52,14 +52,18 @@ def busy_loop(n):
             p.wait()
 
 
+def case_name(impl, threads, adaptive):
+    """The impl as reported: "-pinned" added to fastnn's pinned 2-thread cases."""
+    return impl if adaptive or threads == 1 or impl == "torch" else f"{impl}-pinned"
+
+
 @pytest.mark.parametrize("load", [0, 1], ids=["quiet", "busy"])
 @pytest.mark.parametrize("impl, threads, adaptive", CASES,
-                         ids=[f"{i}-t{t}{'' if a or t == 1 or i == 'torch' else '-pinned'}"
-                              for i, t, a in CASES])
+                         ids=[f"{case_name(*case)}-t{case[1]}" for case in CASES])
 def test_busy_step(benchmark, measure, load, impl, threads, adaptive):
     if threads > cores() or cores() < 2:
         pytest.skip(f"needs 2 usable cores ({cores()} here)")
-    name = impl if adaptive or threads == 1 or impl == "torch" else f"{impl}-pinned"
+    name = case_name(impl, threads, adaptive)
     step = make_step(impl, WORKLOAD)
     benchmark.group = f"{WORKLOAD}-load{load}"
     benchmark.extra_info.update(workload=WORKLOAD, phase=PHASE, threads=threads, impl=name,

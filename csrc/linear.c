@@ -35,6 +35,13 @@ static int64_t linear_blocks(int64_t n, double work)
     return work < FASTNN_PARALLEL_MIN_WORK ? 1 : fastnn_num_blocks(n, LINEAR_MIN_BLOCK);
 }
 
+/* BLAS path: the blocks of a backward product that splits the larger of C and n (n = B for
+ * dx, OC for dw); 0 when that gradient is not wanted. */
+static int64_t blas_backward_blocks(int has_grad, int64_t n, int64_t B, int64_t C, int64_t OC)
+{
+    return has_grad ? linear_blocks(C > n ? C : n, (double)B * C * OC) : 0;
+}
+
 
 #define REAL float
 #define ACC double
@@ -124,24 +131,16 @@ static void SFX(linear_forward_blas)(REAL *out, const REAL *x, const REAL *w, co
 
 /* dx.T (C, B) = w (C, OC) @ dz.T (OC, B): split rows (re-pack w) or in-features (re-pack
  * dz). dw.T (C, OC) += x.T (C, B) @ dz (B, OC): split out-features (re-pack x) or
- * in-features (re-pack dz). Called inside the parallel region; dz is complete. */
-static void SFX(blas_backward_blocks)(int64_t *dx_blocks, int64_t *dw_blocks, int has_dx,
-                                      int has_dw, int64_t B, int64_t C, int64_t OC)
-{
-    double madds = (double)B * C * OC;
-    *dx_blocks = has_dx ? linear_blocks(C > B ? C : B, madds) : 0;
-    *dw_blocks = has_dw ? linear_blocks(C > OC ? C : OC, madds) : 0;
-}
-
+ * in-features (re-pack dz), in dx_blocks and dw_blocks blocks (blas_backward_blocks).
+ * Called inside the parallel region; dz is complete. */
 static void SFX(linear_backward_blas)(REAL *dx, REAL *dw, const REAL *dz, const REAL *x,
-                                      const REAL *w, int64_t B, int64_t C, int64_t OC)
+                                      const REAL *w, int64_t dx_blocks, int64_t dw_blocks,
+                                      int64_t B, int64_t C, int64_t OC)
 {
     int dx_split_in = C > B;
     int64_t dx_n = dx_split_in ? C : B;
     int dw_split_in = C > OC;
     int64_t dw_n = dw_split_in ? C : OC;
-    int64_t dx_blocks, dw_blocks;
-    SFX(blas_backward_blocks)(&dx_blocks, &dw_blocks, dx != NULL, dw != NULL, B, C, OC);
     #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < dx_blocks + dw_blocks; t++) {
         int64_t i0, i1;
@@ -280,7 +279,8 @@ static void SFX(linear_backward_team)(const SFX(backward_work) *t, fastnn_team *
     if (t->core)
         SFX(run_gemm_blocks)(t->jobs, t->nblocks, t->njobs, t->scratch, t->per_thread);
     else
-        SFX(linear_backward_blas)(t->dx, t->dw, t->dz, t->x, t->w, t->B, t->C, t->OC);
+        SFX(linear_backward_blas)(t->dx, t->dw, t->dz, t->x, t->w, t->nblocks[0], t->nblocks[1],
+                                  t->B, t->C, t->OC);
     fastnn_team_done(team, clock0);
 }
 
@@ -309,8 +309,10 @@ void SFX(linear_backward)(REAL *dx, REAL *dw, REAL *db, REAL *work, const REAL *
     t.core = isa != FASTNN_ISA_BLAS;
     if (t.core)
         t.scratch = SFX(plan_gemm_jobs)(t.jobs, t.nblocks, t.njobs, isa, &t.per_thread, &t.core);
-    if (!t.core)
-        SFX(blas_backward_blocks)(&t.nblocks[0], &t.nblocks[1], dx != NULL, dw != NULL, B, C, OC);
+    if (!t.core) {
+        t.nblocks[0] = blas_backward_blocks(dx != NULL, B, B, C, OC);
+        t.nblocks[1] = blas_backward_blocks(dw != NULL, OC, B, C, OC);
+    }
     /* a team larger than both loops would have a thread idle whatever the load */
     int64_t most = t.nblocks[0] + t.nblocks[1];
     fastnn_team team;

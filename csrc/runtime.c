@@ -165,13 +165,17 @@ void fastnn_adapt_observe(int team, int64_t wall_ns, int64_t cpu_ns)
     pthread_mutex_unlock(&adapt_lock);
 }
 
+/* Under adapt_lock: the next window runs at in_use + 1. */
+static void start_probe(void)
+{
+    probing = 1;
+    window_wall = window_cpu = 0;
+}
+
 void fastnn_adapt_probe_now(void)
 {
     pthread_mutex_lock(&adapt_lock);
-    if (!pinned && in_use < cap) {
-        probing = 1;
-        window_wall = window_cpu = 0;
-    }
+    if (!pinned && in_use < cap) start_probe();
     pthread_mutex_unlock(&adapt_lock);
 }
 
@@ -182,10 +186,7 @@ static int team_threads(void)
     if (!threads_ok() || pinned) return fastnn_threads_in_use();
     if (!probing && in_use < cap && clock_ns(CLOCK_MONOTONIC) >= probe_at) {
         pthread_mutex_lock(&adapt_lock);
-        if (!probing && in_use < cap && clock_ns(CLOCK_MONOTONIC) >= probe_at) {
-            probing = 1;
-            window_wall = window_cpu = 0;
-        }
+        if (!probing && in_use < cap && clock_ns(CLOCK_MONOTONIC) >= probe_at) start_probe();
         pthread_mutex_unlock(&adapt_lock);
     }
     return fastnn_threads_in_use();

@@ -24,8 +24,10 @@ cdef extern from "fastnn.h" nogil:
     int fastnn_threads_adaptive()
     int fastnn_threads_in_use()
     int fastnn_forked_child()
+    int fastnn_isa_supported(int isa)
+    int fastnn_get_isa()
+    int fastnn_set_isa(int isa)
 
-cdef extern from "fastnn.h":
     enum:
         FASTNN_ISA_BLAS, FASTNN_ISA_GENERIC, FASTNN_ISA_AVX2, FASTNN_ISA_AVX512
         FASTNN_ACT_NONE, FASTNN_ACT_RELU, FASTNN_ACT_TANH, FASTNN_ACT_SIGMOID
@@ -39,6 +41,7 @@ ELEMENTWISE = {**ACTIVATIONS, "leaky_relu": FASTNN_ACT_LEAKY_RELU, "gelu": FASTN
                "gelu_tanh": FASTNN_ACT_GELU_TANH}
 _ISA_CODES = {"blas": FASTNN_ISA_BLAS, "generic": FASTNN_ISA_GENERIC,
               "avx2": FASTNN_ISA_AVX2, "avx512": FASTNN_ISA_AVX512}
+_ISA_NAMES = {code: name for name, code in _ISA_CODES.items()}
 ISAS = tuple(_ISA_CODES)  # the matrix-product paths, slowest first
 
 cdef extern from "runtime.h" nogil:
@@ -48,9 +51,6 @@ cdef extern from "runtime.h" nogil:
     void fastnn_blas_release()
 
 cdef extern from "fastnn.h" nogil:
-    int fastnn_isa_supported(int isa)
-    int fastnn_get_isa()
-    int fastnn_set_isa(int isa)
     double fma_peak_f32(int64_t iters, int nthreads)
 
     void linear_forward_f32(float *out, const float *x, const float *w, const float *b,
@@ -210,8 +210,6 @@ def blas_release():
     fastnn_blas_release()
 
 
-
-
 def isa_supported(str name):
     return bool(fastnn_isa_supported(_ISA_CODES[name]))
 
@@ -222,8 +220,7 @@ def set_isa(str name):
 
 
 def get_isa():
-    code = fastnn_get_isa()
-    return next(name for name, c in _ISA_CODES.items() if c == code)
+    return _ISA_NAMES[fastnn_get_isa()]
 
 
 def fma_peak(int64_t iters, int nthreads):
