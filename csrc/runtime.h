@@ -27,7 +27,7 @@ extern dgemm_fn fastnn_dgemm;
 
 /* Regions at least this large are all timed for the adaptive thread count (runtime.c); of
  * the smaller ones, one in FASTNN_TIMED_SAMPLE (and all during a probe): a CPU-clock read
- * costs about 0.5 us, and each thread of a timed region makes two. */
+ * costs about 0.6 us, and each thread of a timed region makes two. */
 #define FASTNN_TIMED_MIN_WORK (1 << 23)
 #define FASTNN_TIMED_MIN_ELEMENTS (1 << 21)
 #define FASTNN_TIMED_SAMPLE 16
