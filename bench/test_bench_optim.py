@@ -100,12 +100,12 @@ class KernelStep(FastnnStep):
         if self.phase == "adam":
             m, v = state["exp_avg"], state["exp_avg_sq"]
             b1, b2 = BETAS
-            self.call = functools.partial(_native.adam_step, p, m, v, None, g, LR, b1, b2, EPS,
-                                          0.0, 0.0, False, 1)
+            self.call = _native.Kernel("adam_step", (p, m, v, None, g, LR, b1, b2, EPS, 0.0,
+                                                     0.0, False, 1)).run
         else:
             buf = state["momentum_buffer"]
-            self.call = functools.partial(_native.sgd_step, p, buf, g, LR, MOMENTUM, 0.0, 0.0,
-                                          0.0, False, False)
+            self.call = _native.Kernel("sgd_step", (p, buf, g, LR, MOMENTUM, 0.0, 0.0, 0.0,
+                                                    False, False)).run
 
     def __call__(self):
         self.call()

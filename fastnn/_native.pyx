@@ -310,405 +310,8 @@ def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, double s):
         stream_triad_f64(<double *>pa, <double *>pb, <double *>pc, s, n)
 
 
-cdef inline void *data_or_null(object a):
-    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
-
-
 cdef inline bint is_f32(cnp.ndarray a):
     return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
-
-
-# ---- the layer kernels: each binding fills one Op and runs it; a Plan (fastnn.fused) runs a
-# recorded list of them in one call. run_op is the one place that picks float or double.
-
-from libc.stdlib cimport realloc, free
-
-cdef enum:
-    OP_EMBEDDING_FORWARD
-    OP_LINEAR_FORWARD
-    OP_BATCHNORM_FORWARD
-    OP_ACTIVATION_FORWARD
-    OP_CROSS_ENTROPY_FORWARD
-    OP_CROSS_ENTROPY_BACKWARD
-    OP_LINEAR_BACKWARD
-    OP_BATCHNORM_BACKWARD
-    OP_ACTIVATION_BACKWARD
-    OP_EMBEDDING_BACKWARD
-
-OPS = {"embedding_forward": OP_EMBEDDING_FORWARD, "linear_forward": OP_LINEAR_FORWARD,
-       "batchnorm_forward": OP_BATCHNORM_FORWARD,
-       "activation_forward": OP_ACTIVATION_FORWARD,
-       "cross_entropy_forward": OP_CROSS_ENTROPY_FORWARD,
-       "cross_entropy_backward": OP_CROSS_ENTROPY_BACKWARD,
-       "linear_backward": OP_LINEAR_BACKWARD, "batchnorm_backward": OP_BATCHNORM_BACKWARD,
-       "activation_backward": OP_ACTIVATION_BACKWARD,
-       "embedding_backward": OP_EMBEDDING_BACKWARD}
-
-cdef enum:
-    MAX_ARRAYS = 9
-
-cdef struct Op:
-    int kind
-    bint f32
-    int act
-    bint train
-    double a, b  # batchnorm: eps, momentum; activation: slope; cross-entropy backward: scale
-    int64_t n0, n1, n2  # the kernel's sizes, in its argument order
-    void *p[MAX_ARRAYS]  # the kernel's arrays, in its argument order; NULL for None
-
-
-cdef double run_op(Op *op) noexcept nogil:
-    """Call one kernel; returns the loss for a cross-entropy forward, else 0."""
-    cdef void **p = op.p
-    cdef int k = op.kind
-    if k == OP_EMBEDDING_FORWARD:
-        if op.f32: embedding_forward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
-        else: embedding_forward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0, op.n1)
-    elif k == OP_LINEAR_FORWARD:
-        if op.f32:
-            linear_forward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                               op.act, op.n0, op.n1, op.n2)
-        else:
-            linear_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
-                               op.act, op.n0, op.n1, op.n2)
-    elif k == OP_BATCHNORM_FORWARD and op.train:
-        if op.f32:
-            batchnorm_forward_train_f32(<float *>p[0], <float *>p[1], <float *>p[2],
-                                        <float *>p[3], <float *>p[4], <float *>p[5],
-                                        <float *>p[6], <float *>p[7], op.a, op.b, op.act,
-                                        op.n0, op.n1)
-        else:
-            batchnorm_forward_train_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                        <double *>p[3], <double *>p[4], <double *>p[5],
-                                        <double *>p[6], <double *>p[7], op.a, op.b, op.act,
-                                        op.n0, op.n1)
-    elif k == OP_BATCHNORM_FORWARD:
-        if op.f32:
-            batchnorm_forward_eval_f32(<float *>p[0], <float *>p[1], <float *>p[2],
-                                       <float *>p[3], <float *>p[4], <float *>p[5],
-                                       <float *>p[6], <float *>p[7], op.a, op.act, op.n0, op.n1)
-        else:
-            batchnorm_forward_eval_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                       <double *>p[3], <double *>p[4], <double *>p[5],
-                                       <double *>p[6], <double *>p[7], op.a, op.act, op.n0,
-                                       op.n1)
-    elif k == OP_ACTIVATION_FORWARD:
-        if op.f32: activation_forward_f32(<float *>p[0], <float *>p[1], op.act, op.a, op.n0)
-        else: activation_forward_f64(<double *>p[0], <double *>p[1], op.act, op.a, op.n0)
-    elif k == OP_CROSS_ENTROPY_FORWARD:
-        if op.f32:
-            return cross_entropy_forward_f32(<float *>p[0], <double *>p[1], <float *>p[2],
-                                             <int64_t *>p[3], op.n0, op.n1)
-        return cross_entropy_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                         <int64_t *>p[3], op.n0, op.n1)
-    elif k == OP_CROSS_ENTROPY_BACKWARD:
-        if op.f32:
-            cross_entropy_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.a,
-                                       op.n0, op.n1)
-        else:
-            cross_entropy_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.a,
-                                       op.n0, op.n1)
-    elif k == OP_LINEAR_BACKWARD:
-        if op.f32:
-            linear_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                                <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
-                                op.act, op.n0, op.n1, op.n2)
-        else:
-            linear_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
-                                <double *>p[4], <double *>p[5], <double *>p[6],
-                                <double *>p[7], op.act, op.n0, op.n1, op.n2)
-    elif k == OP_BATCHNORM_BACKWARD:
-        if op.f32:
-            batchnorm_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                                   <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
-                                   <float *>p[8], op.act, op.train, op.n0, op.n1)
-        else:
-            batchnorm_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                   <double *>p[3], <double *>p[4], <double *>p[5],
-                                   <double *>p[6], <double *>p[7], <double *>p[8], op.act,
-                                   op.train, op.n0, op.n1)
-    elif k == OP_ACTIVATION_BACKWARD:
-        if op.f32:
-            activation_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
-                                    op.act, op.a, op.n0)
-        else:
-            activation_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                    <double *>p[3], op.act, op.a, op.n0)
-    elif k == OP_EMBEDDING_BACKWARD:
-        if op.f32:
-            embedding_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], op.n0, op.n1)
-        else:
-            embedding_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], op.n0,
-                                   op.n1)
-    return 0
-
-
-cdef int fill_op(Op *op, int kind, bint f32, tuple arrays, tuple sizes, int act, bint train,
-                 double a, double b) except -1:
-    """op <- the kernel `kind` with its arrays (None: NULL) and sizes in argument order."""
-    if len(arrays) > MAX_ARRAYS or len(sizes) > 3:
-        raise ValueError("too many kernel arguments")
-    op.kind, op.f32, op.act, op.train, op.a, op.b = kind, f32, act, train, a, b
-    op.n0 = sizes[0] if len(sizes) > 0 else 0
-    op.n1 = sizes[1] if len(sizes) > 1 else 0
-    op.n2 = sizes[2] if len(sizes) > 2 else 0
-    cdef int i
-    for i in range(MAX_ARRAYS):
-        op.p[i] = NULL
-    for i, arr in enumerate(arrays):
-        if arr is not None:
-            op.p[i] = cnp.PyArray_DATA(<cnp.ndarray?>arr)
-    return 0
-
-
-cdef double call(int kind, bint f32, tuple arrays, tuple sizes, int act=0, bint train=False,
-                 double a=0, double b=0) except? -1:
-    # (a Cython cdef function takes its optional arguments by position only)
-    """Run one kernel without the GIL; returns what run_op returns."""
-    cdef Op op
-    fill_op(&op, kind, f32, arrays, sizes, act, train, a, b)
-    cdef double result
-    with nogil:
-        result = run_op(&op)
-    return result
-
-
-def linear_forward(cnp.ndarray out, cnp.ndarray x, cnp.ndarray w, object b, int act):
-    """out (B, OC) <- act(x (B, C) @ w (OC, C).T + b (OC,) or 0)."""
-    call(OP_LINEAR_FORWARD, is_f32(x), (out, x, w, b), (x.shape[0], x.shape[1], w.shape[0]),
-         act)
-
-
-def linear_backward(object dx, object dw, object db, object work, cnp.ndarray dout,
-                    cnp.ndarray x, cnp.ndarray w, object out, int act):
-    """dx = dz @ w; dw += dz.T @ x; db += dz.sum(0), with dz = dout * act'(out) in work."""
-    call(OP_LINEAR_BACKWARD, is_f32(x), (dx, dw, db, work, dout, x, w, out),
-         (x.shape[0], x.shape[1], w.shape[0]), act)
-
-
-def batchnorm_forward(cnp.ndarray out, cnp.ndarray save_mean, cnp.ndarray save_invstd,
-                      object running_mean, object running_var, cnp.ndarray x, object gamma,
-                      object beta, double eps, double momentum, int act, bint train):
-    """out (B, C) <- act(batch norm of x); the mean and 1/std used into save_mean/save_invstd."""
-    call(OP_BATCHNORM_FORWARD, is_f32(x),
-         (out, save_mean, save_invstd, running_mean, running_var, x, gamma, beta),
-         (x.shape[0], x.shape[1]), act, train, eps, momentum)
-
-
-def batchnorm_backward(object dx, object dgamma, object dbeta, cnp.ndarray dout,
-                       cnp.ndarray x, object out, cnp.ndarray mean, cnp.ndarray invstd,
-                       object gamma, int act, bint train):
-    """dx (B, C) <- gradient of the loss w.r.t. x; dgamma, dbeta (C) += their gradients."""
-    call(OP_BATCHNORM_BACKWARD, is_f32(x), (dx, dgamma, dbeta, dout, x, out, mean, invstd, gamma),
-         (x.shape[0], x.shape[1]), act, train)
-
-
-def activation_forward(cnp.ndarray out, cnp.ndarray x, int act, double slope):
-    """out <- act(x), elementwise over all elements."""
-    call(OP_ACTIVATION_FORWARD, is_f32(x), (out, x), (cnp.PyArray_SIZE(x),), act, False, slope)
-
-
-def activation_backward(cnp.ndarray dx, cnp.ndarray dout, object x, object y, int act,
-                        double slope):
-    """dx <- dout * act'(x), from the input x and/or the output y (whichever act reads)."""
-    call(OP_ACTIVATION_BACKWARD, is_f32(dout), (dx, dout, x, y), (cnp.PyArray_SIZE(dout),),
-         act, False, slope)
-
-
-def embedding_forward(cnp.ndarray out, cnp.ndarray weight, cnp.ndarray idx):
-    """out (N, D) <- weight[idx]; idx: int64, in range (checked by the caller)."""
-    call(OP_EMBEDDING_FORWARD, is_f32(weight), (out, weight, idx),
-         (cnp.PyArray_SIZE(idx), weight.shape[1]))
-
-
-def embedding_backward(cnp.ndarray dweight, cnp.ndarray dout, cnp.ndarray idx):
-    """dweight[idx[i]] += dout[i], in order."""
-    call(OP_EMBEDDING_BACKWARD, is_f32(dweight), (dweight, dout, idx),
-         (cnp.PyArray_SIZE(idx), dweight.shape[1]))
-
-
-def cross_entropy_forward(cnp.ndarray probs, cnp.ndarray row_loss, cnp.ndarray logits,
-                          cnp.ndarray target):
-    """Mean cross-entropy of logits (N, K) against target (N,) int64; probs <- softmax."""
-    return call(OP_CROSS_ENTROPY_FORWARD, is_f32(logits), (probs, row_loss, logits, target),
-                (logits.shape[0], logits.shape[1]))
-
-
-def cross_entropy_backward(cnp.ndarray dlogits, cnp.ndarray probs, cnp.ndarray target,
-                           double scale):
-    """dlogits <- (probs - onehot(target)) * scale."""
-    call(OP_CROSS_ENTROPY_BACKWARD, is_f32(probs), (dlogits, probs, target),
-         (probs.shape[0], probs.shape[1]), 0, False, scale)
-
-
-def softmax_forward(cnp.ndarray out, cnp.ndarray x):
-    """out <- softmax of x along its last axis."""
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef int64_t K = x.shape[x.ndim - 1]
-    cdef int64_t N = cnp.PyArray_SIZE(x) // K if K > 0 else 0
-    cdef bint f32 = is_f32(x)
-    with nogil:
-        if f32:
-            softmax_forward_f32(<float *>po, <float *>px, N, K)
-        else:
-            softmax_forward_f64(<double *>po, <double *>px, N, K)
-
-
-def softmax_backward(cnp.ndarray dx, cnp.ndarray dout, cnp.ndarray y):
-    """dx <- y * (dout - sum(dout * y)) along the last axis."""
-    cdef void *pdx = cnp.PyArray_DATA(dx)
-    cdef void *pd = cnp.PyArray_DATA(dout)
-    cdef void *py = cnp.PyArray_DATA(y)
-    cdef int64_t K = y.shape[y.ndim - 1]
-    cdef int64_t N = cnp.PyArray_SIZE(y) // K if K > 0 else 0
-    cdef bint f32 = is_f32(y)
-    with nogil:
-        if f32:
-            softmax_backward_f32(<float *>pdx, <float *>pd, <float *>py, N, K)
-        else:
-            softmax_backward_f64(<double *>pdx, <double *>pd, <double *>py, N, K)
-
-
-def dropout_apply(cnp.ndarray out, cnp.ndarray inp, double p, uint64_t seed, uint64_t offset):
-    """out <- inp * mask / (1 - p), the mask a function of (seed, offset + element index)."""
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef void *pi = cnp.PyArray_DATA(inp)
-    cdef int64_t n = cnp.PyArray_SIZE(inp)
-    cdef bint f32 = is_f32(inp)
-    with nogil:
-        if f32:
-            dropout_apply_f32(<float *>po, <float *>pi, p, seed, offset, n)
-        else:
-            dropout_apply_f64(<double *>po, <double *>pi, p, seed, offset, n)
-
-
-def squared_error_sum(cnp.ndarray pred, cnp.ndarray target):
-    """sum((pred - target) ** 2), in a fixed order."""
-    cdef void *pp = cnp.PyArray_DATA(pred)
-    cdef void *pt = cnp.PyArray_DATA(target)
-    cdef int64_t n = cnp.PyArray_SIZE(pred)
-    cdef double total
-    cdef bint f32 = is_f32(pred)
-    with nogil:
-        if f32:
-            total = squared_error_sum_f32(<float *>pp, <float *>pt, n)
-        else:
-            total = squared_error_sum_f64(<double *>pp, <double *>pt, n)
-    return total
-
-
-def squared_error_backward(cnp.ndarray dpred, cnp.ndarray pred, cnp.ndarray target,
-                           double scale):
-    """dpred <- scale * (pred - target)."""
-    cdef void *pd = cnp.PyArray_DATA(dpred)
-    cdef void *pp = cnp.PyArray_DATA(pred)
-    cdef void *pt = cnp.PyArray_DATA(target)
-    cdef int64_t n = cnp.PyArray_SIZE(pred)
-    cdef bint f32 = is_f32(pred)
-    with nogil:
-        if f32:
-            squared_error_backward_f32(<float *>pd, <float *>pp, <float *>pt, scale, n)
-        else:
-            squared_error_backward_f64(<double *>pd, <double *>pp, <double *>pt, scale, n)
-
-
-def sgd_step(cnp.ndarray p, object buf, cnp.ndarray grad, double lr, double momentum,
-             double dampening, double weight_decay, double l1, bint nesterov, bint first):
-    """One SGD update of the flat buffer p (buf: momentum state or None)."""
-    cdef void *pp = cnp.PyArray_DATA(p)
-    cdef void *pb = data_or_null(buf)
-    cdef void *pg = cnp.PyArray_DATA(grad)
-    cdef int64_t n = cnp.PyArray_SIZE(p)
-    cdef bint f32 = is_f32(p)
-    with nogil:
-        if f32:
-            sgd_step_f32(<float *>pp, <float *>pb, <float *>pg, lr, momentum, dampening,
-                         weight_decay, l1, nesterov, first, n)
-        else:
-            sgd_step_f64(<double *>pp, <double *>pb, <double *>pg, lr, momentum, dampening,
-                         weight_decay, l1, nesterov, first, n)
-
-
-def adagrad_step(cnp.ndarray p, cnp.ndarray state_sum, cnp.ndarray grad, double clr,
-                 double weight_decay, double l1, double eps):
-    """One Adagrad update of the flat buffer p."""
-    cdef void *pp = cnp.PyArray_DATA(p)
-    cdef void *ps = cnp.PyArray_DATA(state_sum)
-    cdef void *pg = cnp.PyArray_DATA(grad)
-    cdef int64_t n = cnp.PyArray_SIZE(p)
-    cdef bint f32 = is_f32(p)
-    with nogil:
-        if f32:
-            adagrad_step_f32(<float *>pp, <float *>ps, <float *>pg, clr, weight_decay, l1,
-                             eps, n)
-        else:
-            adagrad_step_f64(<double *>pp, <double *>ps, <double *>pg, clr, weight_decay, l1,
-                             eps, n)
-
-
-def rmsprop_step(cnp.ndarray p, cnp.ndarray square_avg, object grad_avg, object momentum_buf,
-                 cnp.ndarray grad, double lr, double alpha, double eps, double weight_decay,
-                 double l1, double momentum):
-    """One RMSprop update of the flat buffer p (grad_avg: centered, momentum_buf: momentum)."""
-    cdef void *pp = cnp.PyArray_DATA(p)
-    cdef void *ps = cnp.PyArray_DATA(square_avg)
-    cdef void *pa = data_or_null(grad_avg)
-    cdef void *pb = data_or_null(momentum_buf)
-    cdef void *pg = cnp.PyArray_DATA(grad)
-    cdef int64_t n = cnp.PyArray_SIZE(p)
-    cdef bint f32 = is_f32(p)
-    with nogil:
-        if f32:
-            rmsprop_step_f32(<float *>pp, <float *>ps, <float *>pa, <float *>pb, <float *>pg,
-                             lr, alpha, eps, weight_decay, l1, momentum, n)
-        else:
-            rmsprop_step_f64(<double *>pp, <double *>ps, <double *>pa, <double *>pb,
-                             <double *>pg, lr, alpha, eps, weight_decay, l1, momentum, n)
-
-
-def adam_step(cnp.ndarray p, cnp.ndarray exp_avg, cnp.ndarray exp_avg_sq,
-              object max_exp_avg_sq, cnp.ndarray grad, double lr, double beta1, double beta2,
-              double eps, double weight_decay, double l1, bint decoupled, int64_t step):
-    """One Adam (decoupled: AdamW) update of the flat buffer p; step counts from 1."""
-    cdef void *pp = cnp.PyArray_DATA(p)
-    cdef void *pm = cnp.PyArray_DATA(exp_avg)
-    cdef void *pv = cnp.PyArray_DATA(exp_avg_sq)
-    cdef void *px = data_or_null(max_exp_avg_sq)
-    cdef void *pg = cnp.PyArray_DATA(grad)
-    cdef int64_t n = cnp.PyArray_SIZE(p)
-    cdef bint f32 = is_f32(p)
-    with nogil:
-        if f32:
-            adam_step_f32(<float *>pp, <float *>pm, <float *>pv, <float *>px, <float *>pg, lr,
-                          beta1, beta2, eps, weight_decay, l1, decoupled, step, n)
-        else:
-            adam_step_f64(<double *>pp, <double *>pm, <double *>pv, <double *>px,
-                          <double *>pg, lr, beta1, beta2, eps, weight_decay, l1, decoupled,
-                          step, n)
-
-
-def sum_squares(cnp.ndarray x):
-    """sum(x ** 2) in float64, in an order fixed by the size and the machine."""
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef int64_t n = cnp.PyArray_SIZE(x)
-    cdef bint f32 = is_f32(x)
-    cdef double total
-    with nogil:
-        total = sum_squares_f32(<float *>px, n) if f32 else sum_squares_f64(<double *>px, n)
-    return total
-
-
-def scale_inplace(cnp.ndarray x, double s):
-    """x *= s."""
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef int64_t n = cnp.PyArray_SIZE(x)
-    cdef bint f32 = is_f32(x)
-    with nogil:
-        if f32:
-            scale_inplace_f32(<float *>px, s, n)
-        else:
-            scale_inplace_f64(<double *>px, s, n)
 
 
 def zero_inplace(cnp.ndarray x not None):
@@ -721,67 +324,564 @@ def zero_inplace(cnp.ndarray x not None):
         zero_fill(px, nbytes)
 
 
-def clamp_inplace(cnp.ndarray x, double lo, double hi):
-    """x = min(max(x, lo), hi)."""
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef int64_t n = cnp.PyArray_SIZE(x)
-    cdef bint f32 = is_f32(x)
-    with nogil:
-        if f32:
-            clamp_inplace_f32(<float *>px, lo, hi, n)
+# ---- the kernels: one table, one Kernel class, one C call site ----
+#
+# KERNELS below is the only place outside csrc/fastnn.h where a kernel's arguments are
+# listed. A Kernel is one call, described by the kernel's name and its arguments in that
+# order; building it checks them against the table and fills an Op, which run_op passes to
+# the C function. fastnn.ops runs Kernels (or, for the reference backend, the NumPy twin on
+# their arguments), layers keep the Kernel of each call they make and run it again while its
+# arguments stay the same (update), and a Plan (fastnn.fused) runs recorded Kernels in one
+# call.
+
+from libc.stdlib cimport realloc, free
+
+cdef enum:
+    OP_EMBEDDING_FORWARD
+    OP_EMBEDDING_BACKWARD
+    OP_LINEAR_FORWARD
+    OP_LINEAR_BACKWARD
+    OP_BATCHNORM_FORWARD_TRAIN
+    OP_BATCHNORM_FORWARD_EVAL
+    OP_BATCHNORM_BACKWARD
+    OP_ACTIVATION_FORWARD
+    OP_ACTIVATION_BACKWARD
+    OP_SOFTMAX_FORWARD
+    OP_SOFTMAX_BACKWARD
+    OP_DROPOUT_APPLY
+    OP_CROSS_ENTROPY_FORWARD
+    OP_CROSS_ENTROPY_BACKWARD
+    OP_SQUARED_ERROR_SUM
+    OP_SQUARED_ERROR_BACKWARD
+    OP_SGD_STEP
+    OP_ADAGRAD_STEP
+    OP_RMSPROP_STEP
+    OP_ADAM_STEP
+    OP_SUM_SQUARES
+    OP_SCALE_INPLACE
+    OP_CLAMP_INPLACE
+
+# name: (op, arrays, sizes, scalars), each in the kernel's argument order in fastnn.h.
+# An array is name:shape, the shape one letter per dimension (a letter is one size wherever
+# it appears in the call), "*" for any shape (the same for every "*" of the call) or "*D"
+# (that shape and one more dimension D), then flags: ! the kernel writes it (writeable and
+# sharing memory with no other argument); ? it may be None (the kernel gets NULL); ~ it may
+# be None when act is FASTNN_ACT_NONE; # int64, % float64 (otherwise the call's float dtype).
+# Sizes: letters, or n, R, K: the elements, rows and last dimension of "*". Scalars: name:d
+# (double), name:i (integer), name:u (unsigned 64-bit).
+KERNELS = {
+    "embedding_forward": (OP_EMBEDDING_FORWARD, "out:*D! weight:VD idx:*#", "n D", ""),
+    "embedding_backward": (OP_EMBEDDING_BACKWARD, "dweight:VD! dy:*D idx:*#", "n D", ""),
+    "linear_forward": (OP_LINEAR_FORWARD, "out:BO! x:BC weight:OC bias:O?", "B C O", "act:i"),
+    "linear_backward": (OP_LINEAR_BACKWARD,
+                        "dx:BC!? dweight:OC!? dbias:O!? work:BO!~ dy:BO x:BC weight:OC y:BO~",
+                        "B C O", "act:i"),
+    "batchnorm_forward_train": (OP_BATCHNORM_FORWARD_TRAIN,
+                                "out:BC! save_mean:C! save_invstd:C! running_mean:C!? "
+                                "running_var:C!? x:BC weight:C? bias:C?",
+                                "B C", "eps:d momentum:d act:i"),
+    "batchnorm_forward_eval": (OP_BATCHNORM_FORWARD_EVAL,
+                               "out:BC! save_mean:C! save_invstd:C! running_mean:C "
+                               "running_var:C x:BC weight:C? bias:C?", "B C", "eps:d act:i"),
+    "batchnorm_backward": (OP_BATCHNORM_BACKWARD,
+                           "dx:BC! dweight:C!? dbias:C!? dy:BC x:BC y:BC~ mean:C invstd:C "
+                           "weight:C?", "B C", "act:i training:i"),
+    "activation_forward": (OP_ACTIVATION_FORWARD, "out:*! x:*", "n", "act:i negative_slope:d"),
+    "activation_backward": (OP_ACTIVATION_BACKWARD, "dx:*! dy:* x:* y:*", "n",
+                            "act:i negative_slope:d"),
+    "softmax_forward": (OP_SOFTMAX_FORWARD, "out:*! x:*", "R K", ""),
+    "softmax_backward": (OP_SOFTMAX_BACKWARD, "dx:*! dy:* y:*", "R K", ""),
+    "dropout_apply": (OP_DROPOUT_APPLY, "out:*! x:*", "n", "p:d seed:u offset:u"),
+    "cross_entropy_forward": (OP_CROSS_ENTROPY_FORWARD,
+                              "probs:NK! row_loss:N%! logits:NK target:N#", "N K", ""),
+    "cross_entropy_backward": (OP_CROSS_ENTROPY_BACKWARD, "dlogits:NK! probs:NK target:N#",
+                               "N K", "scale:d"),
+    "squared_error_sum": (OP_SQUARED_ERROR_SUM, "pred:* target:*", "n", ""),
+    "squared_error_backward": (OP_SQUARED_ERROR_BACKWARD, "dpred:*! pred:* target:*", "n",
+                               "scale:d"),
+    "sgd_step": (OP_SGD_STEP, "p:n! buf:n!? grad:n", "n",
+                 "lr:d momentum:d dampening:d weight_decay:d l1:d nesterov:i first:i"),
+    "adagrad_step": (OP_ADAGRAD_STEP, "p:n! state_sum:n! grad:n", "n",
+                     "clr:d weight_decay:d l1:d eps:d"),
+    "rmsprop_step": (OP_RMSPROP_STEP,
+                     "p:n! square_avg:n! grad_avg:n!? momentum_buf:n!? grad:n", "n",
+                     "lr:d alpha:d eps:d weight_decay:d l1:d momentum:d"),
+    "adam_step": (OP_ADAM_STEP,
+                  "p:n! exp_avg:n! exp_avg_sq:n! max_exp_avg_sq:n!? grad:n", "n",
+                  "lr:d beta1:d beta2:d eps:d weight_decay:d l1:d decoupled:i step:i"),
+    "sum_squares": (OP_SUM_SQUARES, "x:n", "n", ""),
+    "scale_inplace": (OP_SCALE_INPLACE, "x:n!", "n", "s:d"),
+    "clamp_inplace": (OP_CLAMP_INPLACE, "x:n!", "n", "lo:d hi:d"),
+}
+
+cdef enum:
+    MAX_ARRAYS = 9
+    MAX_SIZES = 3
+    MAX_REALS = 6
+    MAX_INTS = 2
+    MAX_WORDS = 2
+    # array flags
+    WRITTEN = 1
+    OPTIONAL = 2
+    OPTIONAL_WITHOUT_ACT = 4
+    # array element types
+    CALL_FLOAT = 0
+    INT64 = 1
+    FLOAT64 = 2
+
+
+cdef struct Op:
+    int kind
+    bint f32  # the call's float arrays are float32 (else float64)
+    void *p[MAX_ARRAYS]  # the arrays; NULL for None
+    int64_t n[MAX_SIZES]  # the sizes
+    double d[MAX_REALS]  # the double scalars
+    int64_t i[MAX_INTS]  # the integer scalars
+    uint64_t u[MAX_WORDS]  # the unsigned 64-bit scalars
+    int n_arrays
+
+
+cdef class Spec:
+    """One row of KERNELS, parsed."""
+    cdef readonly str name
+    cdef readonly int kind, n_arrays
+    cdef readonly tuple array_names, shapes, sizes, scalar_names, scalar_types
+    cdef int flags[MAX_ARRAYS]
+    cdef int types[MAX_ARRAYS]
+    cdef readonly int act_index  # the position of act among the arguments, or -1
+
+    def __init__(self, str name, int kind, str arrays, str sizes, str scalars):
+        self.name, self.kind = name, kind
+        names, shapes = [], []
+        for j, item in enumerate(arrays.split()):
+            array_name, shape = item.split(":")
+            self.flags[j] = ((WRITTEN if "!" in shape else 0) | (OPTIONAL if "?" in shape else 0)
+                             | (OPTIONAL_WITHOUT_ACT if "~" in shape else 0))
+            self.types[j] = INT64 if "#" in shape else FLOAT64 if "%" in shape else CALL_FLOAT
+            names.append(array_name)
+            shapes.append(shape.rstrip("!?~#%"))
+        self.n_arrays = len(names)
+        self.array_names, self.shapes = tuple(names), tuple(shapes)
+        self.sizes = tuple(sizes.split())
+        pairs = [item.split(":") for item in scalars.split()]
+        self.scalar_names = tuple(p[0] for p in pairs)
+        self.scalar_types = tuple(p[1] for p in pairs)
+        self.act_index = (self.n_arrays + self.scalar_names.index("act")
+                          if "act" in self.scalar_names else -1)
+        if (self.n_arrays > MAX_ARRAYS or len(self.sizes) > MAX_SIZES
+                or self.scalar_types.count("d") > MAX_REALS
+                or self.scalar_types.count("i") > MAX_INTS
+                or self.scalar_types.count("u") > MAX_WORDS):
+            raise ValueError(f"{name}: more arguments than an Op holds")
+
+    @property
+    def arguments(self):
+        """The argument names, in order: arrays, then scalars."""
+        return self.array_names + self.scalar_names
+
+
+SPECS = {name: Spec(name, *row) for name, row in KERNELS.items()}
+
+
+cdef inline bint native_c_array(cnp.ndarray a):
+    return cnp.PyArray_IS_C_CONTIGUOUS(a) and is_native_layout(a)
+
+
+cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int j, ndim = cnp.PyArray_NDIM(a)
+    if ndim != cnp.PyArray_NDIM(b):
+        return False
+    for j in range(ndim):
+        if cnp.PyArray_DIM(a, j) != cnp.PyArray_DIM(b, j):
+            return False
+    return True
+
+
+cdef class Kernel:
+    """One kernel call: `name` (a key of KERNELS) and `args`, its arguments in the table's
+    order (arrays, None where the table allows it, then scalars). Building one checks every
+    array against the table (type, dtype, shape, layout, writeable, no output overlapping
+    another argument) and raises TypeError or ValueError naming the argument. run() makes
+    the call without the GIL."""
+    cdef Op op
+    cdef readonly Spec spec
+    cdef readonly tuple args
+
+    def __init__(self, str name, tuple args):
+        spec = SPECS.get(name)
+        if spec is None:
+            raise ValueError(f"name: expected a kernel of fastnn.h, one of {sorted(SPECS)}, "
+                             f"got {name!r}")
+        self.spec = spec
+        cdef Spec s = spec
+        if len(args) != len(s.arguments):
+            raise TypeError(f"{name}: expected {len(s.arguments)} arguments "
+                            f"({', '.join(s.arguments)}), got {len(args)}")
+        self.op.kind, self.op.n_arrays = s.kind, s.n_arrays
+        self.fill_scalars(args)
+        act_none = s.act_index < 0 or args[s.act_index] == FASTNN_ACT_NONE
+        dims, star = {}, None
+        cdef int float_type = -1, j, typenum
+        cdef cnp.ndarray a
+        for j in range(s.n_arrays):
+            arg_name, shape, value = s.array_names[j], s.shapes[j], args[j]
+            if value is None:
+                if not (s.flags[j] & OPTIONAL or (s.flags[j] & OPTIONAL_WITHOUT_ACT and act_none)):
+                    raise TypeError(f"{name}: {arg_name} is required, got None")
+                self.op.p[j] = NULL
+                continue
+            if not isinstance(value, cnp.ndarray):
+                raise TypeError(f"{name}: {arg_name}: expected a numpy.ndarray, got "
+                                f"{type(value).__name__}")
+            a = <cnp.ndarray>value
+            typenum = cnp.PyArray_TYPE(a)
+            if s.types[j] == INT64 and typenum != cnp.NPY_INT64:
+                raise TypeError(f"{name}: {arg_name}: expected dtype int64, got {a.dtype}")
+            if s.types[j] == FLOAT64 and typenum != cnp.NPY_FLOAT64:
+                raise TypeError(f"{name}: {arg_name}: expected dtype float64, got {a.dtype}")
+            if s.types[j] == CALL_FLOAT:
+                if float_type < 0 and typenum in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
+                    float_type = typenum
+                if typenum != float_type:
+                    expected = "float32 or float64" if float_type < 0 else \
+                        str(cnp.PyArray_DescrFromType(float_type))
+                    raise TypeError(f"{name}: {arg_name}: expected dtype {expected}, got "
+                                    f"{a.dtype}")
+            if not native_c_array(a):
+                raise ValueError(f"{name}: {arg_name}: expected a C-contiguous, aligned array "
+                                 "in native byte order")
+            if s.flags[j] & WRITTEN and not cnp.PyArray_ISWRITEABLE(a):
+                raise ValueError(f"{name}: {arg_name}: expected a writeable array")
+            got = value.shape  # a tuple (a.shape is the C array)
+            if shape.startswith("*"):
+                k = len(got) - (len(shape) - 1)
+                if k < 0 or (star is not None and got[:k] != star):
+                    raise ValueError(f"{name}: {arg_name}: expected shape "
+                                     f"{'(any)' if star is None else star} + {len(shape) - 1} "
+                                     f"dimension(s), got {got}")
+                star, letters, got = got[:k], shape[1:], got[k:]
+            else:
+                letters = shape
+                if len(got) != len(shape):
+                    raise ValueError(f"{name}: {arg_name}: expected a {len(shape)}-d array "
+                                     f"({shape}), got shape {got}")
+            for letter, size in zip(letters, got):
+                if dims.setdefault(letter, size) != size:
+                    raise ValueError(f"{name}: {arg_name}: dimension {letter} is {size}, "
+                                     f"expected {dims[letter]} (as the arguments before)")
+            self.op.p[j] = cnp.PyArray_DATA(a)
+        if float_type < 0:
+            raise TypeError(f"{name}: expected at least one float32 or float64 array")
+        self.op.f32 = float_type == cnp.NPY_FLOAT32
+        hit = written_overlap(args[:s.n_arrays], s.n_arrays, s.flags)
+        if hit is not None:
+            raise ValueError(f"{name}: {s.array_names[hit[0]]}: must not share memory with "
+                             f"{s.array_names[hit[1]]}")
+        for j, size in enumerate(s.sizes):
+            if size in dims:
+                self.op.n[j] = dims[size]
+            elif star is None:
+                raise ValueError(f"{name}: size {size} needs a '*' array")
+            elif size == "n":
+                self.op.n[j] = _product(star)
+            elif len(star) == 0:
+                raise ValueError(f"{name}: {s.array_names[0]}: expected at least a 1-d array")
+            elif size == "K":
+                self.op.n[j] = star[len(star) - 1]
+            else:  # R
+                self.op.n[j] = _product(star[:len(star) - 1]) if star[len(star) - 1] else 0
+        self.args = args
+
+    cdef int fill_scalars(self, tuple args) except -1:
+        """Copy the scalars of args into the Op; -1 with ValueError for an unknown act."""
+        cdef Spec s = self.spec
+        if s.act_index >= 0 and not is_act(args[s.act_index]):
+            raise ValueError(f"{s.name}: act: expected one of fastnn.h's activation codes "
+                             f"{sorted(ELEMENTWISE.values())}, got {args[s.act_index]!r}")
+        cdef int nd = 0, ni = 0, nu = 0, j = s.n_arrays
+        for t in s.scalar_types:
+            if t == "d":
+                self.op.d[nd] = args[j]
+                nd += 1
+            elif t == "i":
+                self.op.i[ni] = args[j]
+                ni += 1
+            else:
+                self.op.u[nu] = args[j]
+                nu += 1
+            j += 1
+        return 0
+
+    @property
+    def name(self):
+        return self.spec.name
+
+    def update(self, tuple args):
+        """Point the call at `args` (this kernel's arguments again) when every array that
+        differs from the current one has the same dtype, shape and layout and none of the
+        outputs overlaps another argument: then True, and run() makes the new call. False
+        otherwise, unchanged: build a new Kernel, whose checks say what is wrong. The
+        common case, the same arrays again, costs one identity test per array."""
+        cdef Spec s = self.spec
+        if len(args) != len(self.args) or (s.act_index >= 0 and not is_act(args[s.act_index])):
+            return False
+        cdef int j
+        cdef bint changed = False
+        cdef cnp.ndarray a, old
+        for j in range(s.n_arrays):
+            new, previous = args[j], self.args[j]
+            if new is previous:
+                continue
+            if new is None or previous is None or type(new) is not cnp.ndarray:
+                return False
+            a, old = <cnp.ndarray>new, <cnp.ndarray>previous
+            if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(old) or not native_c_array(a)
+                    or (s.flags[j] & WRITTEN and not cnp.PyArray_ISWRITEABLE(a))
+                    or not same_shape(a, old)):
+                return False
+            changed = True
+        if changed:
+            if written_overlap(args[:s.n_arrays], s.n_arrays, s.flags) is not None:
+                return False
+            for j in range(s.n_arrays):
+                self.op.p[j] = NULL if args[j] is None else cnp.PyArray_DATA(<cnp.ndarray>args[j])
+        self.fill_scalars(args)
+        self.args = args
+        return True
+
+    def run(self):
+        """Make the call; returns what the kernel returns (a loss or a sum), else 0."""
+        cdef double result
+        with nogil:
+            result = run_op(&self.op)
+        return result
+
+    def __reduce__(self):  # pickle and copy: built again from the (copied) arguments
+        return Kernel, (self.spec.name, self.args)
+
+    def __repr__(self):
+        return f"Kernel({self.spec.name!r}, {len(self.args)} arguments)"
+
+
+cdef object written_overlap(tuple arrays, int n, int *flags):
+    """(i, j) for the first written arrays[i] whose memory overlaps arrays[j], j != i;
+    None if there is none (None entries skipped)."""
+    cdef int i, j
+    cdef char *lo
+    cdef char *hi
+    cdef char *blo
+    for i in range(n):
+        if arrays[i] is None or not flags[i] & WRITTEN:
+            continue
+        lo = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+        hi = lo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
+        for j in range(n):
+            if j == i or arrays[j] is None:
+                continue
+            blo = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[j])
+            if lo < blo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[j]) and blo < hi:
+                return i, j
+    return None
+
+
+cdef inline bint is_act(object code):
+    return type(code) is int and FASTNN_ACT_NONE <= code <= FASTNN_ACT_GELU_TANH
+
+
+cdef int64_t _product(tuple shape):
+    cdef int64_t total = 1
+    for size in shape:
+        total *= <int64_t>size
+    return total
+
+
+def call(str name, *args):
+    """Build the Kernel `name` on args and run it (the native backend's every kernel)."""
+    return Kernel(name, args).run()
+
+
+cdef double run_op(Op *op) noexcept nogil:
+    """Call one kernel: the arrays, sizes and scalars in fastnn.h's order (KERNELS)."""
+    cdef void **p = op.p
+    cdef int64_t *n = op.n
+    cdef double *d = op.d
+    cdef int64_t *i = op.i
+    cdef uint64_t *u = op.u
+    cdef int k = op.kind
+    if k == OP_EMBEDDING_FORWARD:
+        if op.f32: embedding_forward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], n[0], n[1])
+        else: embedding_forward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], n[0], n[1])
+    elif k == OP_EMBEDDING_BACKWARD:
+        if op.f32: embedding_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], n[0], n[1])
+        else: embedding_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], n[0], n[1])
+    elif k == OP_LINEAR_FORWARD:
+        if op.f32:
+            linear_forward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                               i[0], n[0], n[1], n[2])
         else:
-            clamp_inplace_f64(<double *>px, lo, hi, n)
+            linear_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                               i[0], n[0], n[1], n[2])
+    elif k == OP_LINEAR_BACKWARD:
+        if op.f32:
+            linear_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
+                                i[0], n[0], n[1], n[2])
+        else:
+            linear_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                                <double *>p[4], <double *>p[5], <double *>p[6],
+                                <double *>p[7], i[0], n[0], n[1], n[2])
+    elif k == OP_BATCHNORM_FORWARD_TRAIN:
+        if op.f32:
+            batchnorm_forward_train_f32(<float *>p[0], <float *>p[1], <float *>p[2],
+                                        <float *>p[3], <float *>p[4], <float *>p[5],
+                                        <float *>p[6], <float *>p[7], d[0], d[1], i[0],
+                                        n[0], n[1])
+        else:
+            batchnorm_forward_train_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                        <double *>p[3], <double *>p[4], <double *>p[5],
+                                        <double *>p[6], <double *>p[7], d[0], d[1], i[0],
+                                        n[0], n[1])
+    elif k == OP_BATCHNORM_FORWARD_EVAL:
+        if op.f32:
+            batchnorm_forward_eval_f32(<float *>p[0], <float *>p[1], <float *>p[2],
+                                       <float *>p[3], <float *>p[4], <float *>p[5],
+                                       <float *>p[6], <float *>p[7], d[0], i[0], n[0], n[1])
+        else:
+            batchnorm_forward_eval_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                       <double *>p[3], <double *>p[4], <double *>p[5],
+                                       <double *>p[6], <double *>p[7], d[0], i[0], n[0], n[1])
+    elif k == OP_BATCHNORM_BACKWARD:
+        if op.f32:
+            batchnorm_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                   <float *>p[4], <float *>p[5], <float *>p[6], <float *>p[7],
+                                   <float *>p[8], i[0], i[1], n[0], n[1])
+        else:
+            batchnorm_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                   <double *>p[3], <double *>p[4], <double *>p[5],
+                                   <double *>p[6], <double *>p[7], <double *>p[8], i[0], i[1],
+                                   n[0], n[1])
+    elif k == OP_ACTIVATION_FORWARD:
+        if op.f32: activation_forward_f32(<float *>p[0], <float *>p[1], i[0], d[0], n[0])
+        else: activation_forward_f64(<double *>p[0], <double *>p[1], i[0], d[0], n[0])
+    elif k == OP_ACTIVATION_BACKWARD:
+        if op.f32:
+            activation_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                                    i[0], d[0], n[0])
+        else:
+            activation_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                    <double *>p[3], i[0], d[0], n[0])
+    elif k == OP_SOFTMAX_FORWARD:
+        if op.f32: softmax_forward_f32(<float *>p[0], <float *>p[1], n[0], n[1])
+        else: softmax_forward_f64(<double *>p[0], <double *>p[1], n[0], n[1])
+    elif k == OP_SOFTMAX_BACKWARD:
+        if op.f32: softmax_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], n[0], n[1])
+        else: softmax_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], n[0], n[1])
+    elif k == OP_DROPOUT_APPLY:
+        if op.f32: dropout_apply_f32(<float *>p[0], <float *>p[1], d[0], u[0], u[1], n[0])
+        else: dropout_apply_f64(<double *>p[0], <double *>p[1], d[0], u[0], u[1], n[0])
+    elif k == OP_CROSS_ENTROPY_FORWARD:
+        if op.f32:
+            return cross_entropy_forward_f32(<float *>p[0], <double *>p[1], <float *>p[2],
+                                             <int64_t *>p[3], n[0], n[1])
+        return cross_entropy_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
+                                         <int64_t *>p[3], n[0], n[1])
+    elif k == OP_CROSS_ENTROPY_BACKWARD:
+        if op.f32:
+            cross_entropy_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], d[0],
+                                       n[0], n[1])
+        else:
+            cross_entropy_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], d[0],
+                                       n[0], n[1])
+    elif k == OP_SQUARED_ERROR_SUM:
+        if op.f32: return squared_error_sum_f32(<float *>p[0], <float *>p[1], n[0])
+        return squared_error_sum_f64(<double *>p[0], <double *>p[1], n[0])
+    elif k == OP_SQUARED_ERROR_BACKWARD:
+        if op.f32:
+            squared_error_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], d[0], n[0])
+        else:
+            squared_error_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], d[0],
+                                       n[0])
+    elif k == OP_SGD_STEP:
+        if op.f32:
+            sgd_step_f32(<float *>p[0], <float *>p[1], <float *>p[2], d[0], d[1], d[2], d[3],
+                         d[4], i[0], i[1], n[0])
+        else:
+            sgd_step_f64(<double *>p[0], <double *>p[1], <double *>p[2], d[0], d[1], d[2],
+                         d[3], d[4], i[0], i[1], n[0])
+    elif k == OP_ADAGRAD_STEP:
+        if op.f32:
+            adagrad_step_f32(<float *>p[0], <float *>p[1], <float *>p[2], d[0], d[1], d[2],
+                             d[3], n[0])
+        else:
+            adagrad_step_f64(<double *>p[0], <double *>p[1], <double *>p[2], d[0], d[1], d[2],
+                             d[3], n[0])
+    elif k == OP_RMSPROP_STEP:
+        if op.f32:
+            rmsprop_step_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                             <float *>p[4], d[0], d[1], d[2], d[3], d[4], d[5], n[0])
+        else:
+            rmsprop_step_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                             <double *>p[4], d[0], d[1], d[2], d[3], d[4], d[5], n[0])
+    elif k == OP_ADAM_STEP:
+        if op.f32:
+            adam_step_f32(<float *>p[0], <float *>p[1], <float *>p[2], <float *>p[3],
+                          <float *>p[4], d[0], d[1], d[2], d[3], d[4], d[5], i[0], i[1], n[0])
+        else:
+            adam_step_f64(<double *>p[0], <double *>p[1], <double *>p[2], <double *>p[3],
+                          <double *>p[4], d[0], d[1], d[2], d[3], d[4], d[5], i[0], i[1], n[0])
+    elif k == OP_SUM_SQUARES:
+        if op.f32: return sum_squares_f32(<float *>p[0], n[0])
+        return sum_squares_f64(<double *>p[0], n[0])
+    elif k == OP_SCALE_INPLACE:
+        if op.f32: scale_inplace_f32(<float *>p[0], d[0], n[0])
+        else: scale_inplace_f64(<double *>p[0], d[0], n[0])
+    elif k == OP_CLAMP_INPLACE:
+        if op.f32: clamp_inplace_f32(<float *>p[0], d[0], d[1], n[0])
+        else: clamp_inplace_f64(<double *>p[0], d[0], d[1], n[0])
+    return 0
 
 
 # ---- a recorded step (fastnn.fused) ----
 
 cdef class Plan:
-    """A fixed list of kernel calls over fixed arrays, run in order in one call without the
-    GIL. fastnn.fused records one from a training step the layers took (whose checks it
-    relies on: add() checks nothing but that the arrays are numpy arrays). Two arrays change
-    from call to call, the batch and the targets: add() takes the strings "input" and
-    "target" in their place and run() fills in the arrays it is given."""
+    """Kernels run in order in one call without the GIL. fastnn.fused records one from a
+    training step the layers took. Two arrays change from call to call, the batch and the
+    targets: add() marks where a kernel's arguments are them, and run() points those at the
+    arrays it is given."""
     cdef Op *ops
     cdef int n_ops
-    cdef list arrays  # every array an op points into, kept alive
-    cdef list slots  # (op index, argument index, "input" or "target")
+    cdef list arguments  # each op's arguments as added: the arrays it points into, kept alive
+    cdef list slots  # (op index, argument index, 0 for the input or 1 for the target)
 
     def __cinit__(self):
         self.ops = NULL
         self.n_ops = 0
-        self.arrays = []
+        self.arguments = []
         self.slots = []
 
     def __dealloc__(self):
         free(self.ops)
 
-    def add(self, str kind, bint f32, tuple arrays, tuple sizes=(), int act=0,
-            bint train=False, double a=0, double b=0):
-        """Append the kernel `kind` (a key of OPS) with its arrays and sizes in its
-        argument order (None for a NULL pointer)."""
-        slots = []
-        for i, arr in enumerate(arrays):
-            if isinstance(arr, str):
-                if arr not in ("input", "target"):
-                    raise ValueError(f"{kind}: argument {i} is {arr!r}")
-                slots.append((self.n_ops, i, arr))
+    def add(self, Kernel kernel not None, object x, object target):
+        """Append `kernel`; the arguments that are `x` or `target` themselves become the
+        input and target slots of run()."""
         cdef Op *ops = <Op *>realloc(self.ops, (self.n_ops + 1) * sizeof(Op))
         if ops == NULL:
             raise MemoryError()
         self.ops = ops
-        fill_op(&self.ops[self.n_ops], OPS[kind], f32,
-                tuple(None if isinstance(arr, str) else arr for arr in arrays), sizes, act,
-                train, a, b)
-        self.slots += slots
-        self.arrays += [arr for arr in arrays if isinstance(arr, cnp.ndarray)]
+        self.ops[self.n_ops] = kernel.op
+        for j, arg in enumerate(kernel.args[:kernel.spec.n_arrays]):
+            if arg is not None and (arg is x or arg is target):
+                self.slots.append((self.n_ops, j, 0 if arg is x else 1))
+        self.arguments.append(kernel.args)
         self.n_ops += 1
 
     def run(self, cnp.ndarray x not None, cnp.ndarray target not None):
-        """Run every op, with `x` and `target` where "input" and "target" were given; returns
-        the cross-entropy forward's loss (the last one's, 0 without one)."""
+        """Run every op, with `x` and `target` in their slots; returns the cross-entropy
+        forward's loss (the last one's, 0 without one)."""
         cdef int i
-        for i, j, name in self.slots:
-            self.ops[i].p[j] = cnp.PyArray_DATA(x if name == "input" else target)
+        for i, j, which in self.slots:
+            self.ops[i].p[j] = cnp.PyArray_DATA(target if which else x)
         cdef double loss = 0, value
         with nogil:
             for i in range(self.n_ops):

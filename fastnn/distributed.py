@@ -43,14 +43,13 @@ import subprocess
 import sys
 import time
 import traceback
-import types
 
 import numpy as np
 
 from . import functional as F
 from .arena import Arena
 from .data import BatchIterator
-from .layers import BatchNorm1d, Dropout, Module, _buffer, _owned_array
+from .layers import BatchNorm1d, Dropout, Module
 from .train import Trainer
 
 __all__ = ["DataParallel", "DistributedTrainer", "MPIUnavailableError", "ShardedBatches",
@@ -189,124 +188,60 @@ def _modules(module):
     return list(seen.values())
 
 
-# ---- synchronised BatchNorm: installed on BatchNorm1d instances, which stay BatchNorm1d (so
-# fastnn.save/load, config() and checkpoints are unchanged) ----
+# ---- synchronised BatchNorm: a BatchNorm1d whose `sync` is a BatchNormSync (so the layers
+# stay BatchNorm1d, and fastnn.save/load, config() and checkpoints are unchanged) ----
 
 def convert_sync_batchnorm(model, comm=None):
     """Make every BatchNorm1d in `model` normalise, in training, with the statistics of the
-    batch over all ranks of `comm` (default COMM_WORLD). Evaluation is unchanged. The layers
-    stay BatchNorm1d objects (their forward/backward are replaced on the instance). Returns
-    the number of layers converted. Every rank must run the same layers in the same order."""
+    batch over all ranks of `comm` (default COMM_WORLD): each layer's `sync` becomes a
+    BatchNormSync. Evaluation is unchanged. Returns the number of layers converted. Every
+    rank must run the same layers in the same order."""
     comm = comm or world()
     layers = [m for m in _modules(model) if isinstance(m, BatchNorm1d)]
     for bn in layers:
-        bn._sync_comm = comm
-        bn.forward = types.MethodType(_sync_bn_forward, bn)
-        bn.backward = types.MethodType(_sync_bn_backward, bn)
+        bn.sync = BatchNormSync(comm)
     return len(layers)
 
 
-def _global_stats(comm, x):
-    """(count, mean (C,), biased variance (C,)) over the rows of x (B, C) on all ranks, in
-    float64. Each rank contributes (count, sum, centred sum of squares); they are combined
-    exactly (Chan et al.): M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2, with no
-    E[x^2] - E[x]^2 cancellation. Allgather, then the same fixed-order sum on every rank, so
-    every rank gets bitwise the same statistics."""
-    B, C = x.shape
-    x64 = x.astype(np.float64, copy=False)
-    local = np.empty(1 + 2 * C)
-    local[0] = B
-    mean_r = x64.mean(axis=0)
-    local[1:1 + C] = mean_r * B
-    local[1 + C:] = ((x64 - mean_r) ** 2).sum(axis=0)
-    parts = np.empty((comm.Get_size(), 1 + 2 * C))
-    comm.Allgather(local, parts)
-    counts, sums, m2 = parts[:, 0], parts[:, 1:1 + C], parts[:, 1 + C:]
-    n = counts.sum()
-    mean = sums.sum(axis=0) / n
-    means_r = sums / np.maximum(counts, 1)[:, None]
-    m2_total = m2.sum(axis=0) + (counts[:, None] * (means_r - mean) ** 2).sum(axis=0)
-    return int(n), mean, m2_total / n
+class BatchNormSync:
+    """The collective calls a synchronised BatchNorm1d makes (see BatchNorm1d's `sync`)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def batch_stats(self, x):
+        """(count, mean (C,), biased variance (C,)) over the rows of x (B, C) on all ranks, in
+        float64. Each rank contributes (count, sum, centred sum of squares); they are
+        combined exactly (Chan et al.): M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2, with no
+        E[x^2] - E[x]^2 cancellation. Allgather, then the same fixed-order sum on every rank,
+        so every rank gets bitwise the same statistics."""
+        comm = self.comm
+        B, C = x.shape
+        x64 = x.astype(np.float64, copy=False)
+        local = np.empty(1 + 2 * C)
+        local[0] = B
+        mean_r = x64.mean(axis=0)
+        local[1:1 + C] = mean_r * B
+        local[1 + C:] = ((x64 - mean_r) ** 2).sum(axis=0)
+        parts = np.empty((comm.Get_size(), 1 + 2 * C))
+        comm.Allgather(local, parts)
+        counts, sums, m2 = parts[:, 0], parts[:, 1:1 + C], parts[:, 1 + C:]
+        n = counts.sum()
+        mean = sums.sum(axis=0) / n
+        means_r = sums / np.maximum(counts, 1)[:, None]
+        m2_total = m2.sum(axis=0) + (counts[:, None] * (means_r - mean) ** 2).sum(axis=0)
+        return int(n), mean, m2_total / n
+
+    def sum_(self, a):
+        """a += the other ranks' a, in place (Allreduce)."""
+        self.comm.Allreduce(mpi().IN_PLACE, a, op=mpi().SUM)
+
+    def __reduce__(self):  # a communicator does not pickle: a copy of the model is unsynced
+        return _unsynchronised, ()
 
 
-def _sync_bn_forward(self, x):
-    """BatchNorm1d.forward with the global batch statistics (training); x (B, C) -> (B, C)."""
-    if not self.training:
-        return BatchNorm1d.forward(self, x)
-    x = F.check.float_array("x", x, 2, self.dtype)
-    if x.shape[1] != self.num_features:
-        raise ValueError(f"x: expected shape (batch, {self.num_features}), got {x.shape}")
-    C = self.num_features
-    if x.shape[0] < 1:
-        raise ValueError(f"x: expected at least one sample on every rank, got shape {x.shape}")
-    n, mean, var = _global_stats(self._sync_comm, x)
-    if n <= 1:
-        raise ValueError("Expected more than 1 value per channel when training, got a global "
-                         f"batch of {n}")
-    running_mean = _owned_array(self.running_mean, (C,), self.dtype, "running_mean")
-    running_var = _owned_array(self.running_var, (C,), self.dtype, "running_var")
-    m = self.momentum
-    # torch's convention: the unbiased variance of the global batch goes into running_var
-    running_mean[...] = (1 - m) * running_mean + m * mean
-    running_var[...] = (1 - m) * running_var + m * (var * (n / (n - 1)))
-    self._y = _buffer(self._y, x.shape, self.dtype)
-    weight, bias = self._affine("data")
-    # The evaluation-mode kernel normalises with given statistics (and writes them, with
-    # 1 / sqrt(var + eps), into save_mean / save_invstd for the backward).
-    F._batchnorm_forward(x, weight, bias, mean.astype(self.dtype), var.astype(self.dtype),
-                         False, m, self.eps, self.activation, self._y, self._save_mean,
-                         self._save_invstd)
-    self.num_batches_tracked += 1
-    self._x, self._trained_forward, self._sync_count = x, True, n
-    return self._y
-
-
-def _sync_bn_backward(self, dy):
-    """BatchNorm1d.backward through the global statistics: dy (B, C) -> dx (B, C).
-
-    weight.grad and bias.grad get this rank's sums (DataParallel averages them over the
-    ranks, like every gradient); dx needs the global sums of dz and dz * xhat:
-    dx = k * (dz - sum(dz) / n - xhat * sum(dz * xhat) / n), k = weight * invstd, n the
-    global batch size, dz = dy * act'(y)."""
-    if self._x is None or not self._trained_forward:
-        return BatchNorm1d.backward(self, dy)
-    dy = F.check.float_array("dy", dy, 2, self.dtype)
-    F.check.shape("dy", dy, self._x.shape)
-    C = self.num_features
-    self._dx = _buffer(self._dx, self._x.shape, self.dtype)
-    weight, _ = self._affine("data")
-    y = None if self.activation == "none" else self._y
-    # The evaluation-mode backward gives dx = k * dz and adds sum(dz * xhat), sum(dz) into
-    # the two rows of `sums`: the local sums the correction below needs.
-    sums = np.zeros((2, C), self.dtype)
-    F._batchnorm_backward(dy, self._x, y, self._save_mean, self._save_invstd, weight, False,
-                          self.activation, sums[0], sums[1], self._dx)
-    if self.affine:
-        dweight, dbias = self._affine("grad")
-        dweight += sums[0]
-        dbias += sums[1]
-    self._sync_comm.Allreduce(mpi().IN_PLACE, sums, op=mpi().SUM)
-    invstd, n = self._save_invstd, self._sync_count
-    k = invstd if weight is None else weight * invstd
-    shift = k * (sums[1] / n)
-    slope = k * invstd * (sums[0] / n)
-    self._dx -= shift + (self._x - self._save_mean) * slope
-    return self._dx
-
-
-def _sharded_dropout_forward(self, x):
-    """Dropout.forward drawing the mask one process would draw for this rank's slice of the
-    global batch: the mask counter of rank r starts r * x.size further on, and every rank's
-    counter then moves past the whole global batch (all ranks' batches have one shape)."""
-    if not self.training or self.p == 0:
-        return Dropout.forward(self, x)
-    r, ranks = self._shard
-    base = int(self.counter)
-    size = int(np.size(x))
-    self.counter[...] = (base + r * size) % 2**64
-    out = Dropout.forward(self, x)
-    self.counter[...] = (base + ranks * size) % 2**64
-    return out
+def _unsynchronised():
+    return None
 
 
 class DataParallel(Module):
@@ -345,11 +280,9 @@ class DataParallel(Module):
         for _, data, _ in runs:  # every replica starts from rank 0's parameters
             self.comm.Bcast(data, root=0)
         self.broadcast_buffers()
-        shard = (self.comm.Get_rank(), self.comm.Get_size())
         for m in _modules(module):
             if isinstance(m, Dropout):
-                m._shard = shard
-                m.forward = types.MethodType(_sharded_dropout_forward, m)
+                m.shard = (self.comm.Get_rank(), self.comm.Get_size())
         if self.sync_batchnorm:
             convert_sync_batchnorm(module, self.comm)
 

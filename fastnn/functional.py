@@ -6,9 +6,8 @@ C-contiguous are copied once; output buffers must be C-contiguous.
 """
 import numpy as np
 
-from . import _native, reference
+from . import _native, runtime
 from . import _validate as check
-from .runtime import get_backend
 
 __all__ = [
     "ACTIVATIONS",
@@ -82,15 +81,9 @@ def linear_forward(x, weight, bias=None, activation="none", out=None):
     else:
         check.output_array("out", out, out_shape, x.dtype)
         check.disjoint(("out", "x", "weight", "bias"), (out, x, weight, bias), 1)
-    return _linear_forward(x, weight, bias, activation, out)
-
-
-def _linear_forward(x, weight, bias, activation, out):
-    """linear_forward on arguments already checked (layers check once, then call this)."""
-    if get_backend() == "reference":
-        return reference.linear_forward(x, weight, bias, activation, out)
-    _native.linear_forward(out, x, weight, bias, ACTIVATIONS[activation])
+    runtime.ops.linear_forward(out, x, weight, bias, ACTIVATIONS[activation])
     return out
+
 
 
 def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbias=None,
@@ -116,7 +109,7 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
         dx = np.empty((B, C), dtype=x.dtype)
     else:
         check.output_array("dx", dx, (B, C), x.dtype)
-    if activation != "none" and get_backend() == "native":
+    if activation != "none":  # the native kernel's scratch for dz
         if work is None:
             work = np.empty((B, OC), dtype=x.dtype)
         else:
@@ -125,17 +118,10 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
         work = None
     check.disjoint(("dx", "dweight", "dbias", "work", "dy", "x", "weight", "y"),
                    (dx, dweight, dbias, work, dy, x, weight, y), 4)
-    return _linear_backward(dy, x, weight, y, activation, dweight, dbias, dx, work)
-
-
-def _linear_backward(dy, x, weight, y, activation, dweight, dbias, dx, work):
-    """linear_backward on arguments already checked; work: (B, OC) when the native backend
-    fuses an activation, else unused. dx None: the input gradient is skipped (returns None)."""
-    if get_backend() == "reference":
-        return reference.linear_backward(dy, x, weight, y, activation, dweight, dbias, dx,
-                                         input_grad=dx is not None)
-    _native.linear_backward(dx, dweight, dbias, work, dy, x, weight, y, ACTIVATIONS[activation])
+    runtime.ops.linear_backward(dx, dweight, dbias, work, dy, x, weight, y,
+                                ACTIVATIONS[activation])
     return dx
+
 
 
 def _channel_vector(name, a, C, dtype):
@@ -185,21 +171,16 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
         ("out", "save_mean", "save_invstd", "running_mean", "running_var", "x", "weight",
          "bias"),
         (out, save_mean, save_invstd, running_mean, running_var, x, weight, bias), 5)
-    return _batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum,
-                              eps, activation, out, save_mean, save_invstd)
-
-
-def _batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                       activation, out, save_mean, save_invstd):
-    """batchnorm_forward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.batchnorm_forward(x, weight, bias, running_mean, running_var,
-                                           training, momentum, eps, activation, out,
-                                           save_mean, save_invstd)
-    _native.batchnorm_forward(out, save_mean, save_invstd, running_mean, running_var, x,
-                              weight, bias, float(eps), float(momentum),
-                              ACTIVATIONS[activation], bool(training))
+    act = ACTIVATIONS[activation]
+    if training:
+        runtime.ops.batchnorm_forward_train(out, save_mean, save_invstd, running_mean,
+                                            running_var, x, weight, bias, float(eps),
+                                            float(momentum), act)
+    else:
+        runtime.ops.batchnorm_forward_eval(out, save_mean, save_invstd, running_mean,
+                                           running_var, x, weight, bias, float(eps), act)
     return out, save_mean, save_invstd
+
 
 
 def batchnorm_backward(dy, x, y, mean, invstd, weight=None, training=True, activation="none",
@@ -229,19 +210,10 @@ def batchnorm_backward(dy, x, y, mean, invstd, weight=None, training=True, activ
     dx = _output("dx", dx, (B, C), x.dtype)
     check.disjoint(("dx", "dweight", "dbias", "dy", "x", "y", "mean", "invstd", "weight"),
                    (dx, dweight, dbias, dy, x, y, mean, invstd, weight), 3)
-    return _batchnorm_backward(dy, x, y, mean, invstd, weight, training, activation, dweight,
-                               dbias, dx)
-
-
-def _batchnorm_backward(dy, x, y, mean, invstd, weight, training, activation, dweight, dbias,
-                        dx):
-    """batchnorm_backward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.batchnorm_backward(dy, x, y, mean, invstd, weight, training,
-                                            activation, dweight, dbias, dx)
-    _native.batchnorm_backward(dx, dweight, dbias, dy, x, y, mean, invstd, weight,
-                               ACTIVATIONS[activation], bool(training))
+    runtime.ops.batchnorm_backward(dx, dweight, dbias, dy, x, y, mean, invstd, weight,
+                                   ACTIVATIONS[activation], bool(training))
     return dx
+
 
 
 def _output(name, a, shape, dtype):
@@ -267,15 +239,9 @@ def activation_forward(x, kind, negative_slope=0.01, out=None):
     check.choice("kind", kind, ELEMENTWISE)
     out = _output("out", out, x.shape, x.dtype)
     check.disjoint(("out", "x"), (out, x), 1)
-    return _activation_forward(x, kind, negative_slope, out)
-
-
-def _activation_forward(x, kind, negative_slope, out):
-    """activation_forward on arguments already checked (layers check once, then call this)."""
-    if get_backend() == "reference":
-        return reference.activation_forward(x, kind, negative_slope, out)
-    _native.activation_forward(out, x, ELEMENTWISE[kind], float(negative_slope))
+    runtime.ops.activation_forward(out, x, ELEMENTWISE[kind], float(negative_slope))
     return out
+
 
 
 def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
@@ -286,15 +252,9 @@ def activation_backward(dy, x, y, kind, negative_slope=0.01, dx=None):
     check.choice("kind", kind, ELEMENTWISE)
     dx = _output("dx", dx, dy.shape, dy.dtype)
     check.disjoint(("dx", "dy", "x", "y"), (dx, dy, x, y), 1)
-    return _activation_backward(dy, x, y, kind, negative_slope, dx)
-
-
-def _activation_backward(dy, x, y, kind, negative_slope, dx):
-    """activation_backward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.activation_backward(dy, x, y, kind, negative_slope, dx)
-    _native.activation_backward(dx, dy, x, y, ELEMENTWISE[kind], float(negative_slope))
+    runtime.ops.activation_backward(dx, dy, x, y, ELEMENTWISE[kind], float(negative_slope))
     return dx
+
 
 
 def softmax_forward(x, out=None):
@@ -302,15 +262,9 @@ def softmax_forward(x, out=None):
     x = check.float_array("x", x, max(1, np.ndim(x)))
     out = _output("out", out, x.shape, x.dtype)
     check.disjoint(("out", "x"), (out, x), 1)
-    return _softmax_forward(x, out)
-
-
-def _softmax_forward(x, out):
-    """softmax_forward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.softmax_forward(x, out)
-    _native.softmax_forward(out, x)
+    runtime.ops.softmax_forward(out, x)
     return out
+
 
 
 def softmax_backward(dy, y, dx=None):
@@ -319,15 +273,9 @@ def softmax_backward(dy, y, dx=None):
     dy = _same_shape("dy", dy, y)
     dx = _output("dx", dx, dy.shape, dy.dtype)
     check.disjoint(("dx", "dy", "y"), (dx, dy, y), 1)
-    return _softmax_backward(dy, y, dx)
-
-
-def _softmax_backward(dy, y, dx):
-    """softmax_backward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.softmax_backward(dy, y, dx)
-    _native.softmax_backward(dx, dy, y)
+    runtime.ops.softmax_backward(dx, dy, y)
     return dx
+
 
 
 def dropout_apply(x, p, seed, offset=0, out=None):
@@ -344,15 +292,9 @@ def dropout_apply(x, p, seed, offset=0, out=None):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**64:
             raise ValueError(f"{name}: expected an integer in [0, 2**64), got {v!r}")
     out = _output("out", out, x.shape, x.dtype)
-    return _dropout_apply(x, p, seed, offset, out)
-
-
-def _dropout_apply(x, p, seed, offset, out):
-    """dropout_apply on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.dropout_apply(x, p, seed, offset, out)
-    _native.dropout_apply(out, x, float(p), int(seed), int(offset))
+    runtime.ops.dropout_apply(out, x, float(p), int(seed), int(offset))
     return out
+
 
 
 def embedding_forward(weight, idx, out=None):
@@ -362,15 +304,9 @@ def embedding_forward(weight, idx, out=None):
     idx = check.index_array("idx", idx, weight.shape[0])
     out = _output("out", out, idx.shape + (weight.shape[1],), weight.dtype)
     check.disjoint(("out", "weight"), (out, weight), 1)
-    return _embedding_forward(weight, idx, out)
-
-
-def _embedding_forward(weight, idx, out):
-    """embedding_forward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.embedding_forward(weight, idx, out)
-    _native.embedding_forward(out, weight, idx)
+    runtime.ops.embedding_forward(out, weight, idx)
     return out
+
 
 
 def embedding_backward(dweight, dy, idx):
@@ -385,15 +321,9 @@ def embedding_backward(dweight, dy, idx):
     dy = check.float_array("dy", dy, idx.ndim + 1, dweight.dtype)
     check.shape("dy", dy, idx.shape + (dweight.shape[1],))
     check.disjoint(("dweight", "dy"), (dweight, dy), 1)
-    return _embedding_backward(dweight, dy, idx)
-
-
-def _embedding_backward(dweight, dy, idx):
-    """embedding_backward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.embedding_backward(dweight, dy, idx)
-    _native.embedding_backward(dweight, dy, idx)
+    runtime.ops.embedding_backward(dweight, dy, idx)
     return dweight
+
 
 
 def logits_and_target(logits, target):
@@ -417,14 +347,8 @@ def cross_entropy_forward(logits, target, probs=None, row_loss=None):
     probs = _output("probs", probs, logits.shape, logits.dtype)
     row_loss = _output("row_loss", row_loss, (logits.shape[0],), np.dtype(np.float64))
     check.disjoint(("probs", "row_loss", "logits"), (probs, row_loss, logits), 2)
-    return _cross_entropy_forward(logits, target, probs, row_loss)
+    return runtime.ops.cross_entropy_forward(probs, row_loss, logits, target), probs
 
-
-def _cross_entropy_forward(logits, target, probs, row_loss):
-    """cross_entropy_forward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.cross_entropy_forward(logits, target, probs)
-    return _native.cross_entropy_forward(probs, row_loss, logits, target), probs
 
 
 def cross_entropy_backward(probs, target, scale=None, dlogits=None):
@@ -435,29 +359,17 @@ def cross_entropy_backward(probs, target, scale=None, dlogits=None):
         scale = 1 / max(1, probs.shape[0])
     dlogits = _output("dlogits", dlogits, probs.shape, probs.dtype)
     check.disjoint(("dlogits", "probs"), (dlogits, probs), 1)
-    return _cross_entropy_backward(probs, target, scale, dlogits)
-
-
-def _cross_entropy_backward(probs, target, scale, dlogits):
-    """cross_entropy_backward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.cross_entropy_backward(probs, target, scale, dlogits)
-    _native.cross_entropy_backward(dlogits, probs, target, float(scale))
+    runtime.ops.cross_entropy_backward(dlogits, probs, target, float(scale))
     return dlogits
+
 
 
 def mse_forward(pred, target):
     """mean((pred - target) ** 2) over arrays of one shape, accumulated in float64."""
     pred = check.float_array("pred", pred, np.ndim(pred))
     target = _same_shape("target", target, pred)
-    return _mse_forward(pred, target)
+    return runtime.ops.squared_error_sum(pred, target) / pred.size if pred.size else float("nan")
 
-
-def _mse_forward(pred, target):
-    """mse_forward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.mse_forward(pred, target)
-    return _native.squared_error_sum(pred, target) / pred.size if pred.size else float("nan")
 
 
 def mse_backward(pred, target, scale=None, dpred=None):
@@ -468,15 +380,9 @@ def mse_backward(pred, target, scale=None, dpred=None):
         scale = 2 / max(1, pred.size)
     dpred = _output("dpred", dpred, pred.shape, pred.dtype)
     check.disjoint(("dpred", "pred", "target"), (dpred, pred, target), 1)
-    return _mse_backward(pred, target, scale, dpred)
-
-
-def _mse_backward(pred, target, scale, dpred):
-    """mse_backward on arguments already checked."""
-    if get_backend() == "reference":
-        return reference.mse_backward(pred, target, scale, dpred)
-    _native.squared_error_backward(dpred, pred, target, float(scale))
+    runtime.ops.squared_error_backward(dpred, pred, target, float(scale))
     return dpred
+
 
 
 def _flat(names, arrays, writeable):
@@ -508,18 +414,13 @@ def sgd_step(p, buf, grad, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1
     adds l1 * sign(p) to the gradient.
     """
     _flat(("p", "buf", "grad"), (p, buf, grad), 2)
-    if get_backend() == "reference":
-        return reference.sgd_step(p, buf, grad, lr, momentum, dampening, weight_decay, l1,
-                                  nesterov, first)
-    _native.sgd_step(p, buf, grad, lr, momentum, dampening, weight_decay, l1, nesterov, first)
+    runtime.ops.sgd_step(p, buf, grad, lr, momentum, dampening, weight_decay, l1, nesterov, first)
 
 
 def adagrad_step(p, state_sum, grad, clr, weight_decay=0.0, l1=0.0, eps=1e-10):
     """torch.optim.Adagrad's update in place; clr = lr / (1 + (step - 1) * lr_decay)."""
     _flat(("p", "state_sum", "grad"), (p, state_sum, grad), 2)
-    if get_backend() == "reference":
-        return reference.adagrad_step(p, state_sum, grad, clr, weight_decay, l1, eps)
-    _native.adagrad_step(p, state_sum, grad, clr, weight_decay, l1, eps)
+    runtime.ops.adagrad_step(p, state_sum, grad, clr, weight_decay, l1, eps)
 
 
 def rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha=0.99, eps=1e-8,
@@ -528,10 +429,7 @@ def rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha=0.99, ep
     momentum > 0, else None."""
     _flat(("p", "square_avg", "grad_avg", "momentum_buf", "grad"),
           (p, square_avg, grad_avg, momentum_buf, grad), 4)
-    if get_backend() == "reference":
-        return reference.rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha,
-                                      eps, weight_decay, l1, momentum)
-    _native.rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps,
+    runtime.ops.rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps,
                          weight_decay, l1, momentum)
 
 
@@ -543,32 +441,23 @@ def adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1=0.9, beta2
           (p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad), 4)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step: expected an integer >= 1, got {step!r}")
-    if get_backend() == "reference":
-        return reference.adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1,
-                                   beta2, eps, weight_decay, l1, decoupled, step)
-    _native.adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps,
+    runtime.ops.adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps,
                       weight_decay, l1, decoupled, int(step))
 
 
 def sum_squares(x):
     """sum(x ** 2) over a flat float buffer, accumulated in float64 in a fixed order."""
     _flat(("x",), (x,), 0)
-    if get_backend() == "reference":
-        return reference.sum_squares(x)
-    return _native.sum_squares(x)
+    return runtime.ops.sum_squares(x)
 
 
 def scale_inplace(x, s):
     """x *= s over a flat float buffer."""
     _flat(("x",), (x,), 1)
-    if get_backend() == "reference":
-        return reference.scale_inplace(x, s)
-    _native.scale_inplace(x, float(s))
+    runtime.ops.scale_inplace(x, float(s))
 
 
 def clamp_inplace(x, lo, hi):
     """x = min(max(x, lo), hi) over a flat float buffer."""
     _flat(("x",), (x,), 1)
-    if get_backend() == "reference":
-        return reference.clamp_inplace(x, lo, hi)
-    _native.clamp_inplace(x, float(lo), float(hi))
+    runtime.ops.clamp_inplace(x, float(lo), float(hi))

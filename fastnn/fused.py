@@ -20,9 +20,10 @@ shape and dtype, the targets, every parameter, buffer and output array, each lay
 settings); if something has, it takes the layer path again and records anew.
 
 Replayed: a Sequential of Embedding, Flatten (not first), Linear, BatchNorm1d, ReLU, Tanh,
-Sigmoid, LeakyReLU and GELU (these classes exactly, with their own forward and backward),
-with CrossEntropyLoss, on the native backend. Anything else (Dropout, a subclass, another
-loss, the reference backend) always takes the layer path.
+Sigmoid, LeakyReLU and GELU (these classes exactly, with their own forward and backward;
+a BatchNorm1d not synchronised over processes: fastnn.distributed), with CrossEntropyLoss,
+on the native backend. Anything else (Dropout, a subclass, another loss, the reference
+backend) always takes the layer path.
 """
 import collections
 from operator import eq, is_
@@ -30,7 +31,6 @@ from operator import eq, is_
 import numpy as np
 
 from . import _native
-from .functional import ACTIVATIONS, ELEMENTWISE
 from .layers import (
     GELU,
     BatchNorm1d,
@@ -71,13 +71,13 @@ class FusedStep:
     @property
     def replayable(self):
         """Whether steps can be replayed: exactly a Sequential of the layer classes above
-        (Flatten not first), none with a forward or backward of its own, and
-        CrossEntropyLoss."""
+        (Flatten not first), none with a forward or backward of its own or synchronised,
+        and CrossEntropyLoss."""
         model, layers = self.model, self.model.layers
         return (type(model) is Sequential and type(self.loss_fn) is CrossEntropyLoss
                 and len(layers) > 0 and type(layers[0]) is not Flatten
                 and all(type(layer) in _REPLAYED and not _overridden(layer)
-                        for layer in layers))
+                        and getattr(layer, "sync", None) is None for layer in layers))
 
     def __call__(self, x, target):
         """x: the model's input batch (B, ...); target: (B,) integer classes. Returns the
@@ -88,7 +88,7 @@ class FusedStep:
         loss = self.loss_fn(self.model(x), target)
         self.model.backward(self.loss_fn.backward(), input_grad=False)
         if native and self.replayable and self._used_as_is(x, target):
-            self._plan = self._record()
+            self._plan = self._record(x, target)
             self._checks = self._dependencies(x, target)
         else:
             self._plan = self._checks = None
@@ -165,59 +165,17 @@ class FusedStep:
             return False
         return _native.index_in_range(target, self.loss_fn._probs.shape[1])
 
-    def _record(self):
-        """The plan of the step the layers just took: their kernels, buffers and sizes."""
+    def _record(self, x, target):
+        """The plan of the step the layers just took: the Kernels each layer and the loss
+        ran (forwards in order, then the loss, then the backwards in reverse), with x and
+        target as the slots a replay fills."""
         model, loss_fn = self.model, self.loss_fn
-        plan, backward = _native.Plan(), []
-        n = len(model.layers)
-        inputs = ["input", *model.outputs[:n - 1]]
-        for i, layer in enumerate(model.layers):
-            x, y, dy = inputs[i], model.outputs[i], model.grads[i]
-            f32 = y.dtype == np.float32
-            if isinstance(layer, Embedding):
-                sizes = (y.size // layer.embedding_dim, layer.embedding_dim)
-                plan.add("embedding_forward", f32, (y, layer.weight.data, x), sizes)
-                backward.append(("embedding_backward", f32, (layer.weight.grad, dy, x), sizes))
-            elif isinstance(layer, Linear):
-                act = ACTIVATIONS[layer.activation]
-                sizes = (y.shape[0], layer.in_features, layer.out_features)
-                bias = layer.bias
-                plan.add("linear_forward", f32,
-                         (y, x, layer.weight.data, _field(bias, "data")), sizes, act)
-                fused = layer.activation != "none"
-                backward.append((
-                    "linear_backward", f32,
-                    (None if i == 0 else layer._dx, layer.weight.grad, _field(bias, "grad"),
-                     layer._work if fused else None, dy, x, layer.weight.data,
-                     y if fused else None),
-                    sizes, act))
-            elif isinstance(layer, BatchNorm1d):
-                act = ACTIVATIONS[layer.activation]
-                w, b = layer.weight, layer.bias
-                plan.add("batchnorm_forward", f32,
-                         (y, layer._save_mean, layer._save_invstd, layer.running_mean,
-                          layer.running_var, x, _field(w, "data"), _field(b, "data")),
-                         y.shape, act, layer.training, layer.eps, layer.momentum)
-                backward.append((
-                    "batchnorm_backward", f32,
-                    (layer._dx, _field(w, "grad"), _field(b, "grad"), dy, x,
-                     None if layer.activation == "none" else y, layer._save_mean,
-                     layer._save_invstd, _field(w, "data")),
-                    y.shape, act, layer._trained_forward))
-            elif isinstance(layer, _Elementwise):
-                act, slope = ELEMENTWISE[layer.kind], layer.negative_slope
-                plan.add("activation_forward", f32, (y, x), (y.size,), act, a=slope)
-                backward.append(("activation_backward", f32, (layer._dx, dy, x, y), (y.size,),
-                                 act, False, slope))
-            # Flatten: its output and its gradient are views of its neighbours' buffers
-        probs = loss_fn._probs
-        f32 = probs.dtype == np.float32
-        plan.add("cross_entropy_forward", f32,
-                 (probs, loss_fn._row_loss, model.outputs[n - 1], "target"), probs.shape)
-        plan.add("cross_entropy_backward", f32, (loss_fn._dlogits, probs, "target"),
-                 probs.shape, a=1.0 / max(1, probs.shape[0]))
-        for args in reversed(backward):
-            plan.add(*args)
+        plan = _native.Plan()
+        layers = [layer for layer in model.layers if not isinstance(layer, Flatten)]
+        # Flatten has no kernel: its output and gradient are views of its neighbours' buffers
+        for kernel in [*(layer._forward for layer in layers), loss_fn._forward,
+                       loss_fn._backward, *(layer._backward for layer in reversed(layers))]:
+            plan.add(kernel, x, target)
         return plan
 
 
@@ -227,7 +185,7 @@ _ARRAYS = {BatchNorm1d: ("weight", "bias", "running_mean", "running_var", "_dx",
            Linear: ("weight", "bias", "_dx", "_work"), Embedding: ("weight",),
            _Elementwise: ("_dx",)}
 # the settings a plan fixes
-_SETTINGS = {BatchNorm1d: ("training", "eps", "momentum", "activation"),
+_SETTINGS = {BatchNorm1d: ("training", "eps", "momentum", "activation", "sync"),
              Linear: ("activation",), _Elementwise: ("kind", "negative_slope")}
 _Checks = collections.namedtuple("_Checks", "shape dtype target_shape same equal layers "
                                             "outputs grads dicts written")
@@ -240,8 +198,3 @@ def _overridden_in(attributes):
 def _overridden(layer):
     """Whether the layer's forward or backward was replaced on the instance."""
     return _overridden_in(vars(layer))
-
-
-def _field(p, name):
-    """p.data or p.grad, or None for an absent Parameter."""
-    return None if p is None else getattr(p, name)

@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from . import _native
+from . import _native, runtime
 from . import functional as F
 from .arena import Arena
 from .init import INITS
@@ -261,6 +261,11 @@ def _each_module_once(layers):
         walk(layer, f"[{i}]")
 
 
+# fastnn.h's activation codes by name (the fast paths look them up unchecked: an unknown
+# name gives None, which no Kernel accepts, so the checked path reports it)
+_ACT, _FUSED = F.ELEMENTWISE, F.ACTIVATIONS
+
+
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {value!r}")
@@ -339,6 +344,7 @@ class Linear(Module):
             if self.bias is not None:
                 self.bias.data[...] = 0
         self._x = self._y = self._dx = self._work = None
+        self._forward = self._backward = None  # the Kernels of the last forward, backward
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -348,14 +354,25 @@ class Linear(Module):
 
     def forward(self, x):
         """x: (B, in_features) array of the layer's dtype -> (B, out_features)."""
+        bias = self.bias
+        args = (self._y, x, self.weight.data, None if bias is None else bias.data,
+                _FUSED.get(self.activation))
+        if self._forward is not None and self._forward.update(args):
+            self._x = x
+        else:
+            self._forward = self._forward_kernel(x)
+        runtime.ops.run(self._forward)
+        return self._y
+
+    def _forward_kernel(self, x):
+        """The forward's call for a new input shape, buffer or parameter, checked in full."""
         x = F.check.float_array("x", x, 2, self.dtype)
         if x.shape[1] != self.in_features:
             raise ValueError(f"x: expected shape (batch, {self.in_features}), got {x.shape}")
         self._y = _buffer(self._y, (x.shape[0], self.out_features), self.dtype)
         weight, bias = self._arrays("data")
-        F.check.disjoint(("output", "x"), (self._y, x), 1)
         self._x = x
-        return F._linear_forward(x, weight, bias, self.activation, self._y)
+        return _native.Kernel("linear_forward", (self._y, x, weight, bias, self._act()))
 
     # Sequential.backward(input_grad=False) may skip this layer's input gradient
     skips_input_grad = True
@@ -363,6 +380,18 @@ class Linear(Module):
     def backward(self, dy, input_grad=True):
         """dy: (B, out_features) -> dx (B, in_features); accumulates weight.grad, bias.grad.
         input_grad=False skips dx (one matrix product of three) and returns None."""
+        bias, fused = self.bias, self.activation != "none"
+        args = (self._dx if input_grad else None, self.weight.grad,
+                None if bias is None else bias.grad, self._work if fused else None, dy,
+                self._x, self.weight.data, self._y if fused else None,
+                _FUSED.get(self.activation))
+        if (self._backward is None or (input_grad and self._dx is None)
+                or not self._backward.update(args)):
+            self._backward = self._backward_kernel(dy, input_grad)
+        runtime.ops.run(self._backward)
+        return self._dx if input_grad else None
+
+    def _backward_kernel(self, dy, input_grad):
         if self._x is None:
             raise ValueError("Linear.backward: called before forward")
         B = self._x.shape[0]
@@ -376,11 +405,12 @@ class Linear(Module):
             work = self._work = _buffer(self._work, (B, self.out_features), self.dtype)
         weight, _ = self._arrays("data")
         dweight, dbias = self._arrays("grad")
-        F.check.disjoint(("dx", "weight.grad", "bias.grad", "work", "dy", "x", "weight", "y"),
-                         (self._dx if input_grad else None, dweight, dbias, work, dy, self._x,
-                          weight, y), 4)
-        return F._linear_backward(dy, self._x, weight, y, self.activation, dweight, dbias,
-                                  self._dx if input_grad else None, work)
+        return _native.Kernel("linear_backward",
+                              (self._dx if input_grad else None, dweight, dbias, work, dy,
+                               self._x, weight, y, self._act()))
+
+    def _act(self):
+        return _FUSED[F.check.choice("activation", self.activation, _FUSED)]
 
     def _arrays(self, field):
         """(weight, bias) .data or .grad, checked to still be what the kernels expect."""
@@ -423,8 +453,14 @@ class BatchNorm1d(Module):
         self.num_batches_tracked = 0
         self._save_mean = np.empty(C, self.dtype)
         self._save_invstd = np.empty(C, self.dtype)
+        # None, or what normalises over several processes (fastnn.distributed's
+        # BatchNormSync: batch_stats(x) and sum_(array) across them)
+        self.sync = None
         self._x = self._y = self._dx = None
         self._trained_forward = True
+        self._sync_count = None  # the global batch size of a synchronised forward
+        # the Kernels of the last training and evaluation forward, the last forward, backward
+        self._train_forward = self._eval_forward = self._forward = self._backward = None
 
     _buffer_names = ("running_mean", "running_var")
 
@@ -435,6 +471,32 @@ class BatchNorm1d(Module):
 
     def forward(self, x):
         """x: (B, num_features) array of the layer's dtype -> (B, num_features)."""
+        if self.training and self.sync is not None:
+            return self._synchronised_forward(x)
+        self._sync_count = None
+        weight, bias = self._affine_fields("data")
+        act = _FUSED.get(self.activation)
+        if self.training:
+            kernel = self._train_forward
+            args = (self._y, self._save_mean, self._save_invstd, self.running_mean,
+                    self.running_var, x, weight, bias, self.eps, self.momentum, act)
+        else:
+            kernel = self._eval_forward
+            args = (self._y, self._save_mean, self._save_invstd, self.running_mean,
+                    self.running_var, x, weight, bias, self.eps, act)
+        if kernel is not None and kernel.update(args):
+            self._x = x
+        else:
+            kernel = self._forward_kernel(x)
+        runtime.ops.run(kernel)
+        if self.training:
+            self.num_batches_tracked += 1
+        self._forward, self._trained_forward = kernel, self.training
+        return self._y
+
+    def _forward_kernel(self, x):
+        """The forward's call in this mode for a new input shape, buffer or parameter,
+        checked in full."""
         x = F.check.float_array("x", x, 2, self.dtype)
         if x.shape[1] != self.num_features:
             raise ValueError(f"x: expected shape (batch, {self.num_features}), got {x.shape}")
@@ -446,18 +508,32 @@ class BatchNorm1d(Module):
         running_mean = _owned_array(self.running_mean, (C,), self.dtype, "running_mean")
         running_var = _owned_array(self.running_var, (C,), self.dtype, "running_var")
         weight, bias = self._affine("data")
-        F.check.disjoint(("output", "running_mean", "running_var", "x"),
-                         (self._y, running_mean, running_var, x), 3)
-        F._batchnorm_forward(x, weight, bias, running_mean, running_var, self.training,
-                             self.momentum, self.eps, self.activation, self._y,
-                             self._save_mean, self._save_invstd)
+        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        self._x = x
+        common = (self._y, self._save_mean, self._save_invstd, running_mean, running_var, x,
+                  weight, bias, self.eps)
         if self.training:
-            self.num_batches_tracked += 1
-        self._x, self._trained_forward = x, self.training
-        return self._y
+            self._train_forward = _native.Kernel("batchnorm_forward_train",
+                                                 common + (self.momentum, act))
+            return self._train_forward
+        self._eval_forward = _native.Kernel("batchnorm_forward_eval", common + (act,))
+        return self._eval_forward
 
     def backward(self, dy):
         """dy: (B, num_features) -> dx; accumulates weight.grad and bias.grad."""
+        if self._sync_count is not None:
+            return self._synchronised_backward(dy)
+        weight, _ = self._affine_fields("data")
+        dweight, dbias = self._affine_fields("grad")
+        args = (self._dx, dweight, dbias, dy, self._x,
+                None if self.activation == "none" else self._y, self._save_mean,
+                self._save_invstd, weight, _FUSED.get(self.activation), self._trained_forward)
+        if self._backward is None or not self._backward.update(args):
+            self._backward = self._backward_kernel(dy)
+        runtime.ops.run(self._backward)
+        return self._dx
+
+    def _backward_kernel(self, dy):
         if self._x is None:
             raise ValueError("BatchNorm1d.backward: called before forward")
         dy = F.check.float_array("dy", dy, 2, self.dtype)
@@ -465,12 +541,78 @@ class BatchNorm1d(Module):
         self._dx = _buffer(self._dx, self._x.shape, self.dtype)
         weight, _ = self._affine("data")
         dweight, dbias = self._affine("grad")
-        y = None if self.activation == "none" else self._y
-        F.check.disjoint(("dx", "weight.grad", "bias.grad", "dy", "x", "y", "weight"),
-                         (self._dx, dweight, dbias, dy, self._x, y, weight), 3)
-        return F._batchnorm_backward(dy, self._x, y, self._save_mean, self._save_invstd,
-                                     weight, self._trained_forward, self.activation, dweight,
-                                     dbias, self._dx)
+        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        y = None if act == _FUSED["none"] else self._y
+        return _native.Kernel("batchnorm_backward",
+                              (self._dx, dweight, dbias, dy, self._x, y, self._save_mean,
+                               self._save_invstd, weight, act, self._trained_forward))
+
+    def _synchronised_forward(self, x):
+        """The training forward with the statistics of the batch over all processes."""
+        x = F.check.float_array("x", x, 2, self.dtype)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"x: expected shape (batch, {self.num_features}), got {x.shape}")
+        if x.shape[0] < 1:
+            raise ValueError(f"x: expected at least one sample on every rank, got shape {x.shape}")
+        n, mean, var = self.sync.batch_stats(x)
+        if n <= 1:
+            raise ValueError("Expected more than 1 value per channel when training, got a "
+                             f"global batch of {n}")
+        C, m = self.num_features, self.momentum
+        running_mean = _owned_array(self.running_mean, (C,), self.dtype, "running_mean")
+        running_var = _owned_array(self.running_var, (C,), self.dtype, "running_var")
+        # torch's convention: the unbiased variance of the global batch goes into running_var
+        running_mean[...] = (1 - m) * running_mean + m * mean
+        running_var[...] = (1 - m) * running_var + m * (var * (n / (n - 1)))
+        self._y = _buffer(self._y, x.shape, self.dtype)
+        weight, bias = self._affine("data")
+        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        # The evaluation kernel normalises with given statistics (and writes them, with
+        # 1 / sqrt(var + eps), into save_mean / save_invstd for the backward).
+        runtime.ops.batchnorm_forward_eval(self._y, self._save_mean, self._save_invstd,
+                                           mean.astype(self.dtype), var.astype(self.dtype), x,
+                                           weight, bias, self.eps, act)
+        self.num_batches_tracked += 1
+        self._x, self._trained_forward, self._sync_count = x, True, n
+        self._forward = None  # nothing a replay could repeat (fastnn.fused)
+        return self._y
+
+    def _synchronised_backward(self, dy):
+        """The backward through the statistics over all processes: dy (B, C) -> dx (B, C).
+
+        weight.grad and bias.grad get this process's sums (DataParallel averages them, like
+        every gradient); dx needs the global sums of dz and dz * xhat:
+        dx = k * (dz - sum(dz) / n - xhat * sum(dz * xhat) / n), k = weight * invstd, n the
+        global batch size, dz = dy * act'(y)."""
+        dy = F.check.float_array("dy", dy, 2, self.dtype)
+        F.check.shape("dy", dy, self._x.shape)
+        self._dx = _buffer(self._dx, self._x.shape, self.dtype)
+        weight, _ = self._affine("data")
+        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        y = None if act == _FUSED["none"] else self._y
+        # The evaluation-mode backward gives dx = k * dz and adds sum(dz * xhat), sum(dz)
+        # into the two rows of `sums`: the local sums the correction below needs.
+        sums = np.zeros((2, self.num_features), self.dtype)
+        runtime.ops.batchnorm_backward(self._dx, sums[0], sums[1], dy, self._x, y,
+                                       self._save_mean, self._save_invstd, weight, act, False)
+        if self.affine:
+            dweight, dbias = self._affine("grad")
+            dweight += sums[0]
+            dbias += sums[1]
+        self.sync.sum_(sums)
+        invstd, n = self._save_invstd, self._sync_count
+        k = invstd if weight is None else weight * invstd
+        shift = k * (sums[1] / n)
+        slope = k * invstd * (sums[0] / n)
+        self._dx -= shift + (self._x - self._save_mean) * slope
+        self._backward = None
+        return self._dx
+
+    def _affine_fields(self, field):
+        """(weight, bias) .data or .grad unchecked, or (None, None) without affine."""
+        if not self.affine:
+            return None, None
+        return getattr(self.weight, field), getattr(self.bias, field)
 
     def _affine(self, field):
         """(weight, bias) .data or .grad arrays, checked, or (None, None) without affine."""
@@ -495,22 +637,39 @@ class _Elementwise(Module):
 
     def __init__(self):
         self._x = self._y = self._dx = None
+        self._forward = self._backward = None  # the Kernels of the last forward, backward
 
     def forward(self, x):
-        x = F.check.float_array("x", x, np.ndim(x))
-        self._y = _buffer(self._y, x.shape, x.dtype)
-        F.check.disjoint(("output", "x"), (self._y, x), 1)
-        self._x = x
-        return F._activation_forward(x, self.kind, self.negative_slope, self._y)
+        args = (self._y, x, _ACT.get(self.kind), self.negative_slope)
+        if self._forward is not None and self._forward.update(args):
+            self._x = x
+        else:
+            x = F.check.float_array("x", x, np.ndim(x))
+            self._y = _buffer(self._y, x.shape, x.dtype)
+            self._x = x
+            self._forward = _native.Kernel("activation_forward", (self._y, x) + self._settings())
+        runtime.ops.run(self._forward)
+        return self._y
 
     def backward(self, dy):
-        if self._x is None:
-            raise ValueError(f"{type(self).__name__}.backward: called before forward")
-        dy = _gradient(dy, self._x)
-        self._dx = _buffer(self._dx, self._x.shape, self._x.dtype)
-        F.check.disjoint(("dx", "dy", "x", "y"), (self._dx, dy, self._x, self._y), 1)
-        return F._activation_backward(dy, self._x, self._y, self.kind, self.negative_slope,
-                                      self._dx)
+        args = (self._dx, dy, self._x, self._y, _ACT.get(self.kind), self.negative_slope)
+        if self._backward is None or not self._backward.update(args):
+            if self._x is None:
+                raise ValueError(f"{type(self).__name__}.backward: called before forward")
+            dy = _gradient(dy, self._x)
+            self._dx = _buffer(self._dx, self._x.shape, self._x.dtype)
+            self._backward = _native.Kernel("activation_backward",
+                                            (self._dx, dy, self._x, self._y) + self._settings())
+        runtime.ops.run(self._backward)
+        return self._dx
+
+    def _settings(self):
+        """(act, negative_slope) checked."""
+        kind = F.check.choice("kind", self.kind, F.ELEMENTWISE)
+        slope = self.negative_slope
+        if not isinstance(slope, (int, float)) or not math.isfinite(slope):
+            raise ValueError(f"negative_slope: expected a finite number, got {slope!r}")
+        return _ACT[kind], float(slope)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -572,20 +731,25 @@ class Softmax(Module):
 
     def __init__(self):
         self._y = self._dx = None
+        self._forward = self._backward = None  # the Kernels of the last forward, backward
 
     def forward(self, x):
-        x = F.check.float_array("x", x, max(1, np.ndim(x)))
-        self._y = _buffer(self._y, x.shape, x.dtype)
-        F.check.disjoint(("output", "x"), (self._y, x), 1)
-        return F._softmax_forward(x, self._y)
+        if self._forward is None or not self._forward.update((self._y, x)):
+            x = F.check.float_array("x", x, max(1, np.ndim(x)))
+            self._y = _buffer(self._y, x.shape, x.dtype)
+            self._forward = _native.Kernel("softmax_forward", (self._y, x))
+        runtime.ops.run(self._forward)
+        return self._y
 
     def backward(self, dy):
-        if self._y is None:
-            raise ValueError("Softmax.backward: called before forward")
-        dy = _gradient(dy, self._y)
-        self._dx = _buffer(self._dx, self._y.shape, self._y.dtype)
-        F.check.disjoint(("dx", "dy", "y"), (self._dx, dy, self._y), 1)
-        return F._softmax_backward(dy, self._y, self._dx)
+        if self._backward is None or not self._backward.update((self._dx, dy, self._y)):
+            if self._y is None:
+                raise ValueError("Softmax.backward: called before forward")
+            dy = _gradient(dy, self._y)
+            self._dx = _buffer(self._dx, self._y.shape, self._y.dtype)
+            self._backward = _native.Kernel("softmax_backward", (self._dx, dy, self._y))
+        runtime.ops.run(self._backward)
+        return self._dx
 
     def __repr__(self):
         return "Softmax()"
@@ -609,9 +773,13 @@ class Dropout(Module):
         # buffers, so that a checkpoint resumes the same sequence of masks.
         self.seed = np.array(get_rng().integers(2**63) if seed is None else seed, np.uint64)
         self.counter = np.zeros((), np.uint64)
+        # (rank, ranks) when each of `ranks` processes takes one slice of every batch
+        # (fastnn.distributed): the mask is then this rank's slice of the one a single process
+        # would draw for the whole batch
+        self.shard = None
         self._shape = None
-        self._mask_offset = 0
         self._out = self._dx = None
+        self._forward = self._backward = None  # the Kernels of the last forward, backward
 
     def forward(self, x):
         x = F.check.float_array("x", x, np.ndim(x))
@@ -622,10 +790,16 @@ class Dropout(Module):
             self._identity = True
             return x
         self._identity = False
-        self._out = _buffer(self._out, x.shape, x.dtype)
-        self._mask_offset = int(self.counter)
-        self.counter[...] = (self._mask_offset + x.size) % 2**64
-        return F._dropout_apply(x, self.p, int(self.seed), self._mask_offset, self._out)
+        rank, ranks = self.shard or (0, 1)
+        base = int(self.counter)
+        offset = (base + rank * x.size) % 2**64
+        self.counter[...] = (base + ranks * x.size) % 2**64
+        args = (self._out, x, self.p, int(self.seed), offset)
+        if self._forward is None or not self._forward.update(args):
+            self._out = _buffer(self._out, x.shape, x.dtype)
+            self._forward = _native.Kernel("dropout_apply", (self._out,) + args[1:])
+        runtime.ops.run(self._forward)
+        return self._out
 
     def backward(self, dy):
         if self._shape is None:
@@ -634,8 +808,12 @@ class Dropout(Module):
         F.check.shape("dy", dy, self._shape)
         if self._identity:
             return dy
-        self._dx = _buffer(self._dx, dy.shape, dy.dtype)
-        return F._dropout_apply(dy, self.p, int(self.seed), self._mask_offset, self._dx)
+        args = (self._dx, dy) + self._forward.args[2:]  # the forward's mask
+        if self._backward is None or not self._backward.update(args):
+            self._dx = _buffer(self._dx, dy.shape, dy.dtype)
+            self._backward = _native.Kernel("dropout_apply", (self._dx,) + args[1:])
+        runtime.ops.run(self._backward)
+        return self._dx
 
     _buffer_names = ("seed", "counter")
 
@@ -661,23 +839,33 @@ class Embedding(Module):
         shape = (self.num_embeddings, self.embedding_dim)
         self.weight = Parameter(get_rng().standard_normal(shape).astype(self.dtype))
         self._idx = self._out = None
+        self._forward = self._backward = None  # the Kernels of the last forward, backward
 
     def forward(self, idx):
-        idx = F.check.index_array("idx", idx, self.num_embeddings)
-        shape = idx.shape + (self.embedding_dim,)
-        self._out = _buffer(self._out, shape, self.dtype)
-        self._idx = idx
-        weight = self._table("data")
-        return F._embedding_forward(weight, idx, self._out)
+        """idx: integers in [0, num_embeddings) of any shape -> idx.shape + (embedding_dim,)."""
+        if (self._forward is not None and type(idx) is np.ndarray
+                and _native.index_in_range(idx, self.num_embeddings)
+                and self._forward.update((self._out, self.weight.data, idx))):
+            self._idx = idx
+        else:
+            idx = F.check.index_array("idx", idx, self.num_embeddings)
+            self._out = _buffer(self._out, idx.shape + (self.embedding_dim,), self.dtype)
+            self._idx = idx
+            self._forward = _native.Kernel("embedding_forward",
+                                           (self._out, self._table("data"), idx))
+        runtime.ops.run(self._forward)
+        return self._out
 
     def backward(self, dy):
-        if self._idx is None:
-            raise ValueError("Embedding.backward: called before forward")
-        dy = F.check.float_array("dy", dy, self._idx.ndim + 1, self.dtype)
-        F.check.shape("dy", dy, self._idx.shape + (self.embedding_dim,))
-        dweight = self._table("grad")
-        F.check.disjoint(("weight.grad", "dy"), (dweight, dy), 1)
-        F._embedding_backward(dweight, dy, self._idx)
+        if self._backward is None or not self._backward.update(
+                (self.weight.grad, dy, self._idx)):
+            if self._idx is None:
+                raise ValueError("Embedding.backward: called before forward")
+            dy = F.check.float_array("dy", dy, self._idx.ndim + 1, self.dtype)
+            F.check.shape("dy", dy, self._idx.shape + (self.embedding_dim,))
+            self._backward = _native.Kernel("embedding_backward",
+                                            (self._table("grad"), dy, self._idx))
+        runtime.ops.run(self._backward)
         return None
 
     def _table(self, field):

@@ -1,6 +1,7 @@
 """Losses: forward(prediction, target) -> float, then backward() -> d(loss)/d(prediction)."""
 import numpy as np
 
+from . import _native, runtime
 from . import functional as F
 
 __all__ = ["CrossEntropyLoss", "MSELoss"]
@@ -12,19 +13,28 @@ class CrossEntropyLoss:
 
     def __init__(self):
         self._probs = self._dlogits = self._row_loss = self._target = None
+        self._forward = self._backward = None  # the Kernels of the last forward, backward
 
     def forward(self, logits, target):
         """logits (N, K) float32/float64, target (N,) integers in [0, K) -> the mean loss."""
+        probs = self._probs
+        if not (self._forward is not None and type(target) is np.ndarray
+                and _native.index_in_range(target, probs.shape[1])
+                and self._forward.update((probs, self._row_loss, logits, target))):
+            self._forward = self._forward_kernel(logits, target)
+            target = self._forward.args[3]
+        self._target = target
+        return runtime.ops.run(self._forward)
+
+    def _forward_kernel(self, logits, target):
         logits, target = F.logits_and_target(logits, target)  # before touching any buffer
         if self._probs is None or self._probs.shape != logits.shape \
                 or self._probs.dtype != logits.dtype:
             self._probs = np.empty(logits.shape, logits.dtype)
             self._dlogits = np.empty(logits.shape, logits.dtype)
             self._row_loss = np.empty(logits.shape[0], np.float64)
-        F.check.disjoint(("probs", "logits"), (self._probs, logits), 1)
-        loss, _ = F._cross_entropy_forward(logits, target, self._probs, self._row_loss)
-        self._target = target
-        return loss
+        return _native.Kernel("cross_entropy_forward",
+                              (self._probs, self._row_loss, logits, target))
 
     __call__ = forward
 
@@ -34,7 +44,11 @@ class CrossEntropyLoss:
             raise ValueError("CrossEntropyLoss.backward: called before forward")
         scale = float(dloss) / max(1, self._probs.shape[0])
         # probs and target were checked by forward; the buffers are the loss's own
-        return F._cross_entropy_backward(self._probs, self._target, scale, self._dlogits)
+        args = (self._dlogits, self._probs, self._target, scale)
+        if self._backward is None or not self._backward.update(args):
+            self._backward = _native.Kernel("cross_entropy_backward", args)
+        runtime.ops.run(self._backward)
+        return self._dlogits
 
     def __repr__(self):
         return "CrossEntropyLoss()"
@@ -51,9 +65,10 @@ class MSELoss:
         pred = F.check.float_array("pred", pred, np.ndim(pred))
         target = F.check.float_array("target", target, pred.ndim, pred.dtype)
         F.check.shape("target", target, pred.shape)
-        loss = F._mse_forward(pred, target)
         self._pred, self._target = pred, target
-        return loss
+        if not pred.size:
+            return float("nan")
+        return runtime.ops.squared_error_sum(pred, target) / pred.size
 
     __call__ = forward
 
@@ -65,8 +80,8 @@ class MSELoss:
                 or self._dpred.dtype != self._pred.dtype:
             self._dpred = np.empty(self._pred.shape, self._pred.dtype)
         scale = 2 * float(dloss) / max(1, self._pred.size)
-        F.check.disjoint(("dpred", "pred", "target"), (self._dpred, self._pred, self._target), 1)
-        return F._mse_backward(self._pred, self._target, scale, self._dpred)
+        runtime.ops.squared_error_backward(self._dpred, self._pred, self._target, scale)
+        return self._dpred
 
     def __repr__(self):
         return "MSELoss()"

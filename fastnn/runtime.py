@@ -17,6 +17,7 @@ from threadpoolctl import ThreadpoolController
 
 from . import _native
 from ._wait_policy import WAIT_POLICY
+from .ops import NativeOps, ReferenceOps
 
 __all__ = [
     "build_info",
@@ -28,10 +29,6 @@ __all__ = [
     "set_num_threads",
     "use_backend",
 ]
-
-BACKENDS = ("native", "reference")
-_backend = "native"
-
 
 def _find_scipy_blas():
     """The threadpoolctl controller of the BLAS library scipy.linalg.cython_blas calls."""
@@ -148,17 +145,23 @@ def _isa_from_environment():
 _isa_from_environment()
 
 
+# The kernel backend in use: an Ops object (fastnn.ops), chosen by set_backend. Layers,
+# losses, optimizers and fastnn.functional call this one; nothing else reads the name.
+BACKENDS = {"native": NativeOps(), "reference": ReferenceOps()}
+ops = BACKENDS["native"]
+
+
 def set_backend(name):
     """Choose the kernel backend: "native" (C/OpenMP) or "reference" (the NumPy twin)."""
-    global _backend
+    global ops
     if name not in BACKENDS:
-        raise ValueError(f"set_backend: name must be one of {BACKENDS}, got {name!r}")
-    _backend = name
+        raise ValueError(f"set_backend: name must be one of {tuple(BACKENDS)}, got {name!r}")
+    ops = BACKENDS[name]
 
 
 def get_backend():
     """The kernel backend in use: "native" or "reference"."""
-    return _backend
+    return ops.name
 
 
 @contextlib.contextmanager

@@ -23,11 +23,10 @@ import numbers
 
 import numpy as np
 
-from .. import _native, reference
+from .. import _native, runtime
 from .. import functional as F
 from ..arena import Arena, contiguous_run
 from ..layers import Parameter
-from ..runtime import get_backend
 from . import lr_scheduler
 
 __all__ = [
@@ -53,14 +52,11 @@ def _check(name, value, low=0.0, high=None, high_open=False):
         raise ValueError(f"{name}: expected a value in {bound}, got {value!r}")
 
 
-def _fill_zero(a):
-    a.fill(0)
-
-
 class Optimizer:
     """Base class: param_groups (list of dicts, as torch.optim), step(), zero_grad(),
     state_dict(), load_state_dict(). Subclasses define `defaults`, `_validate(group)`,
-    `_new_state(group, arena)` and `_update(group, arena, state)`."""
+    `_new_state(group, arena)` and `_update(group, data, grad, state)`, which returns the
+    kernel's name and arguments (fastnn._native.KERNELS) for one flat run."""
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
@@ -70,6 +66,7 @@ class Optimizer:
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         self.param_groups, self._arenas, self._state = [], [], []
+        self._kernels = []  # the Kernel of each run's update in the last step, in order
         for group in groups:
             self.add_param_group(group)
 
@@ -101,29 +98,34 @@ class Optimizer:
 
     def zero_grad(self):
         """Zero every gradient: one fill per flat buffer (on fastnn's threads natively)."""
-        fill = _native.zero_inplace if get_backend() == "native" else _fill_zero
+        ops = runtime.ops
         for arenas in self._arenas:
             for arena in arenas:
                 for _, _, grad in arena.runs:
-                    fill(grad)
+                    ops.zero(grad)
 
     def step(self):
         """One update of every parameter, with the hyperparameters now in param_groups: one
         kernel call per flat run of parameters (one per group and dtype when packed)."""
         # The optimizer made every buffer it passes here (flat, contiguous, one dtype and
-        # size), so it calls the backend's kernels directly rather than through the checks
-        # of fastnn.functional: at 10k parameters those checks would cost more than the step.
-        kernels = _native if get_backend() == "native" else reference
+        # size), so it runs the kernels without fastnn.functional's checks: at 10k parameters
+        # those would cost more than the step. Each run's Kernel is kept and pointed at the
+        # new step's scalars (Kernel.update), so a step is one C call per run.
+        ops, index = runtime.ops, 0
         for group, arenas, states in zip(self.param_groups, self._arenas, self._state):
             for arena, state in zip(arenas, states):
                 self._begin_step(group, arena, state)
-                if len(arena.runs) == 1:
-                    self._update(kernels, group, arena.runs[0][1], arena.runs[0][2], state)
-                    continue
                 for offset, data, grad in arena.runs:
-                    part = {k: (v[offset:offset + data.size] if isinstance(v, np.ndarray)
-                                else v) for k, v in state.items()}
-                    self._update(kernels, group, data, grad, part)
+                    part = state if len(arena.runs) == 1 else {
+                        k: (v[offset:offset + data.size] if isinstance(v, np.ndarray) else v)
+                        for k, v in state.items()}
+                    name, args = self._update(group, data, grad, part)
+                    kernel = self._kernels[index] if index < len(self._kernels) else None
+                    if kernel is None or kernel.name != name or not kernel.update(args):
+                        kernel = _native.Kernel(name, args)
+                        self._kernels[index:index + 1] = [kernel]
+                    ops.run(kernel)
+                    index += 1
 
     def _begin_step(self, group, arena, state):
         """Per-step bookkeeping before the updates (step counts, lazy state buffers)."""
@@ -210,10 +212,11 @@ class SGD(Optimizer):
             state["first"] = state["momentum_buffer"] is None
             self._buffer(state, "momentum_buffer", arena)
 
-    def _update(self, kernels, g, data, grad, state):
+    def _update(self, g, data, grad, state):
         buf = state["momentum_buffer"] if g["momentum"] != 0 else None
-        kernels.sgd_step(data, buf, grad, g["lr"], g["momentum"], g["dampening"],
-                   g["weight_decay"], g["l1"], g["nesterov"], buf is not None and state["first"])
+        return "sgd_step", (data, buf, grad, g["lr"], g["momentum"], g["dampening"],
+                            g["weight_decay"], g["l1"], g["nesterov"],
+                            buf is not None and state["first"])
 
 
 class Adagrad(Optimizer):
@@ -237,9 +240,10 @@ class Adagrad(Optimizer):
     def _begin_step(self, g, arena, state):
         state["step"] += 1
 
-    def _update(self, kernels, g, data, grad, state):
+    def _update(self, g, data, grad, state):
         clr = g["lr"] / (1 + (state["step"] - 1) * g["lr_decay"])
-        kernels.adagrad_step(data, state["sum"], grad, clr, g["weight_decay"], g["l1"], g["eps"])
+        return "adagrad_step", (data, state["sum"], grad, clr, g["weight_decay"], g["l1"],
+                                g["eps"])
 
 
 class RMSprop(Optimizer):
@@ -266,11 +270,11 @@ class RMSprop(Optimizer):
         if g["momentum"] > 0:
             self._buffer(state, "momentum_buffer", arena)
 
-    def _update(self, kernels, g, data, grad, state):
+    def _update(self, g, data, grad, state):
         grad_avg = state["grad_avg"] if g["centered"] else None
         buf = state["momentum_buffer"] if g["momentum"] > 0 else None
-        kernels.rmsprop_step(data, state["square_avg"], grad_avg, buf, grad, g["lr"], g["alpha"],
-                       g["eps"], g["weight_decay"], g["l1"], g["momentum"])
+        return "rmsprop_step", (data, state["square_avg"], grad_avg, buf, grad, g["lr"],
+                                g["alpha"], g["eps"], g["weight_decay"], g["l1"], g["momentum"])
 
 
 class Adam(Optimizer):
@@ -300,11 +304,12 @@ class Adam(Optimizer):
         if g["amsgrad"]:
             self._buffer(state, "max_exp_avg_sq", arena)
 
-    def _update(self, kernels, g, data, grad, state):
+    def _update(self, g, data, grad, state):
         vmax = state["max_exp_avg_sq"] if g["amsgrad"] else None
         beta1, beta2 = g["betas"]
-        kernels.adam_step(data, state["exp_avg"], state["exp_avg_sq"], vmax, grad, g["lr"], beta1,
-                    beta2, g["eps"], g["weight_decay"], g["l1"], self.decoupled, state["step"])
+        return "adam_step", (data, state["exp_avg"], state["exp_avg_sq"], vmax, grad, g["lr"],
+                             beta1, beta2, g["eps"], g["weight_decay"], g["l1"],
+                             self.decoupled, state["step"])
 
 
 class AdamW(Adam):
