@@ -641,15 +641,18 @@ STEPS_INTRO = (
     "One training step: zero_grad, forward, cross-entropy, backward, optimizer step, on a "
     "fixed batch, every buffer reused; S1 is the character-level MLP (Embedding(27, 10), "
     "Linear(30, 200), BatchNorm1d + tanh, Linear(200, 27), batch 32, SGD), S2 the "
-    "784-512-512-10 MLP (Linear, BatchNorm1d + ReLU twice, Linear, batch 128, Adam), both "
-    "float32. native replays forward, loss and backward in one C call (`FusedStep`, as "
+    "784-512-512-10 MLP (Linear, BatchNorm1d + ReLU twice, Linear, batch 128, Adam), "
+    "M3 the makemore part-3 model of `fastnn experiment charlm` (Embedding(27, 10), "
+    "[Linear(no bias, 100), BatchNorm1d + tanh] x 2, Linear(100, 27), batch 32, SGD), all float32. native "
+    "replays forward, loss and backward in one C call (`FusedStep`, as "
     "`Trainer` does); layers makes the plain layer calls of a hand-written loop; reference is "
     "the same fastnn model on the NumPy backend; torch the same "
     "torch.nn model in eager mode from the same weights. Best round time per step (the "
     "minimum over rounds). *native vs X* is X's best time over native's. *matmul GFLOP/s* "
     "counts only the step's matrix products (forward, weight gradients, input gradients but "
     "the first layer's) over the whole step's time; *of peak* divides it by the FMA peak "
-    "at the same thread count (the products suite's); *1→2 threads* is native's 1-thread time "
+    "at the same thread count (the products suite's); *layers / native* is the plain layer "
+    "calls' best time over the replay's; *1→2 threads* is native's 1-thread time "
     "over its 2-thread time. *held / minimum*: bytes held by model, optimizer and loss after "
     "a step over parameters + gradients + optimizer state + saved activations "
     "(`fastnn.diagnostics.memory_footprint`); a steady step allocates no array (asserted).")
@@ -667,6 +670,7 @@ def step_rows(entries, peaks):
         row["name"] = w
         row["layers"] = entries.get((w, "step", t, "layers"))
         row["layers_vs_torch"] = ratio(lambda e: 1 / best(e), row["layers"], row["torch"])
+        row["layers_vs_native"] = ratio(best, row["layers"], native)
         row["gflops"] = gflops(native) if native is not None else None
         row["peak_fraction"] = ratio(gflops, native, peaks.get(t))
         one = entries.get((w, "step", 1, "native"))
@@ -685,10 +689,11 @@ def steps_tables(entries, peaks):
                f"{info['mem_ratio']:.2f}x" if "mem_ratio" in info else "–")
         lines.append([r["name"], str(r["threads"]), *impl_cells(r),
                       fmt_time(best(r["layers"])) if r["layers"] else "–",
-                      cell(r["layers_vs_torch"], "{:.2f}x"),
+                      cell(r["layers_vs_torch"], "{:.2f}x"), cell(r["layers_vs_native"], "{:.2f}x"),
                       cell(r["gflops"], "{:.1f}"), cell(r["peak_fraction"], "{:.0%}"),
                       cell(r["scaling"], "{:.2f}x"), mem])
     header = ["workload", "threads", *IMPL_HEADER, "layers", "layers vs torch",
+              "layers / native",
               "matmul GFLOP/s", "of peak", "1→2 threads", "held / minimum"]
     note = "" if peaks else "No FMA peak in this run (see the products section).\n\n"
     return note + table(header, lines) + "\n"
@@ -704,21 +709,23 @@ def steps_charts(entries, peaks):
         charts["steps_peak_fraction.png"] = (
             [("native", "peak_fraction")],
             "step's matmul GFLOP/s / FMA peak (same threads)", None, "{:.0%}")
-    return bar_charts(all_rows, labels, charts, "fastnn whole training steps, float32 (S1, S2)")
+    return bar_charts(all_rows, labels, charts, "fastnn whole training steps, float32 (S1, S2, M3)")
 
 
 def steps_summary(entries, peaks):
     lines = [[r["name"], cell(r["vs_reference"], "{:.2f}x"), cell(r["vs_torch"], "{:.2f}x"),
-              cell(r["layers_vs_torch"], "{:.2f}x"), cell(r["peak_fraction"], "{:.0%}"),
+              cell(r["layers_vs_torch"], "{:.2f}x"), cell(r["layers_vs_native"], "{:.2f}x"),
+              cell(r["peak_fraction"], "{:.0%}"),
               cell(r["scaling"], "{:.2f}x"), cell(r["mem_ratio"], "{:.2f}x")]
              for r in step_rows(entries, peaks) if r["threads"] == 2]
     if not lines:
         return None
     return ("Whole training steps, float32, 2 threads (S1: char-level MLP, batch 32, SGD; "
-            "S2: 784-512-512-10 MLP, batch 128, Adam; *replayed*: `FusedStep`, *plain layer "
-            "calls*: a hand-written loop):\n\n"
+            "S2: 784-512-512-10 MLP, batch 128, Adam; M3: makemore part 3, batch 32, SGD; "
+            "*replayed*: `FusedStep`, *plain layer calls*: a hand-written loop):\n\n"
             + table(["workload", "vs NumPy twin", "replayed vs PyTorch",
-                     "plain layer calls vs PyTorch", "matmul % of FMA peak", "1→2 threads",
+                     "plain layer calls vs PyTorch", "plain / replayed",
+                     "matmul % of FMA peak", "1→2 threads",
                      "memory held / minimum"], lines))
 
 

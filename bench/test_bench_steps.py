@@ -1,4 +1,4 @@
-"""Whole training-step benchmarks: workloads S1 and S2 (README), float32.
+"""Whole training-step benchmarks: workloads S1, S2 (README) and M3, float32.
 
 One step is what a training loop does per batch: zero the gradients, forward, loss, backward,
 optimizer step. For each workload and thread count (1, 2), four implementations of the same
@@ -20,6 +20,9 @@ model, started from the same weights, run side by side in one benchmark group:
       cross-entropy; SGD lr 0.1
   S2  784-512-512-10 MLP, batch 128: [Linear(no bias) -> BatchNorm1d + ReLU] x 2 -> Linear;
       cross-entropy; Adam (defaults)
+  M3  the makemore part-3 model of `fastnn experiment charlm` (fastnn.experiments.charlm),
+      batch 32, context 3, vocabulary 27: Embedding(27, 10) -> Flatten -> [Linear(no bias,
+      100) -> BatchNorm1d(100) + tanh] x 2 -> Linear(100, 27); cross-entropy; SGD lr 0.1
 
 Inputs and targets are fixed (seeded) random arrays; the model keeps training on the same
 batch while it is timed, which costs the same as a fresh batch would.
@@ -48,6 +51,7 @@ import fastnn
 from fastnn import layers as L
 
 from fastnn.diagnostics import memory_footprint
+from fastnn.experiments import charlm
 from fastnn.fused import FusedStep
 
 from .conftest import assert_close, cores, results_once, setting
@@ -55,6 +59,7 @@ from .conftest import assert_close, cores, results_once, setting
 WORKLOADS = {  # id: batch size
     "S1": 32,
     "S2": 128,
+    "M3": 32,
 }
 PHASE = "step"
 IMPLS = ("native", "layers", "reference", "torch")
@@ -82,6 +87,8 @@ MODEL_SEED = 1234
 def build_model(workload):
     """The fastnn model of `workload`, with weights fixed by a seed (the same every call)."""
     fastnn.manual_seed(MODEL_SEED + list(WORKLOADS).index(workload))
+    if workload == "M3":
+        return charlm.build_model(VOCAB, CONTEXT)
     if workload == "S1":
         return L.Sequential(
             L.Embedding(VOCAB, EMBED, dtype=DTYPE),
@@ -100,18 +107,18 @@ def build_model(workload):
 
 
 def build_optimizer(workload, params, optim):
-    """SGD(lr 0.1) for S1, Adam with its defaults for S2; `optim` is fastnn.optim or
+    """SGD(lr 0.1) for S1 and M3, Adam with its defaults for S2; `optim` is fastnn.optim or
     torch.optim (same names, same hyperparameters)."""
-    return optim.SGD(params, lr=SGD_LR) if workload == "S1" else optim.Adam(params)
+    return optim.Adam(params) if workload == "S2" else optim.SGD(params, lr=SGD_LR)
 
 
 @functools.cache
 def inputs(workload):
-    """Fixed random batch: S1 int64 character indices (B, 3) in [0, 27); S2 float32 x ~ N(0, 1)
-    (B, 784); integer class targets (B,)."""
+    """Fixed random batch: S1 and M3 int64 character indices (B, 3) in [0, 27); S2 float32
+    x ~ N(0, 1) (B, 784); integer class targets (B,)."""
     B = WORKLOADS[workload]
     rng = np.random.default_rng(200 + list(WORKLOADS).index(workload))
-    if workload == "S1":
+    if workload != "S2":
         x = rng.integers(0, VOCAB, (B, CONTEXT), dtype=np.int64)
         target = rng.integers(0, VOCAB, B, dtype=np.int64)
     else:
