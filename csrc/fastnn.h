@@ -7,6 +7,9 @@
  *   - work is split into blocks that depend on the problem shape and the machine's processor
  *     count only, never on the thread count, so results are bitwise identical for any number
  *     of threads.
+ * The argument lists of the layer, loss and optimizer kernels are written once more, in
+ * fastnn/_native.pyx's KERNELS table (with each array's shape and whether it is written or
+ * may be NULL): change both together.
  */
 #ifndef FASTNN_H
 #define FASTNN_H

@@ -1,7 +1,9 @@
-# The Cython binding of csrc/: array pointers in, GIL released, C kernel called.
+# The Cython binding of csrc/: the runtime's settings, and every kernel through one table
+# (KERNELS), one Kernel class that checks a call against it, and one C call site (run_op).
 #
-# It trusts its caller: fastnn.functional validates shapes, dtypes and contiguity once, for
-# both backends, before anything reaches here. Do not call these functions directly.
+# A Kernel checks what would crash or corrupt memory (types, dtypes, shapes, layout,
+# overlap); the messages in a user's terms, and index ranges, are fastnn.functional's and
+# the layers' checks, which run first.
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm

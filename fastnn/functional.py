@@ -1,8 +1,9 @@
 """The public kernel API: NumPy arrays in, NumPy arrays out, optional `out=`.
 
-Each function validates its arguments once, then runs the native kernel (C/OpenMP) or its
-NumPy twin in fastnn.reference, as chosen by fastnn.set_backend(). Inputs that are not
-C-contiguous are copied once; output buffers must be C-contiguous.
+Each function validates its arguments once, then calls the backend in use
+(fastnn.runtime.ops, chosen by fastnn.set_backend(): the C/OpenMP kernels or their NumPy
+twin, fastnn.reference). Inputs that are not C-contiguous are copied once; output buffers
+must be C-contiguous.
 """
 import numpy as np
 
