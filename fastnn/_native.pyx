@@ -5,6 +5,7 @@
 # overlap); the messages in a user's terms, and index ranges, are fastnn.functional's and
 # the layers' checks, which run first.
 cimport numpy as cnp
+import numpy as np
 from libc.stdint cimport int64_t, uint64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -368,12 +369,14 @@ cdef enum:
 # it appears in the call), "*" for any shape (the same for every "*" of the call) or "*D"
 # (that shape and one more dimension D), then flags: ! the kernel writes it (writeable and
 # sharing memory with no other argument); ? it may be None (the kernel gets NULL); ~ it may
-# be None when act is FASTNN_ACT_NONE; # int64, % float64 (otherwise the call's float dtype).
+# be None when act is FASTNN_ACT_NONE; #L int64 values in [0, L) (indices, classes: checked
+# on every call, as a batch buffer may be refilled in place); % float64 (otherwise the
+# call's float dtype).
 # Sizes: letters, or n, R, K: the elements, rows and last dimension of "*". Scalars: name:d
 # (double), name:i (integer), name:u (unsigned 64-bit).
 KERNELS = {
-    "embedding_forward": (OP_EMBEDDING_FORWARD, "out:*D! weight:VD idx:*#", "n D", ""),
-    "embedding_backward": (OP_EMBEDDING_BACKWARD, "dweight:VD! dy:*D idx:*#", "n D", ""),
+    "embedding_forward": (OP_EMBEDDING_FORWARD, "out:*D! weight:VD idx:*#V", "n D", ""),
+    "embedding_backward": (OP_EMBEDDING_BACKWARD, "dweight:VD! dy:*D idx:*#V", "n D", ""),
     "linear_forward": (OP_LINEAR_FORWARD, "out:BO! x:BC weight:OC bias:O?", "B C O", "act:i"),
     "linear_backward": (OP_LINEAR_BACKWARD,
                         "dx:BC!? dweight:OC!? dbias:O!? work:BO!~ dy:BO x:BC weight:OC y:BO~",
@@ -395,8 +398,8 @@ KERNELS = {
     "softmax_backward": (OP_SOFTMAX_BACKWARD, "dx:*! dy:* y:*", "R K", ""),
     "dropout_apply": (OP_DROPOUT_APPLY, "out:*! x:*", "n", "p:d seed:u offset:u"),
     "cross_entropy_forward": (OP_CROSS_ENTROPY_FORWARD,
-                              "probs:NK! row_loss:N%! logits:NK target:N#", "N K", ""),
-    "cross_entropy_backward": (OP_CROSS_ENTROPY_BACKWARD, "dlogits:NK! probs:NK target:N#",
+                              "probs:NK! row_loss:N%! logits:NK target:N#K", "N K", ""),
+    "cross_entropy_backward": (OP_CROSS_ENTROPY_BACKWARD, "dlogits:NK! probs:NK target:N#K",
                                "N K", "scale:d"),
     "squared_error_sum": (OP_SQUARED_ERROR_SUM, "pred:* target:*", "n", ""),
     "squared_error_backward": (OP_SQUARED_ERROR_BACKWARD, "dpred:*! pred:* target:*", "n",
@@ -450,20 +453,24 @@ cdef class Spec:
     cdef readonly tuple array_names, shapes, sizes, scalar_names, scalar_types
     cdef int flags[MAX_ARRAYS]
     cdef int types[MAX_ARRAYS]
+    cdef readonly tuple bounds  # per array: the letter bounding its int64 values, or None
     cdef readonly int act_index  # the position of act among the arguments, or -1
 
     def __init__(self, str name, int kind, str arrays, str sizes, str scalars):
         self.name, self.kind = name, kind
-        names, shapes = [], []
+        names, shapes, bounds = [], [], []
         for j, item in enumerate(arrays.split()):
             array_name, shape = item.split(":")
+            shape, _, bound = shape.partition("#")
+            bounds.append(bound or None)
+            shape += "#" if bound else ""
             self.flags[j] = ((WRITTEN if "!" in shape else 0) | (OPTIONAL if "?" in shape else 0)
                              | (OPTIONAL_WITHOUT_ACT if "~" in shape else 0))
             self.types[j] = INT64 if "#" in shape else FLOAT64 if "%" in shape else CALL_FLOAT
             names.append(array_name)
             shapes.append(shape.rstrip("!?~#%"))
         self.n_arrays = len(names)
-        self.array_names, self.shapes = tuple(names), tuple(shapes)
+        self.array_names, self.shapes, self.bounds = tuple(names), tuple(shapes), tuple(bounds)
         self.sizes = tuple(sizes.split())
         pairs = [item.split(":") for item in scalars.split()]
         self.scalar_names = tuple(p[0] for p in pairs)
@@ -508,6 +515,7 @@ cdef class Kernel:
     cdef Op op
     cdef readonly Spec spec
     cdef readonly tuple args
+    cdef int64_t bound[MAX_ARRAYS]  # the bound of each int64 array's values, or -1
 
     def __init__(self, str name, tuple args):
         spec = SPECS.get(name)
@@ -575,6 +583,14 @@ cdef class Kernel:
         if float_type < 0:
             raise TypeError(f"{name}: expected at least one float32 or float64 array")
         self.op.f32 = float_type == cnp.NPY_FLOAT32
+        for j in range(s.n_arrays):
+            letter = s.bounds[j]
+            self.bound[j] = dims[letter] if letter is not None and args[j] is not None else -1
+            if self.bound[j] >= 0 and not in_range(<cnp.ndarray>args[j], self.bound[j]):
+                values = np.asarray(args[j]).reshape(-1)
+                bad = values[(values < 0) | (values >= self.bound[j])][0]
+                raise IndexError(f"{name}: {s.array_names[j]}: {bad} is out of range "
+                                 f"[0, {self.bound[j]})")
         hit = written_overlap(args[:s.n_arrays], s.n_arrays, s.flags)
         if hit is not None:
             raise ValueError(f"{name}: {s.array_names[hit[0]]}: must not share memory with "
@@ -642,6 +658,9 @@ cdef class Kernel:
                     or not same_shape(a, old)):
                 return False
             changed = True
+        for j in range(s.n_arrays):
+            if self.bound[j] >= 0 and not in_range(<cnp.ndarray>args[j], self.bound[j]):
+                return False
         if changed:
             if written_overlap(args[:s.n_arrays], s.n_arrays, s.flags) is not None:
                 return False
@@ -893,12 +912,8 @@ cdef class Plan:
         return loss
 
 
-def index_in_range(cnp.ndarray a not None, int64_t bound):
-    """True if `a` is a C-contiguous native int64 array whose every value lies in
-    [0, bound); False for any other array."""
-    if not (cnp.PyArray_TYPE(a) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(a)
-            and is_native_layout(a)):
-        return False
+cdef bint in_range(cnp.ndarray a, int64_t bound):
+    """Whether every value of the int64 array `a` lies in [0, bound)."""
     cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(a)
     cdef int64_t i, n = cnp.PyArray_SIZE(a)
     cdef bint ok = True
@@ -906,3 +921,10 @@ def index_in_range(cnp.ndarray a not None, int64_t bound):
         for i in range(n):
             ok &= (p[i] >= 0) & (p[i] < bound)
     return ok
+
+
+def index_in_range(cnp.ndarray a not None, int64_t bound):
+    """True if `a` is a C-contiguous native int64 array whose every value lies in
+    [0, bound); False for any other array."""
+    return (cnp.PyArray_TYPE(a) == cnp.NPY_INT64 and native_c_array(a)
+            and in_range(a, bound))

@@ -843,9 +843,8 @@ class Embedding(Module):
 
     def forward(self, idx):
         """idx: integers in [0, num_embeddings) of any shape -> idx.shape + (embedding_dim,)."""
-        if (self._forward is not None and type(idx) is np.ndarray
-                and _native.index_in_range(idx, self.num_embeddings)
-                and self._forward.update((self._out, self.weight.data, idx))):
+        # (update checks the indices' range too, on every call)
+        if self._forward is not None and self._forward.update((self._out, self.weight.data, idx)):
             self._idx = idx
         else:
             idx = F.check.index_array("idx", idx, self.num_embeddings)

@@ -17,10 +17,9 @@ class CrossEntropyLoss:
 
     def forward(self, logits, target):
         """logits (N, K) float32/float64, target (N,) integers in [0, K) -> the mean loss."""
-        probs = self._probs
-        if not (self._forward is not None and type(target) is np.ndarray
-                and _native.index_in_range(target, probs.shape[1])
-                and self._forward.update((probs, self._row_loss, logits, target))):
+        # (update checks the targets' range too, on every call)
+        if not (self._forward is not None
+                and self._forward.update((self._probs, self._row_loss, logits, target))):
             self._forward = self._forward_kernel(logits, target)
             target = self._forward.args[3]
         self._target = target

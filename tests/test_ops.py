@@ -165,3 +165,24 @@ def test_backends_switched_mid_run_train_like_either_backend():
     np.testing.assert_allclose(mixed[0], reference[0], rtol=1e-12)
     for a, b in zip(mixed[1] + [mixed[2]], reference[1] + [reference[2]]):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_index_arrays_are_checked_on_every_call():
+    """A batch buffer refilled in place keeps its identity: the range is checked anyway."""
+    out, weight = np.zeros((4, 2)), np.ones((3, 2))
+    idx = np.array([0, 1, 2, 1])
+    kernel = _native.Kernel("embedding_forward", (out, weight, idx))
+    with pytest.raises(IndexError, match="idx: 3 is out of range"):
+        _native.Kernel("embedding_forward", (out, weight, np.array([0, 3, 1, 1])))
+    idx[1] = 3
+    assert not kernel.update((out, weight, idx))
+    idx[1] = -1
+    assert not kernel.update((out, weight, idx))
+    idx[1] = 2
+    assert kernel.update((out, weight, idx))
+    layer = fastnn.Embedding(3, 2, dtype=np.float64)
+    batch = np.array([[0, 1], [2, 1]])
+    layer(batch)
+    batch[0, 0] = 5
+    with pytest.raises(IndexError, match="idx: index 5 is out of range"):
+        layer(batch)
