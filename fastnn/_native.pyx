@@ -912,6 +912,27 @@ cdef class Plan:
         return loss
 
 
+def attributes_are(list objects, list names, list values, bint equal):
+    """Whether getattr(objects[i], names[i]) is values[i] for every i (equal: or == it)."""
+    cdef Py_ssize_t i
+    for i in range(len(objects)):
+        value = getattr(objects[i], names[i])
+        if value is not values[i] and not (equal and value == values[i]):
+            return False
+    return True
+
+
+def items_are(list a, list b):
+    """Whether a[i] is b[i] for every i, the lists of one length."""
+    cdef Py_ssize_t i
+    if len(a) != len(b):
+        return False
+    for i in range(len(a)):
+        if a[i] is not b[i]:
+            return False
+    return True
+
+
 cdef bint in_range(cnp.ndarray a, int64_t bound):
     """Whether every value of the int64 array `a` lies in [0, bound)."""
     cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(a)

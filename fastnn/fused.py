@@ -26,7 +26,6 @@ on the native backend. Anything else (Dropout, a subclass, another loss, the ref
 backend) always takes the layer path.
 """
 import collections
-from operator import eq, is_
 
 import numpy as np
 
@@ -142,20 +141,18 @@ class FusedStep:
         """Whether the plan still applies to this x and target: the same shapes and dtypes
         (byte order included), contiguous, in range and not overlapping the model's buffers
         (otherwise the layer path converts or rejects them), and every dependency unchanged.
-        Each test is one C-level pass (map over getattr)."""
+        Each test is one loop in C."""
         c, model = self._checks, self.model
         if not (type(x) is np.ndarray and x.shape == c.shape and x.dtype == c.dtype
                 and x.flags.c_contiguous and type(target) is np.ndarray
                 and target.shape == c.target_shape and target.dtype == np.int64
                 and target.flags.c_contiguous):
             return False
-        same, equal = c.same, c.equal
-        if not (len(model.layers) == len(c.layers)
-                and all(map(is_, map(getattr, *same[:2]), same[2]))
-                and all(map(eq, map(getattr, *equal[:2]), equal[2]))
-                and all(map(is_, model.layers, c.layers))
-                and all(map(is_, model.outputs, c.outputs))
-                and all(map(is_, model.grads, c.grads))
+        if not (_native.attributes_are(*c.same, False)
+                and _native.attributes_are(*c.equal, True)
+                and _native.items_are(model.layers, c.layers)
+                and _native.items_are(model.outputs, c.outputs)
+                and _native.items_are(model.grads, c.grads)
                 and not any(map(_overridden_in, c.dicts))
                 and _native.first_overlap((x, *c.written), 1) is None):
             return False
