@@ -36,7 +36,8 @@ within Adam's bound on an update; see ADAM_TINY_GRAD), so `pytest bench/
 
 Recorded with each benchmark: `flops`, the step's matrix-product operations (matmul_flops;
 bench/report.py divides by the step time and by the run's best raw sgemm rate); for native,
-the peak memory growth of a steady step (asserted below 4 KB: no array is created) and the
+and layers, the peak memory growth of a steady step (asserted below 4 KB: no array is
+created; what remains is argument tuples) and, for native, the
 bytes held by model, optimizer and loss against the minimum (fastnn.diagnostics.
 memory_footprint).
 """
@@ -296,8 +297,8 @@ def numpy_peak_growth(step, n=5):
 
 
 def record_memory(benchmark, step):
-    """Native only: the step allocates no array after the first (asserted), and the bytes its
-    model, optimizer and loss hold against the minimum (recorded)."""
+    """fastnn's replayed and plain steps: no array allocated after the first (asserted), and
+    the bytes the model, optimizer and loss hold against the minimum (recorded)."""
     growth = numpy_peak_growth(step)
     assert growth < 4096, f"a steady step's peak memory grew by {growth} bytes"
     mem = memory_footprint(step.model, step.optimizer, step.loss_fn,
@@ -326,7 +327,7 @@ def test_step(benchmark, measure, workload, threads, impl):
                                 flops=matmul_flops(build_model(workload), WORKLOADS[workload]))
     with contextlib.ExitStack() as stack:
         setting(impl, threads, stack, step)
-        if impl == "native":
+        if impl in ("native", "layers"):
             record_memory(benchmark, step)
         measure(step)
     if impl == "native":

@@ -474,7 +474,7 @@ class BatchNorm1d(Module):
         if self.training and self.sync is not None:
             return self._synchronised_forward(x)
         self._sync_count = None
-        weight, bias = self._affine_fields("data")
+        weight, bias = (self.weight.data, self.bias.data) if self.affine else (None, None)
         act = _FUSED.get(self.activation)
         if self.training:
             kernel = self._train_forward
@@ -523,8 +523,8 @@ class BatchNorm1d(Module):
         """dy: (B, num_features) -> dx; accumulates weight.grad and bias.grad."""
         if self._sync_count is not None:
             return self._synchronised_backward(dy)
-        weight, _ = self._affine_fields("data")
-        dweight, dbias = self._affine_fields("grad")
+        weight, dweight, dbias = ((self.weight.data, self.weight.grad, self.bias.grad)
+                                  if self.affine else (None, None, None))
         args = (self._dx, dweight, dbias, dy, self._x,
                 None if self.activation == "none" else self._y, self._save_mean,
                 self._save_invstd, weight, _FUSED.get(self.activation), self._trained_forward)
@@ -607,12 +607,6 @@ class BatchNorm1d(Module):
         self._dx -= shift + (self._x - self._save_mean) * slope
         self._backward = None
         return self._dx
-
-    def _affine_fields(self, field):
-        """(weight, bias) .data or .grad unchecked, or (None, None) without affine."""
-        if not self.affine:
-            return None, None
-        return getattr(self.weight, field), getattr(self.bias, field)
 
     def _affine(self, field):
         """(weight, bias) .data or .grad arrays, checked, or (None, None) without affine."""
@@ -881,26 +875,31 @@ class Embedding(Module):
 
 class Flatten(Module):
     """(B, d1, d2, ...) -> (B, d1 * d2 * ...); backward restores the shape. No copy when the
-    input is contiguous."""
+    input is contiguous; the same input array again gives the same view again."""
 
     def __init__(self):
         self._shape = None
+        self._x = self._y = self._dy = self._dx = None  # the last input, its view, gradients
 
     def forward(self, x):
-        x = np.asarray(x)
-        if x.ndim < 1:
-            raise ValueError(f"x: expected at least a 1-d array, got shape {x.shape}")
-        self._shape = x.shape
-        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+        if x is not self._x or x.shape != self._shape:
+            x = np.asarray(x)
+            if x.ndim < 1:
+                raise ValueError(f"x: expected at least a 1-d array, got shape {x.shape}")
+            self._x, self._shape = x, x.shape
+            self._y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+        return self._y
 
     def backward(self, dy):
-        if self._shape is None:
-            raise ValueError("Flatten.backward: called before forward")
-        dy = np.asarray(dy)
-        expected = (self._shape[0], math.prod(self._shape[1:]))
-        if dy.shape != expected:
-            raise ValueError(f"dy: expected shape {expected}, got {dy.shape}")
-        return dy.reshape(self._shape)
+        if dy is not self._dy or self._dx.shape != self._shape:
+            if self._shape is None:
+                raise ValueError("Flatten.backward: called before forward")
+            dy = np.asarray(dy)
+            expected = (self._shape[0], math.prod(self._shape[1:]))
+            if dy.shape != expected:
+                raise ValueError(f"dy: expected shape {expected}, got {dy.shape}")
+            self._dy, self._dx = dy, dy.reshape(self._shape)
+        return self._dx
 
     def __repr__(self):
         return "Flatten()"
