@@ -82,16 +82,18 @@ static void SFX(segment_stats)(double *mean, double *m2, const REAL *x, int64_t 
     for (int64_t j = 0; j < n; j++) mean[j] += shift[j];
 }
 
-/* out[:, c0:c0+n] <- act(x * scale + shift), row by row */
+/* out[:, c0:c0+n] <- act((x - mean) * scale + shift), row by row. Centred first: with
+ * x * scale + (shift - mean * scale) a channel far from zero would cancel in float32 (a
+ * constant channel of 1e4 came out 0.22 off beta). */
 FASTNN_HOT
-static void SFX(normalize_segment)(REAL *out, const REAL *x, const REAL *scale,
-                                   const REAL *shift, int act, int64_t B, int64_t C,
-                                   int64_t c0, int64_t n)
+static void SFX(normalize_segment)(REAL *out, const REAL *x, const REAL *mean,
+                                   const REAL *scale, const REAL *shift, int act, int64_t B,
+                                   int64_t C, int64_t c0, int64_t n)
 {
     for (int64_t i = 0; i < B; i++) {
         const REAL *restrict xr = x + i * C + c0;
         REAL *restrict yr = out + i * C + c0;
-        for (int64_t j = 0; j < n; j++) yr[j] = xr[j] * scale[j] + shift[j];
+        for (int64_t j = 0; j < n; j++) yr[j] = (xr[j] - mean[j]) * scale[j] + shift[j];
         SFX(act_inplace)(yr, act, n);
     }
 }
@@ -133,18 +135,23 @@ static void SFX(segment_grad_sums)(double *sum_dz, double *sum_dz_xc, const REAL
     }
 }
 
-/* dx[:, c0:c0+n] <- a * dz + b * (x - mean) + d */
+/* dx[:, c0:c0+n] <- a * dz + b * (x - mean) + d in training; a * dz in evaluation, where x
+ * is not read (so a NaN in x stays out of dx, as in PyTorch) */
 FASTNN_HOT
 static void SFX(segment_dx)(REAL *dx, const REAL *dout, const REAL *out, const REAL *x,
                             const REAL *mu, const REAL *a, const REAL *b, const REAL *d,
-                            int act, int64_t B, int64_t C, int64_t c0, int64_t n)
+                            int act, int train, int64_t B, int64_t C, int64_t c0, int64_t n)
 {
     REAL buf[BN_SEG];
     for (int64_t i = 0; i < B; i++) {
         const REAL *restrict xr = x + i * C + c0;
         const REAL *restrict dz = SFX(dz_row)(buf, dout, out, act, i, C, c0, n);
         REAL *restrict dxr = dx + i * C + c0;
-        for (int64_t j = 0; j < n; j++) dxr[j] = a[j] * dz[j] + b[j] * (xr[j] - mu[j]) + d[j];
+        if (train)
+            for (int64_t j = 0; j < n; j++)
+                dxr[j] = a[j] * dz[j] + b[j] * (xr[j] - mu[j]) + d[j];
+        else
+            for (int64_t j = 0; j < n; j++) dxr[j] = a[j] * dz[j];
     }
 }
 
@@ -160,7 +167,7 @@ static void SFX(batchnorm_forward_channels)(REAL *out, REAL *save_mean, REAL *sa
     for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
         int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
         double mean[BN_SEG], var[BN_SEG];
-        REAL scale[BN_SEG], shift[BN_SEG];
+        REAL center[BN_SEG], scale[BN_SEG], shift[BN_SEG];
         if (train) {
             SFX(segment_stats)(mean, var, x, B, C, s0, n);
             for (int64_t j = 0; j < n; j++) var[j] /= (double)B; /* biased; B > 1 */
@@ -172,10 +179,12 @@ static void SFX(batchnorm_forward_channels)(REAL *out, REAL *save_mean, REAL *sa
         }
         for (int64_t j = 0; j < n; j++) {
             int64_t c = s0 + j;
-            double invstd = 1 / sqrt((var[j] < 0 ? 0 : var[j]) + eps); /* NaN stays NaN */
-            double g = gamma ? gamma[c] : 1, b = beta ? beta[c] : 0;
+            /* a negative running variance gives NaN, as in PyTorch; NaN stays NaN */
+            double invstd = 1 / sqrt(var[j] + eps);
+            double g = gamma ? gamma[c] : 1;
+            center[j] = (REAL)mean[j];
             scale[j] = (REAL)(g * invstd);
-            shift[j] = (REAL)(b - mean[j] * g * invstd);
+            shift[j] = beta ? beta[c] : 0;
             save_mean[c] = (REAL)mean[j];
             save_invstd[c] = (REAL)invstd;
             if (train && running_mean) {
@@ -185,7 +194,7 @@ static void SFX(batchnorm_forward_channels)(REAL *out, REAL *save_mean, REAL *sa
                 running_var[c] = (REAL)((1 - momentum) * running_var[c] + momentum * unbiased);
             }
         }
-        SFX(normalize_segment)(out, x, scale, shift, act, B, C, s0, n);
+        SFX(normalize_segment)(out, x, center, scale, shift, act, B, C, s0, n);
     }
 }
 
@@ -246,7 +255,7 @@ static void SFX(batchnorm_backward_channels)(REAL *dx, REAL *dgamma, REAL *dbeta
             d[j] = train && B > 0 ? (REAL)(-k * sum_dz[j] / (double)B) : 0;
         }
         if (dx)
-            SFX(segment_dx)(dx, dout, out, x, mean + s0, a, b, d, act, B, C, s0, n);
+            SFX(segment_dx)(dx, dout, out, x, mean + s0, a, b, d, act, train, B, C, s0, n);
     }
 }
 

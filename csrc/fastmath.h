@@ -1,6 +1,6 @@
 /* exp and tanh for float32 written as plain arithmetic, so that loops calling them
  * vectorise (glibc's expf/tanhf are scalar calls). exp: Cephes' polynomial, as in
- * sse_mathfun, about 1-2 ulp; tanh: a rational function, at most 6 ulp. NaN passes through.
+ * sse_mathfun, about 1-2 ulp, subnormal results included; tanh: a rational function, at most 6 ulp. NaN passes through.
  * The float64 kernels keep libm. Internal header. */
 #ifndef FASTNN_FASTMATH_H
 #define FASTNN_FASTMATH_H
@@ -11,7 +11,8 @@
 
 static inline __attribute__((always_inline)) float fastnn_expf(float x)
 {
-    const float hi = 88.3762626647949f, lo = -88.3762626647949f;
+    /* above hi exp overflows; below lo it is under half the least subnormal, 2^-150 */
+    const float hi = 88.3762626647949f, lo = -103.972077083991796f;
     float v = x > hi ? hi : (x < lo ? lo : x);
     /* exp(v) = 2^n * exp(r), n = round(v / ln 2) by adding 1.5 * 2^23 (float operations
      * only: a float-to-int conversion after the clamps stops GCC 12 vectorising for AVX2),
@@ -30,10 +31,15 @@ static inline __attribute__((always_inline)) float fastnn_expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    uint32_t bits = (n + 127u) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float result = p * scale;
+    /* 2^n as two normal powers of two, 2^n1 * 2^n2 (n >= -150, so n1, n2 >= -75): both
+     * products are exact while the result is normal, and the second rounds once into a
+     * subnormal below 2^-126, where one 2^n would not exist */
+    int32_t ni = (int32_t)n, n1 = ni / 2, n2 = ni - n1;
+    uint32_t bits1 = ((uint32_t)n1 + 127u) << 23, bits2 = ((uint32_t)n2 + 127u) << 23;
+    float scale1, scale2;
+    memcpy(&scale1, &bits1, sizeof scale1);
+    memcpy(&scale2, &bits2, sizeof scale2);
+    float result = p * scale1 * scale2;
     result = x > hi ? (float)INFINITY : (x < lo ? 0.0f : result); /* overflow, underflow */
     return x != x ? x : result;
 }

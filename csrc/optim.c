@@ -154,7 +154,8 @@ static inline __attribute__((always_inline)) void SFX(adam_body)(
         m[i] = mi;
         v[i] = vi;
         if (amsgrad) {
-            vi = vmax[i] > vi ? vmax[i] : vi;
+            /* torch.maximum: a NaN on either side is the result */
+            vi = vmax[i] > vi || vmax[i] != vmax[i] ? vmax[i] : vi;
             vmax[i] = vi;
         }
         p[i] = pi - step_size * mi / (SQRT(vi) / bc2_sqrt + eps);
@@ -218,7 +219,11 @@ void SFX(scale_inplace)(REAL *x, double s, int64_t n)
 void SFX(clamp_inplace)(REAL *x, double lo, double hi, int64_t n)
 {
     REAL l = (REAL)lo, h = (REAL)hi;
-    FASTNN_FOR_CHUNKS(n, for (int64_t i = i0; i < i1; i++) x[i] = x[i] < l ? l : (x[i] > h ? h : x[i]););
+    /* max then min, as numpy.clip and torch.clamp: hi wins when lo > hi; NaN stays */
+    FASTNN_FOR_CHUNKS(n, for (int64_t i = i0; i < i1; i++) {
+        REAL c = x[i] < l ? l : x[i];
+        x[i] = c > h ? h : c;
+    });
 }
 
 #endif

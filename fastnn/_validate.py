@@ -1,5 +1,8 @@
 """Argument checks shared by the functional API: each error names the argument, the expected
 and the actual value."""
+import math
+import numbers
+
 import numpy as np
 
 from . import _native
@@ -57,6 +60,18 @@ def disjoint(names, arrays, n_outputs):
     hit = _native.first_overlap(arrays, n_outputs)
     if hit is not None:
         raise ValueError(f"{names[hit[0]]}: must not share memory with {names[hit[1]]}")
+
+
+def number(name, value, low=0.0, high=None, high_open=False):
+    """A real number (not NaN, not a bool) in [low, high] ([low, high) with high_open; no
+    upper bound without high)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if value < low or (high is not None and (value >= high if high_open else value > high)):
+        bound = f"[{low}, {high})" if high_open else f">= {low}" if high is None \
+            else f"[{low}, {high}]"
+        raise ValueError(f"{name}: expected a value in {bound}, got {value!r}")
+    return value
 
 
 def choice(name, value, choices):

@@ -386,14 +386,16 @@ def mse_backward(pred, target, scale=None, dpred=None):
 
 
 
-def _flat(names, arrays, writeable):
+def _flat(names, arrays, writeable, optional=()):
     """Check flat optimizer buffers: 1-d, one float dtype and size, C-contiguous; the first
-    `writeable` of them (those updated in place) writeable and not overlapping any other."""
+    `writeable` of them (those updated in place) writeable and not overlapping any other;
+    None only for the names in `optional`."""
     first = arrays[0]
     if not isinstance(first, np.ndarray) or first.dtype not in check.FLOAT_DTYPES:
-        raise TypeError(f"{names[0]}: expected a float32 or float64 numpy.ndarray")
+        raise TypeError(f"{names[0]}: expected a float32 or float64 numpy.ndarray, got "
+                        f"{type(first).__name__}")
     for i, (name, a) in enumerate(zip(names, arrays)):
-        if a is None:
+        if a is None and name in optional:
             continue
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
@@ -406,21 +408,35 @@ def _flat(names, arrays, writeable):
     check.disjoint(names, arrays, writeable)
 
 
+def _hyper(**values):
+    """Each non-negative number (not NaN), as the optimizer classes require."""
+    for name, value in values.items():
+        check.number(name, value)
+
+
 def sgd_step(p, buf, grad, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
              nesterov=False, first=False):
     """torch.optim.SGD's update of the flat parameter buffer p (n,) in place, from grad (n,).
 
-    buf (n,): the momentum buffer, updated in place (None without momentum); first: this is
-    the buffer's first step (it takes the gradient itself). weight_decay: coupled L2; l1:
-    adds l1 * sign(p) to the gradient.
+    buf (n,): the momentum buffer, updated in place (needed with momentum, else None);
+    first: this is the buffer's first step (it takes the gradient itself). weight_decay:
+    coupled L2; l1: adds l1 * sign(p) to the gradient.
     """
-    _flat(("p", "buf", "grad"), (p, buf, grad), 2)
-    runtime.ops.sgd_step(p, buf, grad, lr, momentum, dampening, weight_decay, l1, nesterov, first)
+    _flat(("p", "buf", "grad"), (p, buf, grad), 2, optional=("buf",))
+    _hyper(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, l1=l1)
+    if momentum != 0 and buf is None:
+        raise ValueError(f"buf: the momentum buffer is needed with momentum={momentum!r}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov: Nesterov momentum requires a momentum and zero dampening, "
+                         f"got momentum={momentum!r}, dampening={dampening!r}")
+    runtime.ops.sgd_step(p, buf, grad, lr, momentum, dampening, weight_decay, l1, nesterov,
+                         first)
 
 
 def adagrad_step(p, state_sum, grad, clr, weight_decay=0.0, l1=0.0, eps=1e-10):
     """torch.optim.Adagrad's update in place; clr = lr / (1 + (step - 1) * lr_decay)."""
     _flat(("p", "state_sum", "grad"), (p, state_sum, grad), 2)
+    _hyper(clr=clr, weight_decay=weight_decay, l1=l1, eps=eps)
     runtime.ops.adagrad_step(p, state_sum, grad, clr, weight_decay, l1, eps)
 
 
@@ -429,9 +445,14 @@ def rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha=0.99, ep
     """torch.optim.RMSprop's update in place; grad_avg for centered=True, momentum_buf for
     momentum > 0, else None."""
     _flat(("p", "square_avg", "grad_avg", "momentum_buf", "grad"),
-          (p, square_avg, grad_avg, momentum_buf, grad), 4)
+          (p, square_avg, grad_avg, momentum_buf, grad), 4,
+          optional=("grad_avg", "momentum_buf"))
+    _hyper(lr=lr, eps=eps, weight_decay=weight_decay, l1=l1, momentum=momentum)
+    check.number("alpha", alpha, 0.0, 1.0)
+    if momentum > 0 and momentum_buf is None:
+        raise ValueError(f"momentum_buf: needed with momentum={momentum!r}")
     runtime.ops.rmsprop_step(p, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps,
-                         weight_decay, l1, momentum)
+                             weight_decay, l1, momentum)
 
 
 def adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1=0.9, beta2=0.999,
@@ -439,11 +460,14 @@ def adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1=0.9, beta2
     """torch.optim.Adam's update in place (decoupled=True: AdamW's weight decay); step: the
     step number, from 1; max_exp_avg_sq for amsgrad=True, else None."""
     _flat(("p", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "grad"),
-          (p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad), 4)
+          (p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad), 4, optional=("max_exp_avg_sq",))
+    _hyper(lr=lr, eps=eps, weight_decay=weight_decay, l1=l1)
+    check.number("beta1", beta1, 0.0, 1.0, high_open=True)
+    check.number("beta2", beta2, 0.0, 1.0, high_open=True)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step: expected an integer >= 1, got {step!r}")
     runtime.ops.adam_step(p, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps,
-                      weight_decay, l1, decoupled, int(step))
+                          weight_decay, l1, decoupled, int(step))
 
 
 def sum_squares(x):

@@ -19,7 +19,6 @@ The textbook forms map onto these as follows (constant learning rate):
   lr * weight_decay); l1 adds l1 * sign(p).
 """
 import math
-import numbers
 
 import numpy as np
 
@@ -43,13 +42,7 @@ __all__ = [
 ]
 
 
-def _check(name, value, low=0.0, high=None, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if value < low or (high is not None and (value >= high if high_open else value > high)):
-        bound = f"[{low}, {high})" if high_open else f">= {low}" if high is None \
-            else f"[{low}, {high}]"
-        raise ValueError(f"{name}: expected a value in {bound}, got {value!r}")
+_check = F.check.number
 
 
 class Optimizer:
@@ -340,7 +333,8 @@ def _grad_runs(params):
 
 def clip_grad_norm_(params, max_norm, norm_type=2.0):
     """Scale the gradients in place so that their global L2 norm is at most max_norm, as
-    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6)). Returns the norm
+    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6); a NaN or inf norm
+    gives NaN or zero gradients, as there). Returns the norm
     before clipping. One pass per flat buffer, summed in a fixed order: the same for any
     thread count."""
     params = [params] if isinstance(params, Parameter) else list(params)
@@ -350,7 +344,7 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
     runs = _grad_runs(params)
     total = math.sqrt(sum(F.sum_squares(g) for g in runs))
     coef = max_norm / (total + 1e-6)
-    if coef < 1:
+    if not coef >= 1:  # and a NaN norm makes every gradient NaN, as in torch
         for g in runs:
             F.scale_inplace(g, coef)
     return total

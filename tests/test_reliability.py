@@ -1,0 +1,130 @@
+"""Bad input and edge values: a clear exception or PyTorch's answer, never a crash or a silent
+wrong result (issue 15)."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import functional as F
+
+f32 = np.float32
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda p: F.sgd_step(p, None, None, 0.1), "grad"),
+    (lambda p: F.sgd_step(p, None, np.ones(4, f32), 0.1, momentum=0.9), "buf"),
+    (lambda p: F.adagrad_step(p, None, np.ones(4, f32), 0.1), "state_sum"),
+    (lambda p: F.rmsprop_step(p, None, None, None, np.ones(4, f32), 0.1), "square_avg"),
+    (lambda p: F.rmsprop_step(p, np.ones(4, f32), None, None, np.ones(4, f32), 0.1,
+                              momentum=0.9), "momentum_buf"),
+    (lambda p: F.adam_step(p, None, None, None, np.ones(4, f32), 0.1), "exp_avg"),
+    (lambda p: F.adam_step(p, np.ones(4, f32), None, None, np.ones(4, f32), 0.1),
+     "exp_avg_sq"),
+])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_optimizer_kernels_refuse_missing_state(call, name, backend):
+    p = np.ones(4, f32)
+    with fastnn.use_backend(backend), pytest.raises((TypeError, ValueError), match=name):
+        call(p)
+    np.testing.assert_array_equal(p, 1)  # untouched
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda p, s: F.adam_step(p, s(), s(), None, s(), 0.1, beta1=1.0), "beta1"),
+    (lambda p, s: F.adam_step(p, s(), s(), None, s(), 0.1, beta2=1.5), "beta2"),
+    (lambda p, s: F.adam_step(p, s(), s(), None, s(), float("nan")), "lr"),
+    (lambda p, s: F.sgd_step(p, None, s(), float("nan")), "lr"),
+    (lambda p, s: F.sgd_step(p, None, s(), -0.1), "lr"),
+    (lambda p, s: F.sgd_step(p, s(), s(), 0.1, momentum=0.9, dampening=0.5, nesterov=True),
+     "nesterov"),
+    (lambda p, s: F.rmsprop_step(p, s(), None, None, s(), 0.1, alpha=2.0), "alpha"),
+    (lambda p, s: F.adagrad_step(p, s(), s(), 0.1, eps=float("nan")), "eps"),
+])
+def test_optimizer_kernels_refuse_what_the_optimizers_refuse(call, name):
+    p = np.ones(4, f32)
+    with pytest.raises(ValueError, match=name):
+        call(p, lambda: np.ones(4, f32))
+    np.testing.assert_array_equal(p, 1)
+
+
+def test_dropout_refuses_an_output_overlapping_its_input():
+    big = np.ones(16, f32)
+    with pytest.raises(ValueError, match="out: must not share memory with x"):
+        F.dropout_apply(big[:8], 0.0, seed=1, offset=0, out=big[1:9])
+
+
+def test_clamp_with_lo_above_hi_gives_hi_as_numpy_and_torch():
+    x = np.array([-2.0, 0.0, 2.0, np.nan], f32)
+    want = np.clip(x, 1.0, -1.0)  # [-1, -1, -1, nan]
+    F.clamp_inplace(x, 1.0, -1.0)
+    np.testing.assert_array_equal(x, want)
+
+
+def bn_train(x, weight=None, bias=None):
+    C = x.shape[1]
+    return F.batchnorm_forward(x, weight, bias, np.zeros(C, x.dtype), np.ones(C, x.dtype))[0]
+
+
+def test_batchnorm_float32_normalises_centred_data_far_from_zero():
+    x = np.full((8, 3), 1e4, f32)
+    x[:, 1] += np.arange(8, dtype=f32)  # offset data, spread 8
+    x[:, 2] = -3e4
+    beta = np.array([0.5, -0.25, 2.0], f32)
+    y = bn_train(x, np.ones(3, f32), beta)
+    np.testing.assert_array_equal(y[:, 0], beta[0])  # a constant channel: exactly beta
+    np.testing.assert_array_equal(y[:, 2], beta[2])
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-5) + beta
+    np.testing.assert_allclose(y[:, 1], want[:, 1], rtol=0, atol=1e-5)
+
+
+def test_batchnorm_inf_weight_as_torch():
+    x = np.array([[1.0, 2.0], [3.0, 2.0]], f32)  # channel 1 constant: x - mean = 0
+    y = bn_train(x, np.array([np.inf, np.inf], f32), np.zeros(2, f32))
+    # (x - mean) * invstd * inf: +-inf where x != mean, 0 * inf = NaN where x == mean
+    np.testing.assert_array_equal(y[:, 0], [-np.inf, np.inf])
+    assert np.isnan(y[:, 1]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_eval_negative_running_var_is_nan_as_torch(dtype):
+    x = np.ones((2, 3), dtype)
+    y, _, _ = F.batchnorm_forward(x, None, None, np.zeros(3, dtype),
+                                  np.array([-1.0, -np.inf, 1.0], dtype), training=False)
+    assert np.isnan(y[:, :2]).all() and np.isfinite(y[:, 2]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_eval_backward_keeps_a_nan_of_x_out_of_dx(dtype):
+    x = np.array([[np.nan, 1.0], [2.0, 3.0]], dtype)
+    rm, rv = np.zeros(2, dtype), np.ones(2, dtype)
+    y, mean, invstd = F.batchnorm_forward(x, None, None, rm, rv, training=False)
+    dx = F.batchnorm_backward(np.ones_like(x), x, y, mean, invstd, training=False)
+    np.testing.assert_allclose(dx, np.full_like(x, 1 / np.sqrt(1 + 1e-5)), rtol=1e-6)
+
+
+def test_amsgrad_keeps_a_nan_of_max_exp_avg_sq_as_torch_maximum():
+    p = np.ones(2, f32)
+    vmax = np.array([np.nan, 0.0], f32)
+    F.adam_step(p, np.zeros(2, f32), np.zeros(2, f32), vmax, np.ones(2, f32), 0.1)
+    assert np.isnan(vmax[0]) and np.isnan(p[0])
+    assert np.isfinite(p[1])
+
+
+def test_clip_grad_norm_with_a_nan_norm_makes_the_gradients_nan_as_torch():
+    layer = fastnn.Linear(2, 2)
+    layer.weight.grad[...] = [[np.nan, 1.0], [1.0, 1.0]]
+    layer.bias.grad[...] = 1.0
+    total = fastnn.optim.clip_grad_norm_(layer.parameters(), 1.0)
+    assert np.isnan(total)
+    assert np.isnan(layer.weight.grad).all() and np.isnan(layer.bias.grad).all()
+
+
+def test_float32_exp_gives_subnormals():
+    """softmax's exp below -87.3 (2^-126): subnormal, not 0, as numpy and torch."""
+    x = np.array([0.0, -88.0, -95.0, -100.0, -103.0, -104.0, -200.0], f32)
+    got = F.softmax_forward(x)
+    x64 = x.astype(np.float64)
+    want = (np.exp(x64 - x64.max()) / np.exp(x64 - x64.max()).sum()).astype(f32)
+    assert want[1:5].min() > 0 and want[1:5].max() < np.finfo(f32).tiny  # subnormal
+    # within two subnormal steps (2^-149 each) or 2 ulp of the normal ones
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=3e-45)
