@@ -30,8 +30,9 @@ def float_array(name, a, ndim, dtype=None):
         raise ValueError(f"{name}: expected a {ndim}-d array, got {a.ndim}-d with shape {a.shape}")
     if max(a.shape, default=0) > MAX_DIM:
         raise ValueError(f"{name}: each dimension must be at most {MAX_DIM}, got shape {a.shape}")
-    # np.ascontiguousarray would turn a 0-d array into shape (1,)
-    return a if a.flags.c_contiguous else np.asarray(a, order="C")
+    # a misaligned array (np.frombuffer at an odd offset) is copied: the kernels read whole
+    # elements; np.ascontiguousarray would turn a 0-d array into shape (1,)
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
 
 
 def shape(name, a, expected):
@@ -51,6 +52,9 @@ def output_array(name, a, expected_shape, dtype):
         raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides}")
     if not a.flags.writeable:
         raise ValueError(f"{name}: expected a writeable array, got a read-only one")
+    if not a.flags.aligned:
+        raise ValueError(f"{name}: expected an array aligned to its {a.dtype.itemsize}-byte "
+                         f"elements, got one at address {a.ctypes.data:#x}")
     return a
 
 
@@ -92,4 +96,5 @@ def index_array(name, a, bound, what="index"):
         flat = a.reshape(-1)
         value = flat[np.argmax((flat < 0) | (flat >= bound))]
         raise IndexError(f"{name}: {what} {value} is out of range [0, {bound})")
-    return np.asarray(a, dtype=np.int64, order="C")
+    a = np.asarray(a, dtype=np.int64, order="C")
+    return a if a.flags.aligned else a.copy()

@@ -403,8 +403,8 @@ def _flat(names, arrays, writeable, optional=()):
             check.output_array(name, a, (first.size,), first.dtype)
         else:
             check.shape(name, a, (first.size,))
-            if a.dtype != first.dtype or not a.flags.c_contiguous:
-                raise TypeError(f"{name}: expected a C-contiguous {first.dtype} array")
+            if a.dtype != first.dtype or not (a.flags.c_contiguous and a.flags.aligned):
+                raise TypeError(f"{name}: expected a C-contiguous, aligned {first.dtype} array")
     check.disjoint(names, arrays, writeable)
 
 

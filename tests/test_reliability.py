@@ -128,3 +128,41 @@ def test_float32_exp_gives_subnormals():
     assert want[1:5].min() > 0 and want[1:5].max() < np.finfo(f32).tiny  # subnormal
     # within two subnormal steps (2^-149 each) or 2 ulp of the normal ones
     np.testing.assert_allclose(got, want, rtol=3e-7, atol=3e-45)
+
+
+def test_misaligned_inputs_are_copied_and_outputs_refused():
+    x = np.frombuffer(bytearray(4 * 6 + 1), f32, 6, offset=1)  # np.frombuffer at an odd offset
+    assert not x.flags.aligned
+    np.testing.assert_array_equal(F.activation_forward(x, "relu"), 0)
+    w = np.ones((3, 3), f32)
+    out_buf = bytearray(4 * 6 + 1)
+    out = np.frombuffer(out_buf, f32, 6, offset=1).reshape(2, 3)
+    assert out.flags.writeable and not out.flags.aligned
+    with pytest.raises(ValueError, match="out: expected an array aligned"):
+        F.linear_forward(np.ones((2, 3), f32), w, out=out)
+    idx = np.frombuffer(bytearray(8 * 3 + 1), np.int64, 3, offset=1)
+    np.testing.assert_array_equal(F.embedding_forward(np.eye(3, dtype=f32), idx),
+                                  np.eye(3)[[0, 0, 0]])
+    with pytest.raises(ValueError, match="p: expected an array aligned"):
+        F.sgd_step(np.frombuffer(bytearray(17), f32, 4, offset=1), None, np.ones(4, f32), 0.1)
+
+
+def test_models_built_in_two_threads_at_once_get_the_weights_of_one_built_alone():
+    import threading
+
+    fastnn.manual_seed(5)
+    alone = fastnn.Linear(300, 300).weight.data.copy()
+    built, start = {}, threading.Barrier(2)
+
+    def build(name):
+        start.wait()
+        built[name] = [fastnn.Linear(300, 300).weight.data.copy() for _ in range(3)][0]
+
+    fastnn.manual_seed(5)
+    threads = [threading.Thread(target=build, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(built["a"], alone)
+    np.testing.assert_array_equal(built["b"], alone)
