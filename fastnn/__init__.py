@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from . import _wait_policy  # noqa: F401  (first: before anything loads libgomp)
 from . import data, datasets, functional, init, optim, reference, train
-from .checkpoint import load, save
+from .checkpoint import ModelFileError, load, save
 from .layers import (
     GELU,
     BatchNorm1d,
@@ -65,6 +65,7 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "init",
+    "ModelFileError",
     "load",
     "manual_seed",
     "optim",

@@ -1,18 +1,36 @@
 """Saving and loading models: one .npz file (allow_pickle=False) holding the state_dict and
 the architecture (the model's config() as JSON), written atomically: a temporary file in the
 same folder, flushed and fsynced, then renamed over the target, so a crash while saving
-leaves the previous file intact."""
+leaves the previous file intact (and the next save removes what such a crash left).
+
+Loading reads a file defensively: the architecture record first (at most 1 MB), then the
+parameter and buffer names, shapes and dtypes it implies are checked against the members'
+.npy headers, and every member's size against what the file can hold, before anything is
+allocated; only the expected members are read. Whatever is wrong with a file raises
+ModelFileError (a ValueError) naming the file and the problem.
+"""
 import json
+import math
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 from . import layers
 
-__all__ = ["atomic_write", "load", "load_into", "save"]
+__all__ = ["ModelFileError", "atomic_write", "load", "load_into", "save"]
 
 _ARCH = "__fastnn_architecture__"
+_ARCH_MAX_BYTES = 1 << 20
+# DEFLATE expands at most about 1032:1: a member claiming more than that over its compressed
+# size cannot be real, whatever its header says
+_DEFLATE_MAX_RATIO = 1032
+
+
+class ModelFileError(ValueError):
+    """A model file that is not one fastnn wrote, or is damaged: truncated, corrupt, for
+    another architecture, or claiming more data than it holds."""
 
 
 def _umask():
@@ -21,11 +39,46 @@ def _umask():
     return mask
 
 
+def _temp_prefix(path):
+    return f".{os.path.basename(path)}."
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporaries an earlier atomic_write of `path` left behind when its process
+    died (killed while saving): ".NAME.PID.*.tmp" whose process no longer runs."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def atomic_write(path, write):
     """Call write(file) on a temporary file next to `path`, fsync it, rename it to `path`."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_temp_prefix(path)}{os.getpid()}.",
                                suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> the usual permissions
@@ -60,19 +113,135 @@ def save(model, path):
 
 
 def _read(path):
-    with np.load(path, allow_pickle=False) as z:
-        if _ARCH not in z:
-            raise ValueError(f"{path}: not a fastnn model file (no architecture record)")
-        arch = json.loads(str(z[_ARCH]))
-        state = {k: z[k] for k in z.files if k != _ARCH}
+    """(architecture, state) of the model file at `path`, read defensively (module docstring)."""
+    path = os.fspath(path)
+    remove_stale_temporaries(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return _read_zip(z, os.path.getsize(path))
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, ValueError,
+            TypeError, OverflowError, RecursionError, MemoryError, NotImplementedError,
+            OSError) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise ModelFileError(f"{path}: not a readable fastnn model file "
+                             f"({type(e).__name__}: {e})") from None
+
+
+def _read_zip(z, file_size):
+    members = {info.filename: info for info in z.infolist()}
+    arch_info = members.get(_ARCH + ".npy")
+    if arch_info is None:
+        raise ModelFileError("not a fastnn model file (no architecture record)")
+    if arch_info.file_size > _ARCH_MAX_BYTES:
+        raise ModelFileError(f"the architecture record claims {arch_info.file_size} bytes, "
+                             f"more than {_ARCH_MAX_BYTES}")
+    _plausible(arch_info, file_size)
+    with z.open(arch_info) as f:
+        arch = json.loads(str(np.lib.format.read_array(f, allow_pickle=False)))
+    if not isinstance(arch, dict):
+        raise ModelFileError(f"the architecture record is not a model: {str(arch)[:80]}")
+    expected = _expected_state(arch)
+    names = {n[:-len(".npy")] for n in members if n.endswith(".npy")} - {_ARCH}
+    if names != set(expected) or len(members) != len(expected) + 1:
+        extra = sorted(set(members) - {k + ".npy" for k in expected} - {_ARCH + ".npy"})
+        raise ModelFileError(f"its arrays do not match its architecture: missing "
+                             f"{sorted(set(expected) - names)}, unexpected {extra}")
+    total = 0
+    for name, (shape, dtype) in expected.items():
+        info = members[name + ".npy"]
+        _plausible(info, file_size)
+        with z.open(info) as f:
+            reader = _HEADER_READERS.get(np.lib.format.read_magic(f))
+            if reader is None:
+                raise ModelFileError(f"{name}: not a .npy array of format 1.0 or 2.0")
+            got_shape, fortran, got_dtype = reader(f)
+            header = f.tell()
+        if tuple(got_shape) != shape or got_dtype != dtype or fortran:
+            raise ModelFileError(f"{name}: expected a {dtype} array of shape {shape} as its "
+                                 f"architecture says, the file has {got_dtype} {got_shape}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != header + nbytes:
+            raise ModelFileError(f"{name}: the member holds {info.file_size - header} bytes of "
+                                 f"data, its header says {nbytes}")
+        total += nbytes
+    if total > _DEFLATE_MAX_RATIO * file_size:
+        raise ModelFileError(f"it claims {total} bytes of arrays in {file_size} bytes")
+    state = {}
+    for name in expected:
+        with z.open(members[name + ".npy"]) as f:
+            state[name] = np.lib.format.read_array(f, allow_pickle=False)
     return arch, state
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _plausible(info, file_size):
+    """A member's sizes as its zip records give them are possible in a file of file_size."""
+    if info.compress_size > file_size:
+        raise ModelFileError(f"{info.filename}: {info.compress_size} compressed bytes in a "
+                             f"file of {file_size}")
+    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED
+                                  else _DEFLATE_MAX_RATIO)
+    if info.file_size > limit:
+        raise ModelFileError(f"{info.filename}: claims {info.file_size} bytes from "
+                             f"{info.compress_size} compressed")
+
+
+def _expected_state(spec, prefix="", depth=0):
+    """{name: (shape, dtype)} of the state_dict of the model the architecture `spec`
+    describes, from the specification alone (nothing is built or allocated)."""
+    if not isinstance(spec, dict) or depth > 100:
+        raise ModelFileError(f"layer {prefix or 'model'}: not a layer specification")
+    kind = spec.get("type")
+    if kind == "Sequential":
+        state = {}
+        layer_specs = spec.get("layers")
+        if not isinstance(layer_specs, list):
+            raise ModelFileError("Sequential: no list of layers")
+        for i, layer in enumerate(layer_specs):
+            state.update(_expected_state(layer, f"{prefix}{i}.", depth + 1))
+        return state
+
+    def size(key):
+        v = spec.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2**40:
+            raise ModelFileError(f"layer {prefix[:-1]} ({kind}): {key} is {v!r}")
+        return v
+
+    dtype = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}.get(
+        spec.get("dtype", "float32"))
+    if dtype is None:
+        raise ModelFileError(f"layer {prefix[:-1]} ({kind}): dtype is {spec.get('dtype')!r}")
+    if kind == "Linear":
+        shapes = {"weight": (size("out_features"), size("in_features"))}
+        if spec.get("bias", True):
+            shapes["bias"] = (size("out_features"),)
+    elif kind == "BatchNorm1d":
+        C = (size("num_features"),)
+        shapes = {"weight": C, "bias": C} if spec.get("affine", True) else {}
+        shapes.update(running_mean=C, running_var=C)
+    elif kind == "Embedding":
+        shapes = {"weight": (size("num_embeddings"), size("embedding_dim"))}
+    elif kind == "Dropout":
+        return {f"{prefix}seed": ((), np.dtype(np.uint64)),
+                f"{prefix}counter": ((), np.dtype(np.uint64))}
+    elif kind in ("Flatten", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "GELU", "Softmax"):
+        return {}
+    else:
+        raise ModelFileError(f"unknown layer type {kind!r}")
+    return {f"{prefix}{k}": (v, dtype) for k, v in shapes.items()}
 
 
 def _build(spec):
     kind = spec.get("type")
     cls = getattr(layers, kind, None)
     if not (isinstance(cls, type) and issubclass(cls, layers.Module)):
-        raise ValueError(f"model file: unknown layer type {kind!r}")
+        raise ModelFileError(f"unknown layer type {kind!r}")
     args = {k: v for k, v in spec.items() if k != "type"}
     if cls is layers.Sequential:
         return layers.Sequential(*[_build(s) for s in args["layers"]])
@@ -80,9 +249,13 @@ def _build(spec):
 
 
 def load(path):
-    """Rebuild the model saved at `path` and load its parameters and buffers."""
+    """Rebuild the model saved at `path` and load its parameters and buffers. A file that is
+    not a fastnn model, or damaged, raises ModelFileError."""
     arch, state = _read(path)
-    model = _build(arch)
+    try:
+        model = _build(arch)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelFileError(f"{os.fspath(path)}: its architecture does not build: {e}") from None
     model.load_state_dict(state)
     return model
 
@@ -93,7 +266,7 @@ def load_into(model, path):
     arch, state = _read(path)
     mine = _architecture(model)
     if arch != mine:
-        raise ValueError(f"{path}: saved for a different architecture:\n  file:  {arch}\n"
+        raise ModelFileError(f"{path}: saved for a different architecture:\n  file:  {arch}\n"
                          f"  model: {mine}")
     model.load_state_dict(state)
     return model

@@ -1,5 +1,7 @@
 """Bad input and edge values: a clear exception or PyTorch's answer, never a crash or a silent
 wrong result (issue 15)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,156 @@ def test_models_built_in_two_threads_at_once_get_the_weights_of_one_built_alone(
         t.join()
     np.testing.assert_array_equal(built["a"], alone)
     np.testing.assert_array_equal(built["b"], alone)
+
+
+# ---- model files ----
+
+def write_npz(path, members, compress=False):
+    """A .npz by hand: members {name: array or bytes}."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        for name, value in members.items():
+            if isinstance(value, bytes):
+                z.writestr(name, value)
+            else:
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+                z.writestr(name + ".npy", buf.getvalue())
+
+
+def architecture(spec):
+    import json
+
+    return np.array(json.dumps(spec))
+
+
+def peak_bytes(call):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("spec, arrays", [
+    ({"type": "Linear", "in_features": 30000, "out_features": 30000, "bias": True,
+      "dtype": "float32", "activation": None, "init": None}, {}),
+    ({"type": "Linear", "in_features": 30000, "out_features": 30000, "bias": False,
+      "dtype": "float32", "activation": None, "init": None},
+     {"weight": np.zeros((2, 2), f32)}),
+    ({"type": "Embedding", "num_embeddings": 100000, "embedding_dim": 10000,
+      "dtype": "float32"}, {}),
+])
+def test_a_small_file_claiming_a_huge_model_fails_before_allocating(tmp_path, spec, arrays):
+    path = tmp_path / "huge.npz"
+    write_npz(path, {"__fastnn_architecture__": architecture(spec), **arrays})
+    assert path.stat().st_size < 2000
+
+    def load():
+        with pytest.raises(fastnn.ModelFileError, match="huge.npz"):
+            fastnn.load(path)
+
+    assert peak_bytes(load) < 1 << 20
+
+
+def test_a_header_claiming_more_than_the_file_holds_fails_before_allocating(tmp_path):
+    import zipfile
+
+    spec = {"type": "Linear", "in_features": 30000, "out_features": 30000, "bias": False,
+            "dtype": "float32", "activation": None, "init": None}
+    path = tmp_path / "lying.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), f32))
+    header["shape"] = (30000, 30000)
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    write_npz(path, {"__fastnn_architecture__": architecture(spec)})
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("weight.npy", buf.getvalue() + b"\0" * 64)  # data cut short
+
+    def load():
+        with pytest.raises(fastnn.ModelFileError, match="weight: the member holds 64 bytes"):
+            fastnn.load(path)
+
+    assert peak_bytes(load) < 1 << 20
+
+
+def test_an_extra_compressed_member_is_never_inflated(tmp_path):
+    import zipfile
+
+    model = fastnn.Sequential(fastnn.Linear(4, 3))
+    path = tmp_path / "bomb.npz"
+    fastnn.save(model, path)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as z:
+        with z.open("extra.npy", "w", force_zip64=True) as f:
+            zeros = bytes(1 << 20)
+            for _ in range(256):  # 256 MB that deflate to about 256 KB
+                f.write(zeros)
+    assert path.stat().st_size < 2 << 20
+
+    def load():
+        with pytest.raises(fastnn.ModelFileError, match="unexpected.*extra.npy"):
+            fastnn.load(path)
+
+    assert peak_bytes(load) < 1 << 20
+
+
+def test_every_malformed_file_raises_one_error_naming_the_file(tmp_path):
+    good = tmp_path / "good.npz"
+    fastnn.save(fastnn.Sequential(fastnn.Linear(3, 2), fastnn.Dropout(0.1)), good)
+    data = good.read_bytes()
+    cases = {
+        "empty": b"",
+        "text": b"not a zip file at all",
+        "truncated": data[:len(data) // 2],
+        "tail": data[len(data) // 2:],
+        "flipped": data[:200] + bytes(b ^ 0xFF for b in data[200:260]) + data[260:],
+    }
+    for name, content in cases.items():
+        (tmp_path / f"{name}.npz").write_bytes(content)
+    specs = {
+        "json": b'{"type": "Linear", ',
+        "deep": b"[" * 100000 + b"]" * 100000,
+        "number": b"3",
+        "unknown": b'{"type": "Conv2d"}',
+        "badsize": b'{"type": "Linear", "in_features": -1, "out_features": 2}',
+        "baddtype": b'{"type": "Linear", "in_features": 1, "out_features": 2, "dtype": "int8"}',
+        "nested": b'{"type": "Sequential", "layers": 5}',
+    }
+    for name, text in specs.items():
+        write_npz(tmp_path / f"{name}.npz",
+                  {"__fastnn_architecture__": np.array(text.decode())})
+    write_npz(tmp_path / "noarch.npz", {"weight": np.zeros(2)})
+    write_npz(tmp_path / "pickled.npz", {"__fastnn_architecture__.npy": b"\x93NUMPY garbage"})
+    for path in sorted(tmp_path.glob("*.npz")):
+        if path.name == "good.npz":
+            continue
+        with pytest.raises(fastnn.ModelFileError, match=path.name):
+            fastnn.load(path)
+    assert issubclass(fastnn.ModelFileError, ValueError)
+    with pytest.raises(FileNotFoundError):
+        fastnn.load(tmp_path / "missing.npz")
+
+
+def test_a_save_removes_the_temporaries_a_killed_save_left(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.npz"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".model.npz.{dead}.abc123.tmp"
+    alive = tmp_path / f".model.npz.{os.getpid()}.def456.tmp"  # a save in progress here
+    other = tmp_path / f".other.npz.{dead}.abc123.tmp"
+    for p in (stale, alive, other):
+        p.write_bytes(b"partial")
+    fastnn.save(fastnn.Linear(2, 2), path)
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert fastnn.load(path) is not None
