@@ -617,17 +617,22 @@ cdef class Kernel:
             raise ValueError(f"{s.name}: act: expected one of fastnn.h's activation codes "
                              f"{sorted(ELEMENTWISE.values())}, got {args[s.act_index]!r}")
         cdef int nd = 0, ni = 0, nu = 0, j = s.n_arrays
-        for t in s.scalar_types:
-            if t == "d":
-                self.op.d[nd] = args[j]
-                nd += 1
-            elif t == "i":
-                self.op.i[ni] = args[j]
-                ni += 1
-            else:
-                self.op.u[nu] = args[j]
-                nu += 1
-            j += 1
+        try:
+            for t in s.scalar_types:
+                if t == "d":
+                    self.op.d[nd] = args[j]
+                    nd += 1
+                elif t == "i":
+                    self.op.i[ni] = args[j]
+                    ni += 1
+                else:
+                    self.op.u[nu] = args[j]
+                    nu += 1
+                j += 1
+        except (OverflowError, TypeError):
+            kind = {"d": "a number", "i": "a 64-bit integer", "u": "an unsigned 64-bit integer"}
+            raise ValueError(f"{s.name}: {s.scalar_names[j - s.n_arrays]}: expected "
+                             f"{kind[s.scalar_types[j - s.n_arrays]]}, got {args[j]!r}") from None
         return 0
 
     @property

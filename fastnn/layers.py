@@ -891,7 +891,7 @@ class Flatten(Module):
         return self._y
 
     def backward(self, dy):
-        if dy is not self._dy or self._dx.shape != self._shape:
+        if self._dx is None or dy is not self._dy or self._dx.shape != self._shape:
             if self._shape is None:
                 raise ValueError("Flatten.backward: called before forward")
             dy = np.asarray(dy)

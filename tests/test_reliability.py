@@ -321,3 +321,16 @@ def test_a_save_removes_the_temporaries_a_killed_save_left(tmp_path):
     fastnn.save(fastnn.Linear(2, 2), path)
     assert not stale.exists() and alive.exists() and other.exists()
     assert fastnn.load(path) is not None
+
+
+def test_fuzz_the_functional_api_and_the_layers_in_a_subprocess():
+    """tests/fuzz_api.py: seeded hypothesis examples of bad arguments; a crash (a signal)
+    or an exception other than TypeError, ValueError and IndexError fails."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "fuzz_api.py")
+    run = subprocess.run([sys.executable, script, "1500"], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, (f"exit {run.returncode}\n{run.stdout[-3000:]}\n"
+                                 f"{run.stderr[-3000:]}")
