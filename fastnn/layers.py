@@ -431,7 +431,9 @@ class BatchNorm1d(Module):
 
     weight (gamma, ones) and bias (beta, zeros) are Parameters when affine; running_mean
     (zeros) and running_var (ones) are updated in training with `momentum` (the unbiased batch
-    variance into running_var) and used in evaluation, exactly as torch.nn.BatchNorm1d.
+    variance into running_var) and used in evaluation, as torch.nn.BatchNorm1d (normalising
+    centred first: more accurate in float32 far from zero; see
+    fastnn.functional.batchnorm_forward).
     `activation` ("relu", "tanh", "sigmoid" or None) is fused after the affine map.
     """
 

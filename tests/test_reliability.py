@@ -79,10 +79,12 @@ def test_batchnorm_float32_normalises_centred_data_far_from_zero():
     np.testing.assert_allclose(y[:, 1], want[:, 1], rtol=0, atol=1e-5)
 
 
-def test_batchnorm_inf_weight_as_torch():
+def test_batchnorm_inf_weight_gives_the_limit():
+    """torch's x * alpha + (beta - mean * alpha) gives NaN everywhere here (inf - inf); the
+    centred form gives (x - mean) * invstd * inf: +-inf where x != mean, and 0 * inf = NaN
+    only where x == mean (documented in batchnorm_forward)."""
     x = np.array([[1.0, 2.0], [3.0, 2.0]], f32)  # channel 1 constant: x - mean = 0
     y = bn_train(x, np.array([np.inf, np.inf], f32), np.zeros(2, f32))
-    # (x - mean) * invstd * inf: +-inf where x != mean, 0 * inf = NaN where x == mean
     np.testing.assert_array_equal(y[:, 0], [-np.inf, np.inf])
     assert np.isnan(y[:, 1]).all()
 
