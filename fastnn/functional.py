@@ -292,6 +292,8 @@ def dropout_apply(x, p, seed, offset=0, out=None):
     mask[i] = (uniform(seed, offset + i) >= p), from a counter-based generator: the same
     (seed, offset) gives the same mask for any thread count, so one call is the forward and
     the same call on dy is the backward. 0 <= p < 1; seed, offset: integers in [0, 2**64).
+    out must not share memory with x (torch's inplace=True has no equivalent here: pass
+    out=None, or another buffer).
     """
     x = check.float_array("x", x, np.ndim(x))
     if not (isinstance(p, (int, float)) and 0 <= p < 1):
