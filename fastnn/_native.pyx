@@ -2,8 +2,8 @@
 # (KERNELS), one Kernel class that checks a call against it, and one C call site (run_op).
 #
 # A Kernel checks what would crash or corrupt memory (types, dtypes, shapes, layout,
-# overlap); the messages in a user's terms, and index ranges, are fastnn.functional's and
-# the layers' checks, which run first.
+# overlap, index ranges); fastnn.functional and the layers check first, with messages in a
+# user's terms.
 cimport numpy as cnp
 import numpy as np
 from libc.stdint cimport int64_t, uint64_t
@@ -329,8 +329,9 @@ def zero_inplace(cnp.ndarray x not None):
 
 # ---- the kernels: one table, one Kernel class, one C call site ----
 #
-# KERNELS below is the only place outside csrc/fastnn.h where a kernel's arguments are
-# listed. A Kernel is one call, described by the kernel's name and its arguments in that
+# KERNELS below is the one list, outside csrc/fastnn.h, of each kernel's arguments: run_op
+# passes them on in that order, and tests/test_ops.py holds the NumPy twin's signatures
+# (fastnn.ops) to it and runs every kernel on every path. A Kernel is one call, described by the kernel's name and its arguments in that
 # order; building it checks them against the table and fills an Op, which run_op passes to
 # the C function. fastnn.ops runs Kernels (or, for the reference backend, the NumPy twin on
 # their arguments), layers keep the Kernel of each call they make and run it again while its
@@ -443,7 +444,6 @@ cdef struct Op:
     double d[MAX_REALS]  # the double scalars
     int64_t i[MAX_INTS]  # the integer scalars
     uint64_t u[MAX_WORDS]  # the unsigned 64-bit scalars
-    int n_arrays
 
 
 cdef class Spec:
@@ -527,7 +527,7 @@ cdef class Kernel:
         if len(args) != len(s.arguments):
             raise TypeError(f"{name}: expected {len(s.arguments)} arguments "
                             f"({', '.join(s.arguments)}), got {len(args)}")
-        self.op.kind, self.op.n_arrays = s.kind, s.n_arrays
+        self.op.kind = s.kind
         self.fill_scalars(args)
         act_none = s.act_index < 0 or args[s.act_index] == FASTNN_ACT_NONE
         dims, star = {}, None
@@ -666,13 +666,18 @@ cdef class Kernel:
         for j in range(s.n_arrays):
             if self.bound[j] >= 0 and not in_range(<cnp.ndarray>args[j], self.bound[j]):
                 return False
+        if changed and written_overlap(args[:s.n_arrays], s.n_arrays, s.flags) is not None:
+            return False
+        cdef Op before = self.op
+        try:
+            self.fill_scalars(args)
+        except ValueError:
+            self.op = before  # a bad scalar: nothing changes
+            return False
         if changed:
-            if written_overlap(args[:s.n_arrays], s.n_arrays, s.flags) is not None:
-                return False
             for j in range(s.n_arrays):
                 self.op.p[j] = NULL if args[j] is None else cnp.PyArray_DATA(<cnp.ndarray>args[j])
-        self.fill_scalars(args)
-        self.args = args
+        self.args = args  # after the pointers: it keeps their arrays alive
         return True
 
     def run(self):

@@ -132,6 +132,12 @@ def test_update_accepts_only_what_the_kernel_was_checked_for():
     assert not kernel.update((overlapping[:12].reshape(4, 3), overlapping[:20].reshape(4, 5),
                               w, None, 0))
     assert kernel.args[1] is x2  # unchanged after a refusal
+    sgd = _native.Kernel("sgd_step", (np.ones(3), None, np.ones(3), 0.5, 0, 0, 0, 0, 0, 0))
+    assert not sgd.update((np.zeros(3), None, np.ones(3), "fast", 0, 0, 0, 0, 0, 0))
+    assert not sgd.update((np.zeros(3), None, np.ones(3), 0.5, 0, 0, 0, 0, 0, 2**70))
+    p = sgd.args[0]
+    sgd.run()  # still the call it was: p -= 0.5 * 1
+    np.testing.assert_array_equal(p, 0.5)
 
 
 def test_backends_switched_mid_run_train_like_either_backend():
