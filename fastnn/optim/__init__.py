@@ -42,9 +42,6 @@ __all__ = [
 ]
 
 
-_check = F.check.number
-
-
 class Optimizer:
     """Base class: param_groups (list of dicts, as torch.optim), step(), zero_grad(),
     state_dict(), load_state_dict(). Subclasses define `defaults`, `_validate(group)`,
@@ -191,7 +188,7 @@ class SGD(Optimizer):
 
     def _validate(self, g):
         for name in ("lr", "momentum", "dampening", "weight_decay", "l1"):
-            _check(name, g[name])
+            F.check.number(name, g[name])
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError("nesterov: Nesterov momentum requires a momentum and zero "
                              f"dampening, got momentum={g['momentum']}, "
@@ -224,7 +221,7 @@ class Adagrad(Optimizer):
     def _validate(self, g):
         for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
                      "l1"):
-            _check(name, g[name])
+            F.check.number(name, g[name])
 
     def _new_state(self, group, arena):
         return {"step": 0,
@@ -249,8 +246,8 @@ class RMSprop(Optimizer):
 
     def _validate(self, g):
         for name in ("lr", "eps", "weight_decay", "momentum", "l1"):
-            _check(name, g[name])
-        _check("alpha", g["alpha"], 0.0, 1.0)
+            F.check.number(name, g[name])
+        F.check.number("alpha", g["alpha"], 0.0, 1.0)
 
     def _new_state(self, group, arena):
         return {"step": 0, "square_avg": np.zeros(arena.size, arena.dtype),
@@ -282,11 +279,11 @@ class Adam(Optimizer):
 
     def _validate(self, g):
         for name in ("lr", "eps", "weight_decay", "l1"):
-            _check(name, g[name])
+            F.check.number(name, g[name])
         if len(g["betas"]) != 2:
             raise ValueError(f"betas: expected two values, got {g['betas']!r}")
         for i, b in enumerate(g["betas"]):
-            _check(f"betas[{i}]", b, 0.0, 1.0, high_open=True)
+            F.check.number(f"betas[{i}]", b, 0.0, 1.0, high_open=True)
 
     def _new_state(self, group, arena):
         return {"step": 0, "exp_avg": np.zeros(arena.size, arena.dtype),
@@ -338,7 +335,7 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
     before clipping. One pass per flat buffer, summed in a fixed order: the same for any
     thread count."""
     params = [params] if isinstance(params, Parameter) else list(params)
-    _check("max_norm", max_norm)
+    F.check.number("max_norm", max_norm)
     if norm_type != 2:
         raise ValueError(f"norm_type: only the L2 norm (2) is supported, got {norm_type!r}")
     runs = _grad_runs(params)
@@ -353,6 +350,6 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
 def clip_grad_value_(params, clip_value):
     """Clamp every gradient element to [-clip_value, clip_value] in place."""
     params = [params] if isinstance(params, Parameter) else list(params)
-    _check("clip_value", clip_value)
+    F.check.number("clip_value", clip_value)
     for g in _grad_runs(params):
         F.clamp_inplace(g, -clip_value, clip_value)
