@@ -10,6 +10,7 @@
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -37,7 +38,7 @@ def _fail(message):
 
 def _sizes(text):
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
     if not sizes or min(sizes) < 1:
@@ -51,10 +52,45 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive finite {kind.__name__}, "
+                                             f"got {text!r}")
         return value
     return parse
+
+
+def _threads(text):
+    n = _positive(int)(text)
+    cores = fastnn.runtime._usable_cores()
+    if n > cores:
+        raise argparse.ArgumentTypeError(f"expected at most the {cores} usable cores, got {n}")
+    return n
+
+
+def _non_negative(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if not (value >= 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a finite {kind.__name__} >= 0, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+def _check_output(path):
+    """The --output folder can be created and written (checked before training, created
+    only when the results are written)."""
+    path = os.path.abspath(path)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        _fail(f"--output {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"--output {path}: {existing} is not writable")
 
 
 def _probability(text):
@@ -102,8 +138,6 @@ def _load_data(args):
     if args.dataset == "digits":
         X, y = fastnn.datasets.load_digits()
         return fastnn.data.split(X, y, (0.8, 0.1, 0.1), seed=args.seed)
-    if args.data_path is None:
-        _fail("--dataset mnist needs --data-path DIR (the folder holding the IDX files)")
     try:
         X, y = fastnn.datasets.load_mnist(args.data_path, "train")
         X_test, y_test = fastnn.datasets.load_mnist(args.data_path, "test")
@@ -128,6 +162,13 @@ def _mpi_world():
 def train(args):
     if args.sync_batchnorm and not args.distributed:
         _fail("--sync-batchnorm needs --distributed")
+    if args.data_path is not None and args.dataset == "digits":
+        _fail("--data-path is for --dataset mnist (the digits are embedded)")
+    if args.dataset == "mnist" and args.data_path is None:
+        _fail("--dataset mnist needs --data-path DIR (the folder holding the IDX files)")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        _fail(f"--resume {args.resume}: no such checkpoint file")
+    _check_output(args.output)
     if not args.distributed:
         return _train(args)
     distributed, comm = _mpi_world()
@@ -156,13 +197,14 @@ def _train(args, distributed=None, comm=None):
                       args.batchnorm, args.dropout)
     optimizer = getattr(fastnn.optim, OPTIMIZERS[args.optimizer])(
         model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    options = dict(patience=args.patience, progress=args.progress, stop_on_nonfinite=True,
+                   checkpoint_dir=args.output if args.checkpoint_every else None,
+                   checkpoint_every=args.checkpoint_every)
     if comm is None:
-        trainer = fastnn.train.Trainer(model, optimizer, patience=args.patience,
-                                       progress=args.progress)
+        trainer = fastnn.train.Trainer(model, optimizer, **options)
     else:
         trainer = distributed.DistributedTrainer(
-            model, optimizer, comm=comm, sync_batchnorm=args.sync_batchnorm,
-            patience=args.patience, progress=args.progress)
+            model, optimizer, comm=comm, sync_batchnorm=args.sync_batchnorm, **options)
     say(f"fastnn {fastnn.__version__}: {args.dataset}, {len(X_train)} train / {len(X_val)} "
         f"validation / {len(X_test)} test samples, {fastnn.get_num_threads()} threads")
     if comm is not None:
@@ -179,14 +221,28 @@ def _train(args, distributed=None, comm=None):
                 f"acc {logs['val_acc']:.4f}", flush=True)
 
     trainer.callbacks.append(Report())
-    history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=args.epochs,
-                          batch_size=args.batch_size, seed=args.seed)
+    model_path = os.path.join(args.output, "model.npz")
+    if rank0:
+        os.makedirs(args.output, exist_ok=True)
+    try:
+        history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=args.epochs,
+                              batch_size=args.batch_size, seed=args.seed, resume=args.resume)
+    except fastnn.train.NonFiniteLossError as e:
+        say(f"fastnn train: error: {e} (--lr {args.lr})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if not rank0:
+            return 130
+        fastnn.save(model, model_path)  # the best weights so far (fit restored them)
+        resume = (f"; resume with --resume {os.path.join(args.output, 'checkpoint.npz')}"
+                  if args.checkpoint_every and trainer.epoch >= args.checkpoint_every else "")
+        print(f"fastnn train: interrupted in epoch {trainer.epoch + 1}: wrote the best model "
+              f"so far to {model_path}{resume}", file=sys.stderr)
+        return 130
     test_loss, test_acc = trainer.evaluate(X_test, y_test)
     seconds = time.perf_counter() - start
     if not rank0:
         return 0
-    os.makedirs(args.output, exist_ok=True)
-    model_path = os.path.join(args.output, "model.npz")
     fastnn.save(model, model_path)
     from . import plot  # matplotlib is imported only here
 
@@ -195,16 +251,6 @@ def _train(args, distributed=None, comm=None):
           f"({len(history['train_loss'])} epochs, {seconds:.1f} s)")
     print(f"wrote {model_path} and {curve_path}")
     return 0
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def experiment(args):
@@ -255,26 +301,34 @@ def info(args):
 
 def main(argv=None):
     parser = _Parser(prog="fastnn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"fastnn {fastnn.__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("info", help="show what this build is").set_defaults(func=info)
-    p = sub.add_parser("train", help="train an MLP and report its test accuracy")
+    p = sub.add_parser("train", help="train an MLP and report its test accuracy",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     p.add_argument("--data-path", help="folder with the MNIST IDX files (for --dataset mnist)")
     p.add_argument("--hidden", type=_sizes, default=[256, 128],
-                   help="hidden layer sizes, comma-separated (default 256,128)")
+                   help="hidden layer sizes, comma-separated")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     p.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--dropout", type=_probability, default=0.0)
+    p.add_argument("--dropout", type=_probability, default=0.0, help="dropout probability")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    p.add_argument("--lr", type=_positive(float), default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--epochs", type=_positive(int), default=40)
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
+    p.add_argument("--weight-decay", type=_non_negative(float), default=0.0,
+                   help="L2 weight decay (AdamW: decoupled)")
+    p.add_argument("--epochs", type=_positive(int), default=40, help="at most")
     p.add_argument("--batch-size", type=_positive(int), default=64)
     p.add_argument("--patience", type=_positive(int), default=10,
                    help="early stopping: epochs without a better validation loss")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive(int), default=None)
+    p.add_argument("--seed", type=_non_negative(int), default=0)
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="fastnn threads (default: OMP_NUM_THREADS, else the usable cores)")
     p.add_argument("--output", default="fastnn-output", help="folder for model.npz, loss.png")
+    p.add_argument("--checkpoint-every", type=_positive(int), default=None, metavar="N",
+                   help="write a resumable checkpoint to OUTPUT/checkpoint.npz every N epochs")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue the run a checkpoint was written by (same options)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
     p.add_argument("--distributed", action="store_true",
@@ -294,10 +348,10 @@ def main(argv=None):
                         "fastnn-experiments/NAME)")
     p.add_argument("--data-path", default=None,
                    help="folder with the MNIST IDX files (default: the embedded digits)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_non_negative(int), default=0)
     p.add_argument("--quick", action="store_true", help="a run of a few seconds (smaller "
                    "budgets; the numbers are not the experiment's)")
-    p.add_argument("--threads", type=_positive(int), default=None,
+    p.add_argument("--threads", type=_threads, default=None,
                    help="fastnn threads (default: OMP_NUM_THREADS, else the usable cores)")
     p.add_argument("--trials", type=_positive(int), default=None,
                    help="search: number of trials (default 100)")
@@ -307,8 +361,8 @@ def main(argv=None):
                    help="charlm: a text file with one word per line (default: built-in names)")
     p.set_defaults(func=experiment)
     args = parser.parse_args(argv)
-    if args.command == "train" and args.weight_decay < 0:
-        parser.exit(2, f"fastnn train: error: --weight-decay must be >= 0, got {args.weight_decay}\n")
+    if args.command is None:  # bare `fastnn`: what it can do
+        parser.exit(2, parser.format_help())
     return args.func(args)
 
 

@@ -6,6 +6,7 @@ clipping, a learning-rate schedule, checkpoints and resume, a progress bar and c
     test_loss, test_acc = trainer.evaluate(X_test, y_test)
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -18,7 +19,19 @@ from .losses import CrossEntropyLoss
 from .optim import clip_grad_norm_
 from .optim.lr_scheduler import ReduceLROnPlateau
 
-__all__ = ["Callback", "Trainer"]
+__all__ = ["Callback", "NonFiniteLossError", "Trainer"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite (Trainer(stop_on_nonfinite=True)): epoch,
+    step, loss, and the last finite loss with its step (None before any)."""
+
+    def __init__(self, epoch, step, loss, last_finite):
+        self.epoch, self.step, self.loss, self.last_finite = epoch, step, loss, last_finite
+        last = ("no step had a finite loss" if last_finite is None else
+                f"the last finite loss was {last_finite[1]:.4g} at step {last_finite[0]}")
+        super().__init__(f"the training loss is {loss} at epoch {epoch}, step {step} ({last}): "
+                         "the run diverged; try a lower learning rate")
 
 
 class Callback:
@@ -50,6 +63,10 @@ class Trainer:
     per step, or None. patience: stop after this many epochs without a lower validation loss
     and restore the best weights (restore_best), or None. checkpoint_dir/checkpoint_every:
     write a resumable checkpoint every N epochs. progress: show a tqdm bar per epoch.
+    stop_on_nonfinite: raise NonFiniteLossError at the first NaN or infinite training loss
+    (after restoring the best weights, as at the end of training), like Keras's
+    TerminateOnNaN. A KeyboardInterrupt during fit also restores the best weights before it
+    propagates (`interrupted` is then True); save_checkpoint still records where it was.
 
     history: "train_loss", "train_acc", "val_loss", "val_acc", "lr" per epoch, "step_loss"
     per step.
@@ -57,7 +74,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm=None,
                  patience=None, restore_best=True, checkpoint_dir=None, checkpoint_every=None,
-                 callbacks=(), progress=True):
+                 callbacks=(), progress=True, stop_on_nonfinite=False):
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
                                      or patience < 1):
             raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
@@ -69,6 +86,9 @@ class Trainer:
         self.patience, self.restore_best = patience, restore_best
         self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
         self.callbacks, self.progress = list(callbacks), progress
+        self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self.interrupted = False
+        self._last_finite = None  # (step, loss) of the last finite training loss
         self.history = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr",
                                         "step_loss")}
         self.step = 0
@@ -96,6 +116,21 @@ class Trainer:
         fused = (FusedStep(self.model, self.loss_fn)
                  if isinstance(self.model, Sequential) and len(self.model) else None)
         self._call("on_train_begin")
+        try:
+            self._fit_epochs(data, val, epochs, params, fused)
+        except (KeyboardInterrupt, NonFiniteLossError) as e:
+            self.interrupted = isinstance(e, KeyboardInterrupt)
+            self._restore_best()
+            raise
+        self._restore_best()
+        self._call("on_train_end")
+        return self.history
+
+    def _restore_best(self):
+        if self.restore_best and self._best[1] is not None:
+            self.model.load_state_dict(self._best[1])
+
+    def _fit_epochs(self, data, val, epochs, params, fused):
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch + 1
             self._call("on_epoch_begin", epoch)
@@ -119,8 +154,13 @@ class Trainer:
                         self.model.backward(dy)
                 if self.clip_grad_norm is not None:
                     clip_grad_norm_(params, self.clip_grad_norm)
-                self.optimizer.step()
                 self.step += 1
+                if not math.isfinite(loss):
+                    if self.stop_on_nonfinite:
+                        raise NonFiniteLossError(epoch, self.step, loss, self._last_finite)
+                else:
+                    self._last_finite = (self.step, loss)
+                self.optimizer.step()
                 n = len(xb)
                 total_loss += loss * n
                 seen += n
@@ -128,7 +168,7 @@ class Trainer:
                     total_correct += self._count_correct(out, yb)
                 self.history["step_loss"].append(loss)
                 self._call("on_step_end", self.step, loss)
-                if self.progress:
+                if bar is not data:  # a bar is shown (not on every rank, not off a terminal)
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             total_loss, total_correct, seen = self._reduce_totals(total_loss, total_correct, seen)
             logs = {"train_loss": total_loss / max(seen, 1),
@@ -145,10 +185,6 @@ class Trainer:
             self._call("on_epoch_end", epoch, logs)
             if self.checkpoint_every and epoch % self.checkpoint_every == 0:
                 self.save_checkpoint(os.path.join(self.checkpoint_dir, "checkpoint.npz"), data)
-        if self.restore_best and self._best[1] is not None:
-            self.model.load_state_dict(self._best[1])
-        self._call("on_train_end")
-        return self.history
 
     def _batches(self, X, y, batch_size, seed):
         """The epoch iterator of fit (fastnn.distributed shards it across ranks)."""

@@ -148,8 +148,18 @@ def test_train_subprocess(tmp_path):
     ["--weight-decay", "-1"],
     ["--dataset", "cifar"],
     ["--no-such-option"],
+    ["--threads", "4096"],
+    ["--seed", "-3"],
+    ["--lr", "inf"],
+    ["--lr", "nan"],
+    ["--weight-decay", "inf"],
+    ["--hidden", "256,,128"],
+    ["--data-path", "."],  # the digits are embedded
+    ["--output", "/dev/null/x"],
+    ["--resume", "no-such-checkpoint.npz"],
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, bad):
+    """Every option is checked before training: one line, exit 2, nothing written."""
     out_dir = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
         cli.main(["train", "--no-progress", "--output", str(out_dir), *bad])
@@ -180,7 +190,12 @@ def test_no_command_and_help(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    err = capsys.readouterr().err  # the commands, not only "arguments are required"
+    assert "usage: fastnn" in err and all(c in err for c in ("info", "train", "experiment"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"fastnn {fastnn.__version__}\n"
     with pytest.raises(SystemExit) as exc:
         cli.main(["train", "--help"])
     assert exc.value.code == 0
@@ -250,3 +265,44 @@ def test_train_mnist_missing_files(tmp_path, capsys):
                   "--no-progress", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "train-images-idx3-ubyte" in err
+
+
+def test_a_diverging_run_stops_with_one_line_and_exit_1(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastnn", "train", "--optimizer", "sgd",
+                           "--lr", "1e4", "--no-batchnorm", "--no-progress", "--output",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert re.search(r"training loss is (nan|inf) at epoch 1, step \d+ \(the last finite "
+                     r"loss was .* at step \d+\): the run diverged; try a lower learning "
+                     r"rate \(--lr 10000.0\)", proc.stderr), proc.stderr
+    assert "test loss" not in proc.stdout
+
+
+def test_ctrl_c_keeps_the_best_model_and_a_checkpoint_to_resume(tmp_path):
+    import signal
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "fastnn", "train", "--epochs", "100000",
+                             "--patience", "100000", "--checkpoint-every", "1",
+                             "--no-progress", "--hidden", "32", "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   3"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.match(rf"fastnn train: interrupted in epoch \d+: wrote the best model so far "
+                    rf"to {re.escape(str(out / 'model.npz'))}; resume with --resume "
+                    rf"{re.escape(str(out / 'checkpoint.npz'))}\n$", err), err
+    X, y = digits_test_split()
+    assert accuracy(fastnn.load(out / "model.npz"), X, y) > 0.5  # trained: chance is 0.1
+    resumed = subprocess.run([sys.executable, "-m", "fastnn", "train", "--epochs", "6",
+                              "--no-progress", "--hidden", "32", "--output", str(out),
+                              "--resume", str(out / "checkpoint.npz")],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [int(m.group(1)) for m in map(EPOCH_LINE.match, resumed.stdout.splitlines()) if m]
+    assert epochs and epochs[0] >= 3 and epochs[-1] == 6

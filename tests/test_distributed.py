@@ -200,3 +200,13 @@ def test_cli_train_distributed(tmp_path):
         return [float(line.split()[4]) for line in text.splitlines() if line.startswith("epoch")]
 
     np.testing.assert_allclose(losses(out), losses(single), atol=2e-4)
+
+
+@mpi
+def test_cli_train_distributed_as_the_readme_runs_it(tmp_path):
+    """The README's command, options as given there (the progress bar on: no bar on rank 1,
+    where there was a crash)."""
+    proc = checked(run_mpi(2, "-m", "fastnn", "train", "--distributed", "--sync-batchnorm",
+                           cwd=tmp_path))
+    assert proc.stdout.count("test accuracy") == 1, proc.stdout
+    assert fastnn.load(tmp_path / "fastnn-output" / "model.npz") is not None

@@ -452,3 +452,34 @@ def test_predict_and_evaluate_shapes():
     small = trainer.predict(X[:5], batch_size=2)
     assert small.shape == (5, 3)
     np.testing.assert_allclose(small, out[:5], rtol=1e-6, atol=1e-6)
+
+
+def test_stop_on_nonfinite_raises_with_where_and_restores_the_best_weights():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    fastnn.manual_seed(0)
+    model = fastnn.Sequential(fastnn.Linear(4, 8), fastnn.ReLU(), fastnn.Linear(8, 3))
+
+    class Explode(fastnn.train.Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 2:  # two good epochs, then a learning rate that diverges
+                trainer.optimizer.param_groups[0]["lr"] = 1e30
+
+    trainer = fastnn.train.Trainer(model, fastnn.optim.SGD(model.parameters(), lr=0.01),
+                                   stop_on_nonfinite=True, callbacks=[Explode()],
+                                   progress=False)
+    with pytest.raises(fastnn.train.NonFiniteLossError, match="try a lower learning rate") as e:
+        trainer.fit((X, y), (X, y), epochs=50, batch_size=16)
+    assert e.value.epoch >= 3 and e.value.last_finite is not None
+    assert all(np.isfinite(p.data).all() for p in model.parameters())  # the best epoch's
+    assert len(trainer.history["val_loss"]) == e.value.epoch - 1
+
+
+def test_without_stop_on_nonfinite_a_diverging_run_goes_on():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    model = fastnn.Sequential(fastnn.Linear(4, 3))
+    trainer = fastnn.train.Trainer(model, fastnn.optim.SGD(model.parameters(), lr=1e30),
+                                   progress=False)
+    history = trainer.fit((X, y), None, epochs=3, batch_size=16)
+    assert len(history["train_loss"]) == 3
