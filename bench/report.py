@@ -72,9 +72,13 @@ def run_benchmarks(json_path):
     fd, tmp = tempfile.mkstemp(dir=json_path.parent, prefix=f".{json_path.name}.",
                                suffix=".tmp")
     os.close(fd)
-    command = [sys.executable, "-m", "pytest", "bench/", "--benchmark-only",
+    # pytest without the working directory on sys.path: run from the repository root,
+    # `python -m pytest` would import the source tree's fastnn (no compiled extension)
+    # instead of the installed one
+    command = [sys.executable, "-c", "import sys; sys.path.remove(''); import pytest; "
+               "sys.exit(pytest.main(sys.argv[1:]))", "bench/", "--benchmark-only",
                f"--benchmark-json={tmp}"]
-    print("running:", " ".join(command), flush=True)
+    print("running: pytest bench/ --benchmark-only", flush=True)
     try:
         result = subprocess.run(command, cwd=ROOT)
         if result.returncode != 0:

@@ -30,6 +30,20 @@ def _libgomp_loaded():
 def _load_native():
     """Import fastnn._native under the bounded spin; returns what the OpenMP runtime waits
     with, for build_info()."""
+    try:
+        return _import_native()
+    except ImportError as e:
+        if "_native" not in str(e):
+            raise
+        here = os.path.dirname(os.path.abspath(__file__))
+        raise ImportError(
+            f"fastnn's compiled extension (fastnn._native) is not in {here}: this is the "
+            "source tree, not an installed fastnn. Install it (pip install .) and run from "
+            "outside this folder (Python puts the current folder first on sys.path), or "
+            "build it here (python setup.py build_ext --inplace)") from None
+
+
+def _import_native():
     user = [f"{name}={os.environ[name]}" for name in _USER_SETTINGS if name in os.environ]
     if user:
         from . import _native  # noqa: F401
