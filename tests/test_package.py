@@ -54,3 +54,30 @@ def test_the_sdist_carries_the_license_and_everything_its_tests_need(tmp_path):
     assert "License-Expression: MIT" in metadata and "Classifier:" in metadata
     assert "Author: the fastnn developers" in metadata
 
+
+
+def readme_python_blocks():
+    root = Path(__file__).resolve().parent.parent
+    readme = root / "README.md"
+    if not readme.exists():
+        return []
+    blocks, current, start = [], None, 0
+    for number, line in enumerate(readme.read_text().splitlines(), 1):
+        if current is None and line.strip() == "```python":
+            current, start = [], number
+        elif current is not None and line.strip() == "```":
+            blocks.append(pytest.param("\n".join(current) + "\n", id=f"line{start}"))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+@pytest.mark.parametrize("code", readme_python_blocks())
+def test_every_readme_python_block_runs_as_written(tmp_path, code):
+    """Each ```python block of the README, in a fresh process in an empty folder."""
+    if "distributed" in code:
+        pytest.importorskip("mpi4py", reason="the distributed example needs mpi4py")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
