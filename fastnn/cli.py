@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 import fastnn
 
@@ -148,6 +150,12 @@ def _load_data(args):
     return (X_train, y_train), (X_val, y_val), (X_test, y_test)
 
 
+def _list(values, shown=8):
+    values = [int(v) for v in values]
+    return ", ".join(map(str, values[:shown])) + (f", ... ({len(values)} in all)"
+                                                   if len(values) > shown else "")
+
+
 def _mpi_world():
     """(fastnn.distributed, COMM_WORLD) for --distributed; without MPI a one-line error
     saying what is missing (exit 2)."""
@@ -192,7 +200,13 @@ def _train(args, distributed=None, comm=None):
     (X_train, y_train), (X_val, y_val), (X_test, y_test) = _load_data(args)
     scaler = fastnn.data.Standardizer().fit(X_train)  # fitted on the training split only
     X_train, X_val, X_test = (scaler.transform(a) for a in (X_train, X_val, X_test))
-    n_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
+    labels = np.unique(np.concatenate([y_train, y_val, y_test]))
+    n_classes = int(labels[-1]) + 1
+    if len(labels) != n_classes and not args.allow_missing_classes:
+        missing = sorted(set(range(n_classes)) - set(labels.tolist()))
+        _fail(f"the labels are {_list(labels)}: classes {_list(missing)} of 0..{n_classes - 1} "
+              f"have no sample (a {n_classes}-class output layer); relabel them 0..K-1, or "
+              "pass --allow-missing-classes")
     model = build_mlp(X_train.shape[1], args.hidden, n_classes, args.activation,
                       args.batchnorm, args.dropout)
     optimizer = getattr(fastnn.optim, OPTIMIZERS[args.optimizer])(
@@ -206,7 +220,8 @@ def _train(args, distributed=None, comm=None):
         trainer = distributed.DistributedTrainer(
             model, optimizer, comm=comm, sync_batchnorm=args.sync_batchnorm, **options)
     say(f"fastnn {fastnn.__version__}: {args.dataset}, {len(X_train)} train / {len(X_val)} "
-        f"validation / {len(X_test)} test samples, {fastnn.get_num_threads()} threads")
+        f"validation / {len(X_test)} test samples, {n_classes} classes, "
+        f"{fastnn.get_num_threads()} threads")
     if comm is not None:
         ranks = comm.Get_size()
         say(f"data parallel over MPI: {ranks} ranks x batch {args.batch_size} = global batch "
@@ -308,6 +323,9 @@ def main(argv=None):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     p.add_argument("--data-path", help="folder with the MNIST IDX files (for --dataset mnist)")
+    p.add_argument("--allow-missing-classes", action="store_true",
+                   help="accept labels with gaps (an output for every class up to the largest "
+                        "label); otherwise they must be 0..K-1")
     p.add_argument("--hidden", type=_sizes, default=[256, 128],
                    help="hidden layer sizes, comma-separated")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu")

@@ -229,11 +229,11 @@ def idx_bytes(array, magic):
         + array.tobytes()
 
 
-def write_tiny_mnist(folder, n_train=200, n_test=50):
+def write_tiny_mnist(folder, n_train=200, n_test=50, classes=range(10)):
     """Images whose class c lights up a 4x4 block at row 2 + 2c: easy to learn."""
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n)
+        labels = rng.choice(list(classes), n)
         images = rng.integers(0, 40, (n, 28, 28))
         for i, c in enumerate(labels):
             images[i, 2 + 2 * c:6 + 2 * c, 10:14] = 250
@@ -257,6 +257,22 @@ def test_train_mnist_from_idx_files(tmp_path, capsys):
     model = fastnn.load(out_dir / "model.npz")
     assert model[0].in_features == 784 and model[-1].out_features == 10
     assert float(test.group(2)) >= 0.5
+
+
+def test_labels_with_gaps_are_refused_unless_asked(tmp_path, capsys):
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    write_tiny_mnist(mnist, classes=(0, 3, 9))
+    argv = ["train", "--dataset", "mnist", "--data-path", str(mnist), "--hidden", "16",
+            "--epochs", "1", "--no-progress", "--output", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == "" and err.count("\n") == 1
+    assert ("the labels are 0, 3, 9: classes 1, 2, 4, 5, 6, 7, 8 of 0..9 have no sample "
+            "(a 10-class output layer)") in err
+    code, out, _ = run_main(argv + ["--allow-missing-classes"], capsys)
+    assert code == 0 and "10 classes" in out.splitlines()[0]
 
 
 def test_train_mnist_missing_files(tmp_path, capsys):
