@@ -373,8 +373,8 @@ class DistributedTrainer(Trainer):
         self.comm.Allreduce(self.model._mpi.IN_PLACE, totals, op=self.model._mpi.SUM)
         return float(totals[0]), int(totals[1]), int(totals[2])
 
-    def _bar(self, data, epoch, epochs):
-        return super()._bar(data, epoch, epochs) if self.rank == 0 else data
+    def _bar(self, total, done):
+        return super()._bar(total, done) if self.rank == 0 else None
 
     def evaluate(self, X, y, batch_size=1024):
         self.model.broadcast_buffers()  # rank 0's running statistics on every rank

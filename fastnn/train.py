@@ -62,7 +62,8 @@ class Trainer:
     (ReduceLROnPlateau with the validation loss). clip_grad_norm: max global gradient norm
     per step, or None. patience: stop after this many epochs without a lower validation loss
     and restore the best weights (restore_best), or None. checkpoint_dir/checkpoint_every:
-    write a resumable checkpoint every N epochs. progress: show a tqdm bar per epoch.
+    write a resumable checkpoint every N epochs. progress: one tqdm bar for the whole run (on
+    a terminal only), its postfix the epoch and the loss.
     stop_on_nonfinite: raise NonFiniteLossError at the first NaN or infinite training loss
     (after restoring the best weights, as at the end of training), like Keras's
     TerminateOnNaN. A KeyboardInterrupt during fit also restores the best weights before it
@@ -116,12 +117,16 @@ class Trainer:
         fused = (FusedStep(self.model, self.loss_fn)
                  if isinstance(self.model, Sequential) and len(self.model) else None)
         self._call("on_train_begin")
+        bar = self._bar(len(data) * epochs, len(data) * self.epoch)
         try:
-            self._fit_epochs(data, val, epochs, params, fused)
+            self._fit_epochs(data, val, epochs, params, fused, bar)
         except (KeyboardInterrupt, NonFiniteLossError) as e:
             self.interrupted = isinstance(e, KeyboardInterrupt)
             self._restore_best()
             raise
+        finally:
+            if bar is not None:
+                bar.close()
         self._restore_best()
         self._call("on_train_end")
         return self.history
@@ -130,14 +135,13 @@ class Trainer:
         if self.restore_best and self._best[1] is not None:
             self.model.load_state_dict(self._best[1])
 
-    def _fit_epochs(self, data, val, epochs, params, fused):
+    def _fit_epochs(self, data, val, epochs, params, fused, bar):
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch + 1
             self._call("on_epoch_begin", epoch)
             self.model.train()
             total_loss = total_correct = seen = 0
-            bar = self._bar(data, epoch, epochs)
-            for xb, yb in bar:
+            for xb, yb in data:
                 self.optimizer.zero_grad()
                 if fused is not None:
                     loss = fused(xb, yb)
@@ -168,8 +172,10 @@ class Trainer:
                     total_correct += self._count_correct(out, yb)
                 self.history["step_loss"].append(loss)
                 self._call("on_step_end", self.step, loss)
-                if bar is not data:  # a bar is shown (not on every rank, not off a terminal)
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if bar is not None:
+                    bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{loss:.4f}",
+                                    refresh=False)
+                    bar.update()
             total_loss, total_correct, seen = self._reduce_totals(total_loss, total_correct, seen)
             logs = {"train_loss": total_loss / max(seen, 1),
                     "train_acc": total_correct / max(seen, 1) if self._classifier else None,
@@ -206,13 +212,16 @@ class Trainer:
         np.equal(pred, y, out=hits)
         return int(np.count_nonzero(hits))
 
-    def _bar(self, data, epoch, epochs):
+    def _bar(self, total, done):
+        """The run's progress bar over `total` steps, `done` of them taken (resumed), or
+        None."""
         if not self.progress:
-            return data
+            return None
         from tqdm import tqdm  # imported only when a bar is shown
 
         # disable=None: no bar when the output is not a terminal (logs, CI)
-        return tqdm(data, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch", disable=None)
+        return tqdm(total=total, initial=done, desc="training", unit="batch", leave=False,
+                    disable=None)
 
     def _schedule(self, logs):
         if self.scheduler is None:

@@ -407,20 +407,22 @@ def test_progress_false_prints_nothing(capfd, monkeypatch):
     assert out == "" and err == ""
 
 
-def test_progress_true_uses_one_bar_per_epoch(capfd, monkeypatch):
+def test_progress_true_uses_one_bar_for_the_whole_run(capfd, monkeypatch):
     tqdm = pytest.importorskip("tqdm")
     real, bars = tqdm.tqdm, []
 
     def spy(*args, **kwargs):
-        bars.append(kwargs.get("desc"))
-        return real(*args, **kwargs)
+        bars.append(real(*args, **{**kwargs, "disable": False}))  # as on a terminal
+        return bars[-1]
 
     monkeypatch.setattr(tqdm, "tqdm", spy)
     X, y = blobs(100)
     model = small_mlp()
     Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress=True).fit(
         (X, y), epochs=2, batch_size=20)
-    assert bars == ["epoch 1/2", "epoch 2/2"]
+    assert len(bars) == 1
+    assert bars[0].total == bars[0].n == 2 * 5  # 5 batches of 20 per epoch
+    assert "epoch=2/2" in capfd.readouterr().err
     assert capfd.readouterr().out == ""
 
 
