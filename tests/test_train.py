@@ -422,7 +422,7 @@ def test_progress_true_uses_one_bar_for_the_whole_run(capfd, monkeypatch):
         (X, y), epochs=2, batch_size=20)
     assert len(bars) == 1
     assert bars[0].total == bars[0].n == 2 * 5  # 5 batches of 20 per epoch
-    assert "epoch=2/2" in capfd.readouterr().err
+    assert "epoch=2/2" in bars[0].postfix
     assert capfd.readouterr().out == ""
 
 
