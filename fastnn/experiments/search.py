@@ -123,7 +123,7 @@ def default_executor(max_workers=None):
 
 def random_search(train, val, n_trials=100, epochs=50, seed=0, executor=None,
                   lr_range=LR_RANGE, wd_range=WD_RANGE, hidden=(100,) * 6, batch_size=100,
-                  threads=1):
+                  threads=1, progress=False):
     """Random search of lr and weight decay, judged on the validation split.
 
     train, val: (X (n, features) float32, y (n,) int64); there is deliberately no test
@@ -133,6 +133,7 @@ def random_search(train, val, n_trials=100, epochs=50, seed=0, executor=None,
     process pool of one worker per core (default_executor), shut down at the end. threads:
     fastnn threads inside each trial (1 avoids oversubscribing the cores; None leaves the
     worker's setting; with an in-process executor the caller's setting is restored after).
+    progress: a tqdm bar of the finished trials (on a terminal only).
 
     Returns the trial results (see run_trial), best first: highest validation accuracy,
     ties broken by the lower trial index.
@@ -146,7 +147,13 @@ def random_search(train, val, n_trials=100, epochs=50, seed=0, executor=None,
     futures = []
     try:
         futures = [executor.submit(run_trial, t, train, val) for t in trials]
-        results = [f.result() for f in futures]
+        if progress:
+            from tqdm import tqdm
+
+            futures_done = tqdm(futures, desc="trials", unit="trial", leave=False, disable=None)
+        else:
+            futures_done = futures
+        results = [f.result() for f in futures_done]
     finally:
         for f in futures:  # after a failed trial, the queued ones are not worth waiting for
             f.cancel()
@@ -215,7 +222,7 @@ def run(output, data_path=None, seed=0, quick=False, trials=None, epochs=None, n
     train, val = data["train"], (data["val"][0][:max_val], data["val"][1][:max_val])
     trials = common.budget(trials, quick, 6, 100, "trials")
     epochs = common.budget(epochs, quick, 3, 50, "epochs")
-    results = random_search(train, val, trials, epochs, seed, executor)
+    results = random_search(train, val, trials, epochs, seed, executor, progress=verbose)
     fields = ("index", "lr", "weight_decay", "val_acc")
     best = [{k: r[k] for k in fields} for r in results[:5]]
     summary.heading(f"{trials} trials of {epochs} epochs: {len(train[0])} training and "
