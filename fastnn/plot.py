@@ -74,6 +74,12 @@ def plot_history(history, path):
             v = _floats(history[key])
             ax_loss.plot(epochs[:v.size], v, style, color=color, markersize=3,
                          label=key.replace("_", " "))
+    val = _floats(history.get("val_loss")) if _has(history.get("val_loss")) else np.array([])
+    if val.size and np.isfinite(val).any():  # the epoch whose weights a Trainer restores
+        best = int(np.nanargmin(np.where(np.isfinite(val), val, np.nan))) + 1
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(best, color="0.5", linestyle=":", linewidth=1,
+                       label=f"best epoch ({best})" if ax is ax_loss else None)
     ax_loss.set_xlabel("epoch" if n_epochs else "step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("loss")
