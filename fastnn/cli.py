@@ -55,8 +55,8 @@ def _positive(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
         if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected a positive finite {kind.__name__}, "
-                                             f"got {text!r}")
+            what = "finite float" if kind is float else kind.__name__
+            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
         return value
     return parse
 
@@ -76,8 +76,8 @@ def _non_negative(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
         if not (value >= 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected a finite {kind.__name__} >= 0, "
-                                             f"got {text!r}")
+            what = "finite float" if kind is float else kind.__name__
+            raise argparse.ArgumentTypeError(f"expected a {what} >= 0, got {text!r}")
         return value
     return parse
 

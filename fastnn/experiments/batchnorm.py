@@ -37,6 +37,8 @@ def train_grid_cell(data, scale, batchnorm, epochs, seed):
 
 
 def _plot_grid(scales, curves, output):
+    from matplotlib.ticker import MaxNLocator
+
     cols = 4
     rows = -(-len(scales) // cols)
     fig, axes = common.figure(rows, cols, (12, 2.6 * rows), grid=True)
@@ -48,7 +50,13 @@ def _plot_grid(scales, curves, output):
         ax.set_title(f"w = {scale:.3g}", fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
+    for i, ax in enumerate(axes[:len(scales)]):
+        if i + cols >= len(scales):  # the lowest plot of its column
+            ax.set_xlabel("epoch", fontsize=8)
+        if i % cols == 0:
+            ax.set_ylabel("training accuracy", fontsize=8)
     for ax in axes[len(scales):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="lower right")

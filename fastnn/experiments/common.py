@@ -178,9 +178,10 @@ def figure(nrows=1, ncols=1, size=(8, 4.5), grid=False):
     fig = Figure(figsize=size, dpi=100, layout=None if grid else "constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    if grid:
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.05, top=0.9, wspace=0.2,
-                            hspace=0.45)
+    if grid:  # margins in inches, so that a one-row grid keeps room for titles and ticks
+        width, height = size
+        fig.subplots_adjust(left=0.6 / width, right=1 - 0.1 / width, bottom=0.55 / height,
+                            top=1 - 0.6 / height, wspace=0.25, hspace=0.55)
     return fig, axes
 
 

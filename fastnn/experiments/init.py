@@ -3,8 +3,9 @@
 (a) A 5-layer network of 100 units (fastnn.Linear without bias, the activation fused in)
 fed 1000 inputs drawn from N(0, 1), for weights drawn with std 1, std 0.01, Xavier
 (Glorot normal, std sqrt(2 / (100 + 100)) = 1/sqrt(100)) and He (std sqrt(2 / 100)), with
-sigmoid, tanh and ReLU: a histogram of each layer's activations, as in the course (fixed
-ranges: sigmoid and ReLU (0, 1), tanh (-1, 1); 30 bins). (b) The 5-layer ReLU MLP (4 hidden
+sigmoid, tanh and ReLU: a histogram of each layer's activations, as in the course (ranges
+sigmoid (0, 1), tanh (-1, 1), ReLU (0, 1) or up to the panel's largest value, so that
+none is left out; 30 bins). (b) The 5-layer ReLU MLP (4 hidden
 layers of 100) trained on digits (or MNIST) with SGD lr 0.01, batch 128, for the same
 number of steps from std 0.01, Xavier and He weights.
 """
@@ -53,10 +54,12 @@ def _plot_histograms(activation, outs_by_scheme, output):
     for r, (label, outs) in enumerate(outs_by_scheme.items()):
         for c, a in enumerate(outs):
             ax = axes[r, c]
-            counts, edges = np.histogram(a.ravel(), 30, range=(lo, hi))
+            top = hi if activation != "relu" else max(hi, float(a.max()))  # every value in
+            counts, edges = np.histogram(a.ravel(), 30, range=(lo, top))
             ax.stairs(counts, edges, fill=True, color="C0")  # one artist, not 30 bars
             ax.set_title(f"{label}: layer {c + 1}, std {a.std():.2g}", fontsize=9)
             ax.tick_params(labelsize=7)
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
             if c:
                 ax.set_yticks([])
     fig.suptitle(f"{activation}: activation histograms of a 5-layer, 100-unit network "

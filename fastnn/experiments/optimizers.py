@@ -62,6 +62,9 @@ def path_2d(name, lr, steps=30, start=START):
     return np.array(points)
 
 
+COLORS = {name: f"C{i}" for i, name in enumerate(NAMES)}  # one per optimizer, every figure
+
+
 def _plot_paths(paths, lrs, output):
     fig, axes = common.figure(2, 3, (14, 8))
     xs, ys = np.meshgrid(np.linspace(-10, 10, 201), np.linspace(-5, 5, 101))
@@ -70,7 +73,7 @@ def _plot_paths(paths, lrs, output):
         pts = paths[name]
         ax.contour(xs, ys, zs, levels=np.geomspace(0.05, 30, 12), colors="0.6",
                    linewidths=0.7)
-        ax.plot(pts[:, 0], pts[:, 1], "o-", color="C3", markersize=3, linewidth=1)
+        ax.plot(pts[:, 0], pts[:, 1], "o-", color=COLORS[name], markersize=3, linewidth=1)
         ax.plot(0, 0, "+", color="k", markersize=10)
         ax.set_xlim(-10, 10)
         ax.set_ylim(-5, 5)
@@ -79,7 +82,8 @@ def _plot_paths(paths, lrs, output):
         ax.set_ylabel("y")
     ax = axes[-1]
     for name in NAMES:
-        ax.semilogy([f2d(*pt) for pt in paths[name]], label=name)
+        ax.semilogy([f2d(*pt) for pt in paths[name]], color=COLORS[name],
+                    label=f"{name} (lr {lrs[name]})")
     ax.set_title("f along the path")
     ax.set_xlabel("step")
     ax.set_ylabel("f(x, y)")
@@ -108,11 +112,13 @@ def steps_until(step_loss, threshold, window):
 def _plot_losses(histories, output, window):
     fig, (ax,) = common.figure(1, 1, (9, 5))
     for name in NAMES:
-        ax.plot(common.smooth(histories[name]["step_loss"], window), label=name, linewidth=1.2)
+        loss = common.smooth(histories[name]["step_loss"], window)
+        ax.plot(loss, color=COLORS[name], label=f"{name} (lr {LR_MLP[name]})", linewidth=1.2)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"training loss (running mean of {window} steps)")
+    ax.set_ylabel("training loss" if window == 1 else
+                  f"training loss (running mean of {window} steps)")
     ax.set_title("5-layer ReLU MLP, same initial weights and batches")
-    ax.set_ylim(0, 2.5)
+    ax.set_yscale("log")  # a blow-up (RMSprop's) shown whole, and the small losses apart
     ax.grid(True, alpha=0.3)
     ax.legend()
     return common.save_figure(fig, output, "optimizers_mlp.png")
