@@ -286,7 +286,8 @@ def test_train_mnist_missing_files(tmp_path, capsys):
 def test_a_diverging_run_stops_with_one_line_and_exit_1(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastnn", "train", "--optimizer", "sgd",
                            "--lr", "1e4", "--no-batchnorm", "--no-progress", "--output",
-                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)  # not the repository root: its fastnn/ is the source
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert re.search(r"training loss is (nan|inf) at epoch 1, step \d+ \(the last finite "
@@ -302,7 +303,8 @@ def test_ctrl_c_keeps_the_best_model_and_a_checkpoint_to_resume(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "fastnn", "train", "--epochs", "100000",
                              "--patience", "100000", "--checkpoint-every", "1",
                              "--no-progress", "--hidden", "32", "--output", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     for line in proc.stdout:
         if line.startswith("epoch   3"):
             break
@@ -318,7 +320,7 @@ def test_ctrl_c_keeps_the_best_model_and_a_checkpoint_to_resume(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "fastnn", "train", "--epochs", "6",
                               "--no-progress", "--hidden", "32", "--output", str(out),
                               "--resume", str(out / "checkpoint.npz")],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     epochs = [int(m.group(1)) for m in map(EPOCH_LINE.match, resumed.stdout.splitlines()) if m]
     assert epochs and epochs[0] >= 3 and epochs[-1] == 6
