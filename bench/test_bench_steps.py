@@ -51,6 +51,7 @@ import pytest
 import fastnn
 from fastnn import layers as L
 
+from fastnn.benchmark import torch_equivalent
 from fastnn.diagnostics import memory_footprint
 from fastnn.experiments import charlm
 from fastnn.fused import FusedStep
@@ -171,50 +172,6 @@ class LayerCallsStep(FastnnStep):
         return loss
 
 
-def torch_model(torch, model):
-    """The torch.nn equivalent of the fastnn Sequential `model`, with copies of its weights;
-    also [(fastnn parameter name, torch parameter)] for comparing the two."""
-    nn = torch.nn
-    modules, names = [], []
-
-    def param(name, array):
-        p = nn.Parameter(torch.from_numpy(array.copy()))
-        names.append((name, p))
-        return p
-
-    for i, layer in enumerate(model):
-        if isinstance(layer, L.Embedding):
-            m = nn.Embedding(layer.num_embeddings, layer.embedding_dim)
-            m.weight = param(f"{i}.weight", layer.weight.data)
-            modules.append(m)
-        elif isinstance(layer, L.Flatten):
-            modules.append(nn.Flatten())
-        elif isinstance(layer, L.Linear):
-            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            m.weight = param(f"{i}.weight", layer.weight.data)
-            if layer.bias is not None:
-                m.bias = param(f"{i}.bias", layer.bias.data)
-            modules.append(m)
-            if layer.activation != "none":
-                modules.append({"relu": nn.ReLU, "tanh": nn.Tanh,
-                                "sigmoid": nn.Sigmoid}[layer.activation]())
-        elif isinstance(layer, L.BatchNorm1d):
-            m = nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
-                               affine=layer.affine)
-            if layer.affine:
-                m.weight = param(f"{i}.weight", layer.weight.data)
-                m.bias = param(f"{i}.bias", layer.bias.data)
-            m.running_mean.copy_(torch.from_numpy(layer.running_mean))
-            m.running_var.copy_(torch.from_numpy(layer.running_var))
-            modules.append(m)
-            if layer.activation != "none":
-                modules.append({"relu": nn.ReLU, "tanh": nn.Tanh,
-                                "sigmoid": nn.Sigmoid}[layer.activation]())
-        else:
-            raise TypeError(f"no torch equivalent for {layer!r}")
-    return nn.Sequential(*modules).train(), names
-
-
 class TorchStep:
     """The same step in torch eager mode, from the same initial weights."""
 
@@ -223,7 +180,7 @@ class TorchStep:
         x, target = inputs(workload)
         self.x = self.torch.from_numpy(x)
         self.target = self.torch.from_numpy(target)
-        self.model, self.names = torch_model(self.torch, build_model(workload))
+        self.model, self.names = torch_equivalent(build_model(workload), self.torch)
         self.loss_fn = self.torch.nn.CrossEntropyLoss()
         self.optimizer = build_optimizer(workload, self.model.parameters(), self.torch.optim)
 

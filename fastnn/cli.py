@@ -3,6 +3,8 @@
     fastnn train   train an MLP on a dataset (default: the embedded 8x8 digits) and report
                    the test accuracy; writes the model and a loss-curve PNG to --output
     fastnn info    what this build is (version, OpenMP, threads, BLAS, flags)
+    fastnn bench MODEL
+                   time a saved model's training step beside PyTorch's (fastnn.benchmark)
     fastnn experiment NAME
                    reproduce one of the course experiments (optimizers, init, batchnorm,
                    overfit, search, charlm; see fastnn.experiments): trains with fastnn and
@@ -30,6 +32,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that gives each option's default, where it has one (not None or False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _fail(message):
@@ -309,6 +320,23 @@ def experiment(args):
     return 0
 
 
+def bench(args):
+    """`fastnn bench MODEL`: the model's training step beside PyTorch's (fastnn.benchmark)."""
+    from . import benchmark
+
+    try:
+        model = fastnn.load(args.model)
+        x, target = benchmark.example_batch(model, args.batch_size)
+        result = benchmark.compare_with_torch(model, x, target, args.optimizer, args.lr,
+                                              args.threads, args.rounds)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        print(f"fastnn bench: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"{args.model}: batch {args.batch_size}, {args.optimizer} (lr {args.lr}): "
+          f"{benchmark.report(result)}")
+    return 0
+
+
 def info(args):
     print(json.dumps(fastnn.build_info(), indent=2))
     return 0
@@ -320,7 +348,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("info", help="show what this build is").set_defaults(func=info)
     p = sub.add_parser("train", help="train an MLP and report its test accuracy",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     p.add_argument("--data-path", help="folder with the MNIST IDX files (for --dataset mnist)")
     p.add_argument("--allow-missing-classes", action="store_true",
@@ -358,7 +386,8 @@ def main(argv=None):
     from .experiments import NAMES as EXPERIMENTS  # a plain module: no matplotlib import
 
     p = sub.add_parser("experiment", help="reproduce a course experiment: figures and a "
-                       "markdown summary of measured numbers")
+                       "markdown summary of measured numbers",
+                       formatter_class=_Help)
     p.add_argument("name", choices=EXPERIMENTS, metavar="NAME",
                    help=f"one of: {', '.join(EXPERIMENTS)}")
     p.add_argument("--output", default=None,
@@ -378,6 +407,18 @@ def main(argv=None):
     p.add_argument("--words", default=None,
                    help="charlm: a text file with one word per line (default: built-in names)")
     p.set_defaults(func=experiment)
+    p = sub.add_parser("bench", help="time a saved model's training step beside PyTorch's",
+                       formatter_class=_Help)
+    p.add_argument("model", help="a model file (fastnn.save; fastnn train writes one)")
+    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
+    p.add_argument("--lr", type=_positive(float), default=0.01, help="learning rate")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="both libraries' threads (default: fastnn's, OMP_NUM_THREADS or the "
+                        "usable cores)")
+    p.add_argument("--rounds", type=_positive(int), default=7,
+                   help="timed rounds (of 0.2 s at least); the best counts")
+    p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     if args.command is None:  # bare `fastnn`: what it can do
         parser.exit(2, parser.format_help())
