@@ -182,6 +182,9 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 def _plausible(info, file_size):
     """A member's sizes as its zip records give them are possible in a file of file_size."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ModelFileError(f"{info.filename}: compression method {info.compress_type} (numpy "
+                             "writes stored or deflated members)")
     if info.compress_size > file_size:
         raise ModelFileError(f"{info.filename}: {info.compress_size} compressed bytes in a "
                              f"file of {file_size}")
