@@ -254,7 +254,9 @@ def _train(args, distributed=None, comm=None):
         history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=args.epochs,
                               batch_size=args.batch_size, seed=args.seed, resume=args.resume)
     except fastnn.train.NonFiniteLossError as e:
-        say(f"fastnn train: error: {e} (--lr {args.lr})", file=sys.stderr)
+        print(f"fastnn train: error: {e} (--lr {args.lr})", file=sys.stderr)
+        if comm is not None:  # the other ranks may be waiting in a collective: end the job
+            raise SystemExit(1)
         return 1
     except KeyboardInterrupt:
         if not rank0:
