@@ -122,8 +122,9 @@ def run(output, data_path=None, seed=0, quick=False, epochs=None, steps=None):
     data = common.load_data(data_path, seed, max_train=1000)
     scales = GRID_SCALES[::5] if quick else GRID_SCALES
     epochs = common.budget(epochs, quick, 4, 20, "epochs")
+    cells = [(s, bn) for s in scales for bn in (True, False)]
     curves = {(s, bn): train_grid_cell(data, s, bn, epochs, seed)
-              for s in scales for bn in (True, False)}
+              for s, bn in common.trials(cells, "grid cells")}
     grid = {float(s): {"with_bn": curves[(s, True)][-1], "without_bn": curves[(s, False)][-1]}
             for s in scales}
     summary.heading(f"(a) Training accuracy after {epochs} epochs on {len(data['train'][0])} "

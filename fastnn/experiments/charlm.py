@@ -150,7 +150,7 @@ def run(output, data_path=None, seed=0, quick=False, words=None, steps=None, n_s
     optimizer = optim.SGD(model.parameters(), lr=0.1)
     decay_at = max(1, int(math.ceil(0.75 * epochs)))
     trainer = fastnn.train.Trainer(model, optimizer, scheduler=MultiStepLR(optimizer, [decay_at]),
-                                   patience=10, restore_best=True, progress=False)
+                                   patience=10, restore_best=True, progress=True)
     history = trainer.fit(train, val, epochs=epochs, batch_size=32, seed=seed)
     train_loss = trainer.evaluate(*train)[0]
     val_loss = trainer.evaluate(*val)[0]

@@ -18,7 +18,7 @@ from fastnn.checkpoint import atomic_write
 from fastnn.train import Callback
 
 __all__ = ["EvalEachEpoch", "Summary", "budget", "build_mlp", "figure", "init_weight", "load_data",
-           "prepare_output", "save_figure", "sgd_weight_decay", "smooth"]
+           "prepare_output", "save_figure", "sgd_weight_decay", "smooth", "trials"]
 
 
 def prepare_output(output):
@@ -183,6 +183,13 @@ def figure(nrows=1, ncols=1, size=(8, 4.5), grid=False):
         fig.subplots_adjust(left=0.6 / width, right=1 - 0.1 / width, bottom=0.55 / height,
                             top=1 - 0.6 / height, wspace=0.25, hspace=0.55)
     return fig, axes
+
+
+def trials(items, desc):
+    """items, with a progress bar of them on a terminal (tqdm; none in logs or tests)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, disable=None)
 
 
 def save_figure(fig, output, name):

@@ -120,7 +120,8 @@ def run(output, data_path=None, seed=0, quick=False, steps=None):
     steps = common.budget(steps, quick, 150, 2000, "steps")
     per_epoch = max(1, len(data["train"][0]) // 128)
     epochs = max(1, round(steps / per_epoch))
-    histories = {label: _train(SCHEMES[label], data, epochs, seed) for label in TRAINED}
+    histories = {label: _train(SCHEMES[label], data, epochs, seed)
+                 for label in common.trials(TRAINED, "trainings")}
     n = len(histories["He"]["step_loss"])
     tail = max(1, n // 10)
     loss_final = {k: float(np.mean(h["step_loss"][-tail:])) for k, h in histories.items()}

@@ -154,7 +154,8 @@ def run(output, data_path=None, seed=0, quick=False, steps=None):
     steps = common.budget(steps, quick, 100, 2000, "steps")
     per_epoch = len(data["train"][0]) // 128  # the Trainer drops the last, short batch
     epochs = max(1, round(steps / max(per_epoch, 1)))
-    histories = {name: train_mlp(name, LR_MLP[name], data, epochs, seed) for name in NAMES}
+    histories = {name: train_mlp(name, LR_MLP[name], data, epochs, seed)
+                 for name in common.trials(NAMES, "optimizers")}
     n = len(histories["SGD"]["step_loss"])
     tail = max(1, n // 10)
     loss_final = {name: float(np.mean(histories[name]["step_loss"][-tail:])) for name in NAMES}
