@@ -872,3 +872,40 @@ def test_scheduler_drives_training_lr():
     params[0].grad[...] = 1.0
     opt.step()
     assert_close(params[0].data, before - 0.01)
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_adam_eps_hat_is_the_textbook_update_written_out(cls):
+    """lr_t = lr sqrt(1 - b2^t) / (1 - b1^t); p -= lr_t m / (sqrt(v) + eps) (Kingma & Ba's
+    efficient ordering, Keras, "Deep Learning from Scratch"), in float64, 200 steps of a
+    fixed gradient sequence (AdamW: weight decay 0, so the two classes agree)."""
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(50)
+    grads = rng.standard_normal((200, 50)) * np.geomspace(1e-6, 1, 50)  # eps matters for some
+    lr, b1, b2, eps = 1e-2, 0.9, 0.999, 1e-7
+    p, m, v = p0.copy(), np.zeros(50), np.zeros(50)
+    for t, g in enumerate(grads, 1):
+        m += (1 - b1) * (g - m)
+        v += (1 - b2) * (g * g - v)
+        lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        p -= lr_t * m / (np.sqrt(v) + eps)
+    param = fastnn.Parameter(p0.copy())
+    kwargs = dict(lr=lr, betas=(b1, b2), eps=eps, eps_hat=True)
+    if cls == "AdamW":
+        kwargs["weight_decay"] = 0.0
+    opt = getattr(optim, cls)([param], **kwargs)
+    for g in grads:
+        param.grad[...] = g
+        opt.step()
+    np.testing.assert_allclose(param.data, p, rtol=1e-12, atol=1e-14)
+    torch_form = fastnn.Parameter(p0.copy())
+    opt = optim.Adam([torch_form], lr=lr, betas=(b1, b2), eps=eps)
+    for g in grads:
+        torch_form.grad[...] = g
+        opt.step()
+    assert np.abs(torch_form.data - p).max() > 1e-4  # the option changes the answer
+
+
+def test_eps_hat_must_be_a_bool():
+    with pytest.raises(TypeError, match="eps_hat"):
+        optim.Adam([fastnn.Parameter(np.zeros(2))], eps_hat="yes")

@@ -14,7 +14,11 @@ The textbook forms map onto these as follows (constant learning rate):
   RMSprop     s = a * s + (1 - a) * g * g;  p -= lr * g / (sqrt(s) + eps)
               == RMSprop(lr, alpha=a, eps=eps)
   Adam        m, v averages, bias-corrected;  p -= lr * m_hat / (sqrt(v_hat) + eps)
-              == Adam(lr, betas, eps): eps sits outside the square root in both.
+              == Adam(lr, betas, eps): PyTorch's form, eps outside the square root.
+  Adam, the   lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t);  p -= lr_t * m / (sqrt(v) + eps)
+  textbook's  (Kingma & Ba's "efficient" ordering with their epsilon-hat, Keras, "Deep
+              Learning from Scratch") == Adam(lr, betas, eps, eps_hat=True). The two differ
+              by where eps sits: here it is eps / sqrt(1 - b2^t) in PyTorch's terms.
   L2 (weight decay) adds weight_decay * p to the gradient (AdamW instead shrinks p by
   lr * weight_decay); l1 adds l1 * sign(p).
 """
@@ -268,14 +272,20 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (optionally AMSGrad), as torch.optim.Adam; weight_decay is coupled L2."""
+    """Adam (optionally AMSGrad), as torch.optim.Adam; weight_decay is coupled L2.
+
+    eps_hat=True: the textbook's update instead (the module docstring): lr_t = lr *
+    sqrt(1 - beta2^t) / (1 - beta1^t), p -= lr_t * m / (sqrt(v) + eps), as Keras and "Deep
+    Learning from Scratch" (whose eps is 1e-7). Computed as PyTorch's update with eps /
+    sqrt(1 - beta2^t), which is the same expression."""
 
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, l1=0.0):
+                 amsgrad=False, l1=0.0, eps_hat=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay, amsgrad=amsgrad, l1=l1))
+                                      weight_decay=weight_decay, amsgrad=amsgrad, l1=l1,
+                                      eps_hat=eps_hat))
 
     def _validate(self, g):
         for name in ("lr", "eps", "weight_decay", "l1"):
@@ -284,6 +294,8 @@ class Adam(Optimizer):
             raise ValueError(f"betas: expected two values, got {g['betas']!r}")
         for i, b in enumerate(g["betas"]):
             F.check.number(f"betas[{i}]", b, 0.0, 1.0, high_open=True)
+        if not isinstance(g["eps_hat"], bool):
+            raise TypeError(f"eps_hat: expected a bool, got {g['eps_hat']!r}")
 
     def _new_state(self, group, arena):
         return {"step": 0, "exp_avg": np.zeros(arena.size, arena.dtype),
@@ -297,9 +309,10 @@ class Adam(Optimizer):
     def _update(self, g, data, grad, state):
         vmax = state["max_exp_avg_sq"] if g["amsgrad"] else None
         beta1, beta2 = g["betas"]
+        eps = g["eps"] / math.sqrt(1 - beta2 ** state["step"]) if g["eps_hat"] else g["eps"]
         return "adam_step", (data, state["exp_avg"], state["exp_avg_sq"], vmax, grad, g["lr"],
-                             beta1, beta2, g["eps"], g["weight_decay"], g["l1"],
-                             self.decoupled, state["step"])
+                             beta1, beta2, eps, g["weight_decay"], g["l1"], self.decoupled,
+                             state["step"])
 
 
 class AdamW(Adam):
@@ -308,8 +321,8 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, l1=0.0):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1)
+                 amsgrad=False, l1=0.0, eps_hat=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1, eps_hat)
 
 
 def _grad_runs(params):
