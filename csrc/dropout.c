@@ -1,4 +1,4 @@
-/* Inverted dropout with a counter-based mask: element i of a call is kept when the hash of
+/* Dropout with a counter-based mask: element i of a call is kept when the hash of
  * (seed, offset + i) lands at or above p. The mask is a pure function of (seed, offset, i),
  * so it is the same for any thread count, and the backward recomputes it instead of storing
  * it. A template: this file includes itself once per element type. */
@@ -33,13 +33,13 @@ static inline double dropout_uniform(uint64_t seed, uint64_t counter)
 
 #else /* template body */
 
-void SFX(dropout_apply)(REAL *out, const REAL *in, double p, uint64_t seed, uint64_t offset,
-                        int64_t n)
+void SFX(dropout_apply)(REAL *out, const REAL *in, double p, double scale, uint64_t seed,
+                        uint64_t offset, int64_t n)
 {
-    REAL scale = (REAL)(1 / (1 - p));
+    REAL s = (REAL)scale;
     FASTNN_FOR_CHUNKS(n, {
         for (int64_t i = i0; i < i1; i++) {
-            REAL v = in[i] * scale;
+            REAL v = in[i] * s;
             out[i] = dropout_uniform(seed, offset + (uint64_t)i) >= p ? v : 0;
         }
     });

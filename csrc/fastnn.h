@@ -147,11 +147,12 @@ void softmax_backward_f64(double *dx, const double *dout, const double *y, int64
                           int64_t K);
 
 /* ---- Dropout (dropout.c) ----
- * out (n) <- in * mask / (1 - p), mask[i] = (uniform(seed, offset + i) >= p): the same call
- * with the same (seed, offset) is the forward and the backward. 0 <= p < 1. */
-void dropout_apply_f32(float *out, const float *in, double p, uint64_t seed, uint64_t offset,
-                       int64_t n);
-void dropout_apply_f64(double *out, const double *in, double p, uint64_t seed,
+ * out (n) <- in * scale * mask, mask[i] = (uniform(seed, offset + i) >= p): the same call
+ * with the same (seed, offset) is the forward and the backward. 0 <= p < 1; scale is
+ * 1 / (1 - p) for inverted dropout, 1 for the textbook's. */
+void dropout_apply_f32(float *out, const float *in, double p, double scale, uint64_t seed,
+                       uint64_t offset, int64_t n);
+void dropout_apply_f64(double *out, const double *in, double p, double scale, uint64_t seed,
                        uint64_t offset, int64_t n);
 
 /* ---- Embedding (embedding.c) ----

@@ -103,9 +103,9 @@ cdef extern from "fastnn.h" nogil:
     void softmax_backward_f32(float *dx, const float *dout, const float *y, int64_t N, int64_t K)
     void softmax_backward_f64(double *dx, const double *dout, const double *y, int64_t N,
                               int64_t K)
-    void dropout_apply_f32(float *out, const float *inp, double p, uint64_t seed,
+    void dropout_apply_f32(float *out, const float *inp, double p, double scale, uint64_t seed,
                            uint64_t offset, int64_t n)
-    void dropout_apply_f64(double *out, const double *inp, double p, uint64_t seed,
+    void dropout_apply_f64(double *out, const double *inp, double p, double scale, uint64_t seed,
                            uint64_t offset, int64_t n)
     void embedding_forward_f32(float *out, const float *weight, const int64_t *idx, int64_t N,
                                int64_t D)
@@ -397,7 +397,7 @@ KERNELS = {
                             "act:i negative_slope:d"),
     "softmax_forward": (OP_SOFTMAX_FORWARD, "out:*! x:*", "R K", ""),
     "softmax_backward": (OP_SOFTMAX_BACKWARD, "dx:*! dy:* y:*", "R K", ""),
-    "dropout_apply": (OP_DROPOUT_APPLY, "out:*! x:*", "n", "p:d seed:u offset:u"),
+    "dropout_apply": (OP_DROPOUT_APPLY, "out:*! x:*", "n", "p:d scale:d seed:u offset:u"),
     "cross_entropy_forward": (OP_CROSS_ENTROPY_FORWARD,
                               "probs:NK! row_loss:N%! logits:NK target:N#K", "N K", ""),
     "cross_entropy_backward": (OP_CROSS_ENTROPY_BACKWARD, "dlogits:NK! probs:NK target:N#K",
@@ -808,8 +808,8 @@ cdef double run_op(Op *op) noexcept nogil:
         if op.f32: softmax_backward_f32(<float *>p[0], <float *>p[1], <float *>p[2], n[0], n[1])
         else: softmax_backward_f64(<double *>p[0], <double *>p[1], <double *>p[2], n[0], n[1])
     elif k == OP_DROPOUT_APPLY:
-        if op.f32: dropout_apply_f32(<float *>p[0], <float *>p[1], d[0], u[0], u[1], n[0])
-        else: dropout_apply_f64(<double *>p[0], <double *>p[1], d[0], u[0], u[1], n[0])
+        if op.f32: dropout_apply_f32(<float *>p[0], <float *>p[1], d[0], d[1], u[0], u[1], n[0])
+        else: dropout_apply_f64(<double *>p[0], <double *>p[1], d[0], d[1], u[0], u[1], n[0])
     elif k == OP_CROSS_ENTROPY_FORWARD:
         if op.f32:
             return cross_entropy_forward_f32(<float *>p[0], <double *>p[1], <float *>p[2],

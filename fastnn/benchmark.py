@@ -81,7 +81,7 @@ def torch_equivalent(model, torch=None):
             m = nn.LeakyReLU(layer.negative_slope)
         elif kind is layers.GELU:
             m = nn.GELU(approximate=layer.approximate)
-        elif kind is layers.Dropout:
+        elif kind is layers.Dropout and layer.inverted:
             m = nn.Dropout(layer.p)
         else:
             raise TypeError(f"model[{i}]: no torch equivalent for {layer!r}")

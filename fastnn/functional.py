@@ -286,8 +286,9 @@ def softmax_backward(dy, y, dx=None):
 
 
 
-def dropout_apply(x, p, seed, offset=0, out=None):
-    """Inverted dropout: x * mask / (1 - p), elementwise over any shape.
+def dropout_apply(x, p, seed, offset=0, out=None, scale=None):
+    """Dropout: x * mask * scale, elementwise over any shape; scale defaults to 1 / (1 - p),
+    inverted dropout (scale=1: the textbook's, whose evaluation multiplies by 1 - p).
 
     mask[i] = (uniform(seed, offset + i) >= p), from a counter-based generator: the same
     (seed, offset) gives the same mask for any thread count, so one call is the forward and
@@ -301,10 +302,10 @@ def dropout_apply(x, p, seed, offset=0, out=None):
     for name, v in (("seed", seed), ("offset", offset)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**64:
             raise ValueError(f"{name}: expected an integer in [0, 2**64), got {v!r}")
+    scale = 1 / (1 - p) if scale is None else check.number("scale", scale)
     out = _output("out", out, x.shape, x.dtype)
-    runtime.ops.dropout_apply(out, x, float(p), int(seed), int(offset))
+    runtime.ops.dropout_apply(out, x, float(p), float(scale), int(seed), int(offset))
     return out
-
 
 
 def embedding_forward(weight, idx, out=None):

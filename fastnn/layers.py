@@ -753,7 +753,9 @@ class Softmax(Module):
 
 class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability p and scale the rest
-    by 1 / (1 - p); identity in evaluation.
+    by 1 / (1 - p); identity in evaluation, as torch.nn.Dropout. inverted=False is the
+    textbook's form ("Deep Learning from Scratch"): training keeps or zeroes x unscaled, and
+    evaluation multiplies by 1 - p.
 
     The mask comes from a counter-based generator keyed by `seed` (drawn from fastnn's
     generator, so fastnn.manual_seed makes it reproducible, unless given) and a counter that
@@ -761,10 +763,12 @@ class Dropout(Module):
     count, and the backward recomputes the forward's mask rather than storing it.
     """
 
-    def __init__(self, p=0.5, seed=None):
+    def __init__(self, p=0.5, seed=None, inverted=True):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
             raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        if not isinstance(inverted, bool):
+            raise TypeError(f"inverted: expected a bool, got {inverted!r}")
+        self.p, self.inverted = float(p), inverted
         # The mask generator's key and the counter of the next forward's first element are
         # buffers, so that a checkpoint resumes the same sequence of masks.
         self.seed = np.array(get_rng().integers(2**63) if seed is None else seed, np.uint64)
@@ -782,15 +786,19 @@ class Dropout(Module):
         if not (isinstance(self.p, (int, float)) and 0 <= self.p < 1):  # p may be reassigned
             raise ValueError(f"p: expected a probability in [0, 1), got {self.p!r}")
         self._shape, self._dtype = x.shape, x.dtype
-        if not self.training or self.p == 0:
+        if self.p == 0 or (self.inverted and not self.training):
             self._identity = True
             return x
         self._identity = False
-        rank, ranks = self.shard or (0, 1)
-        base = int(self.counter)
-        offset = (base + rank * x.size) % 2**64
-        self.counter[...] = (base + ranks * x.size) % 2**64
-        args = (self._out, x, self.p, int(self.seed), offset)
+        if self.training:
+            rank, ranks = self.shard or (0, 1)
+            base = int(self.counter)
+            offset = (base + rank * x.size) % 2**64
+            self.counter[...] = (base + ranks * x.size) % 2**64
+            scale = 1 / (1 - self.p) if self.inverted else 1.0
+            args = (self._out, x, self.p, scale, int(self.seed), offset)
+        else:  # the textbook's evaluation, x * (1 - p): the same kernel keeping every element
+            args = (self._out, x, 0.0, 1 - self.p, int(self.seed), 0)
         if self._forward is None or not self._forward.update(args):
             self._out = _buffer(self._out, x.shape, x.dtype)
             self._forward = _native.Kernel("dropout_apply", (self._out,) + args[1:])
@@ -814,10 +822,10 @@ class Dropout(Module):
     _buffer_names = ("seed", "counter")
 
     def config(self):
-        return {"p": self.p, "seed": int(self.seed)}
+        return {"p": self.p, "seed": int(self.seed), "inverted": self.inverted}
 
     def __repr__(self):
-        return f"Dropout(p={self.p})"
+        return f"Dropout(p={self.p})" if self.inverted else f"Dropout(p={self.p}, inverted=False)"
 
 
 class Embedding(Module):

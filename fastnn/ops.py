@@ -71,8 +71,8 @@ class ReferenceOps:
     def softmax_backward(self, dx, dy, y):
         reference.softmax_backward(dy, y, dx)
 
-    def dropout_apply(self, out, x, p, seed, offset):
-        reference.dropout_apply(x, p, seed, offset, out)
+    def dropout_apply(self, out, x, p, scale, seed, offset):
+        reference.dropout_apply(x, p, seed, offset, out, scale)
 
     def cross_entropy_forward(self, probs, row_loss, logits, target):
         return reference.cross_entropy_forward(logits, target, probs)[0]

@@ -205,9 +205,10 @@ def softmax_backward(dy, y, dx=None):
     return _write(dx, y * (dy - (dy * y).sum(axis=-1, keepdims=True)))
 
 
-def dropout_apply(x, p, seed, offset, out=None):
-    """x * mask / (1 - p), mask[i] = uniform(seed, offset + i) >= p, with the same
-    counter-based generator as csrc/dropout.c (splitmix64's finaliser)."""
+def dropout_apply(x, p, seed, offset, out=None, scale=None):
+    """x * scale * mask, mask[i] = uniform(seed, offset + i) >= p, with the same
+    counter-based generator as csrc/dropout.c (splitmix64's finaliser); scale defaults to
+    1 / (1 - p) (inverted dropout)."""
     def mix64(z):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -217,7 +218,7 @@ def dropout_apply(x, p, seed, offset, out=None):
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as in C
         h = mix64(mix64(np.uint64(seed)) + counter * np.uint64(0x9E3779B97F4A7C15))
     u = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    scale = x.dtype.type(1 / (1 - p))
+    scale = x.dtype.type(1 / (1 - p) if scale is None else scale)
     return _write(out, np.where(u.reshape(x.shape) >= p, x * scale, 0).astype(x.dtype))
 
 

@@ -230,3 +230,30 @@ def test_reassigned_p_is_checked_by_name():
     layer.p = 1.5
     with pytest.raises(ValueError, match=r"p: expected a probability in \[0, 1\), got 1.5"):
         layer(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_textbooks_dropout_written_out(dtype):
+    """inverted=False ("Deep Learning from Scratch"): training x * mask, no scaling, and the
+    backward dy * mask; evaluation x * (1 - p), the backward dy * (1 - p). The mask is the
+    inverted form's (the same seed and counter): mask = inverted output != 0."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 50)).astype(dtype) + 3  # no zeros in x
+    dy = rng.standard_normal((8, 50)).astype(dtype)
+    book, inv = fastnn.Dropout(0.3, seed=7, inverted=False), fastnn.Dropout(0.3, seed=7)
+    mask = inv(x) != 0
+    y = book(x)
+    np.testing.assert_array_equal(y, np.where(mask, x, 0))
+    np.testing.assert_array_equal(book.backward(dy), np.where(mask, dy, 0))
+    book.eval()
+    np.testing.assert_array_equal(book(x), x * dtype(1 - 0.3))
+    np.testing.assert_array_equal(book.backward(dy), dy * dtype(1 - 0.3))
+    assert book.config()["inverted"] is False and "inverted=False" in repr(book)
+
+
+def test_a_textbook_dropout_round_trips_through_a_file(tmp_path):
+    model = fastnn.Sequential(fastnn.Linear(4, 4), fastnn.Dropout(0.2, inverted=False))
+    fastnn.save(model, tmp_path / "m.npz")
+    assert fastnn.load(tmp_path / "m.npz")[1].inverted is False
+    with pytest.raises(TypeError, match="inverted"):
+        fastnn.Dropout(0.2, inverted="no")
