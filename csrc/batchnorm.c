@@ -162,7 +162,8 @@ static void SFX(batchnorm_forward_channels)(REAL *out, REAL *save_mean, REAL *sa
                                             REAL *running_mean, REAL *running_var,
                                             const REAL *x, const REAL *gamma, const REAL *beta,
                                             double eps, double momentum, int act, int train,
-                                            int64_t B, int64_t C, int64_t c0, int64_t c1)
+                                            int unbiased, int64_t B, int64_t C, int64_t c0,
+                                            int64_t c1)
 {
     for (int64_t s0 = c0; s0 < c1; s0 += BN_SEG) {
         int64_t n = c1 - s0 < BN_SEG ? c1 - s0 : BN_SEG;
@@ -189,9 +190,9 @@ static void SFX(batchnorm_forward_channels)(REAL *out, REAL *save_mean, REAL *sa
             save_invstd[c] = (REAL)invstd;
             if (train && running_mean) {
                 running_mean[c] = (REAL)((1 - momentum) * running_mean[c] + momentum * mean[j]);
-                /* the unbiased variance, as PyTorch keeps */
-                double unbiased = var[j] * (double)B / (double)(B - 1);
-                running_var[c] = (REAL)((1 - momentum) * running_var[c] + momentum * unbiased);
+                /* the unbiased variance, as PyTorch keeps, or the biased one, the textbook's */
+                double stored = unbiased ? var[j] * (double)B / (double)(B - 1) : var[j];
+                running_var[c] = (REAL)((1 - momentum) * running_var[c] + momentum * stored);
             }
         }
         SFX(normalize_segment)(out, x, center, scale, shift, act, B, C, s0, n);
@@ -201,23 +202,25 @@ static void SFX(batchnorm_forward_channels)(REAL *out, REAL *save_mean, REAL *sa
 static void SFX(batchnorm_forward)(REAL *out, REAL *save_mean, REAL *save_invstd,
                                    REAL *running_mean, REAL *running_var, const REAL *x,
                                    const REAL *gamma, const REAL *beta, double eps,
-                                   double momentum, int act, int train, int64_t B, int64_t C)
+                                   double momentum, int act, int train, int unbiased,
+                                   int64_t B, int64_t C)
 {
     FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, B * C,
                            fastnn_num_blocks(C, BN_MIN_BLOCK), C, blk, c0, c1,
                            SFX(batchnorm_forward_channels)(out, save_mean, save_invstd,
                                                            running_mean, running_var, x, gamma,
-                                                           beta, eps, momentum, act, train, B,
-                                                           C, c0, c1););
+                                                           beta, eps, momentum, act, train,
+                                                           unbiased, B, C, c0, c1););
 }
 
 void SFX(batchnorm_forward_train)(REAL *out, REAL *save_mean, REAL *save_invstd,
                                   REAL *running_mean, REAL *running_var, const REAL *x,
                                   const REAL *gamma, const REAL *beta, double eps,
-                                  double momentum, int act, int64_t B, int64_t C)
+                                  double momentum, int act, int unbiased, int64_t B,
+                                  int64_t C)
 {
     SFX(batchnorm_forward)(out, save_mean, save_invstd, running_mean, running_var, x, gamma,
-                           beta, eps, momentum, act, 1, B, C);
+                           beta, eps, momentum, act, 1, unbiased, B, C);
 }
 
 void SFX(batchnorm_forward_eval)(REAL *out, REAL *save_mean, REAL *save_invstd,
@@ -227,7 +230,7 @@ void SFX(batchnorm_forward_eval)(REAL *out, REAL *save_mean, REAL *save_invstd,
 {
     /* the running statistics are only read in evaluation mode */
     SFX(batchnorm_forward)(out, save_mean, save_invstd, (REAL *)running_mean,
-                           (REAL *)running_var, x, gamma, beta, eps, 0, act, 0, B, C);
+                           (REAL *)running_var, x, gamma, beta, eps, 0, act, 0, 0, B, C);
 }
 
 static void SFX(batchnorm_backward_channels)(REAL *dx, REAL *dgamma, REAL *dbeta,

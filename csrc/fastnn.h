@@ -99,17 +99,18 @@ void linear_backward_f64(double *dx, double *dw, double *db, double *work, const
  * Training: out = act(gamma * (x - mean) / sqrt(var + eps) + beta) with the batch mean and
  * biased variance; save_mean, save_invstd (C) receive mean and 1/sqrt(var + eps); when
  * running_mean/running_var (C) are given they become (1 - momentum) * old + momentum * new,
- * with the unbiased variance (B > 1). Evaluation: the running statistics normalise, and are
+ * with the unbiased variance when unbiased (PyTorch's; B > 1), else the biased one (the
+ * textbook's). Evaluation: the running statistics normalise, and are
  * copied into save_mean/save_invstd for the backward.
  */
 void batchnorm_forward_train_f32(float *out, float *save_mean, float *save_invstd,
                                  float *running_mean, float *running_var, const float *x,
                                  const float *gamma, const float *beta, double eps,
-                                 double momentum, int act, int64_t B, int64_t C);
+                                 double momentum, int act, int unbiased, int64_t B, int64_t C);
 void batchnorm_forward_train_f64(double *out, double *save_mean, double *save_invstd,
                                  double *running_mean, double *running_var, const double *x,
                                  const double *gamma, const double *beta, double eps,
-                                 double momentum, int act, int64_t B, int64_t C);
+                                 double momentum, int act, int unbiased, int64_t B, int64_t C);
 void batchnorm_forward_eval_f32(float *out, float *save_mean, float *save_invstd,
                                 const float *running_mean, const float *running_var,
                                 const float *x, const float *gamma, const float *beta,

@@ -70,11 +70,13 @@ cdef extern from "fastnn.h" nogil:
     void batchnorm_forward_train_f32(float *out, float *save_mean, float *save_invstd,
                                      float *running_mean, float *running_var, const float *x,
                                      const float *gamma, const float *beta, double eps,
-                                     double momentum, int act, int64_t B, int64_t C)
+                                     double momentum, int act, int unbiased, int64_t B,
+                                     int64_t C)
     void batchnorm_forward_train_f64(double *out, double *save_mean, double *save_invstd,
                                      double *running_mean, double *running_var,
                                      const double *x, const double *gamma, const double *beta,
-                                     double eps, double momentum, int act, int64_t B, int64_t C)
+                                     double eps, double momentum, int act, int unbiased,
+                                     int64_t B, int64_t C)
     void batchnorm_forward_eval_f32(float *out, float *save_mean, float *save_invstd,
                                     const float *running_mean, const float *running_var,
                                     const float *x, const float *gamma, const float *beta,
@@ -385,7 +387,7 @@ KERNELS = {
     "batchnorm_forward_train": (OP_BATCHNORM_FORWARD_TRAIN,
                                 "out:BC! save_mean:C! save_invstd:C! running_mean:C!? "
                                 "running_var:C!? x:BC weight:C? bias:C?",
-                                "B C", "eps:d momentum:d act:i"),
+                                "B C", "eps:d momentum:d act:i unbiased:i"),
     "batchnorm_forward_eval": (OP_BATCHNORM_FORWARD_EVAL,
                                "out:BC! save_mean:C! save_invstd:C! running_mean:C "
                                "running_var:C x:BC weight:C? bias:C?", "B C", "eps:d act:i"),
@@ -766,12 +768,12 @@ cdef double run_op(Op *op) noexcept nogil:
             batchnorm_forward_train_f32(<float *>p[0], <float *>p[1], <float *>p[2],
                                         <float *>p[3], <float *>p[4], <float *>p[5],
                                         <float *>p[6], <float *>p[7], d[0], d[1], i[0],
-                                        n[0], n[1])
+                                        i[1], n[0], n[1])
         else:
             batchnorm_forward_train_f64(<double *>p[0], <double *>p[1], <double *>p[2],
                                         <double *>p[3], <double *>p[4], <double *>p[5],
                                         <double *>p[6], <double *>p[7], d[0], d[1], i[0],
-                                        n[0], n[1])
+                                        i[1], n[0], n[1])
     elif k == OP_BATCHNORM_FORWARD_EVAL:
         if op.f32:
             batchnorm_forward_eval_f32(<float *>p[0], <float *>p[1], <float *>p[2],

@@ -67,7 +67,7 @@ def torch_equivalent(model, torch=None):
             m.weight = param(f"{i}.weight", layer.weight.data)
             if layer.bias is not None:
                 m.bias = param(f"{i}.bias", layer.bias.data)
-        elif kind is layers.BatchNorm1d:
+        elif kind is layers.BatchNorm1d and layer.running_var_unbiased:
             m = nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
                                affine=layer.affine)
             if layer.affine:

@@ -135,13 +135,14 @@ def _channel_vector(name, a, C, dtype):
 
 def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
                       training=True, momentum=0.1, eps=1e-5, activation="none", out=None,
-                      save_mean=None, save_invstd=None):
+                      save_mean=None, save_invstd=None, running_var_unbiased=True):
     """BatchNorm1d over the batch axis of x, then an optional fused activation.
 
     x: (B, C) float32 or float64; weight (gamma), bias (beta): (C,) or None (no affine).
     training=True: normalise with the batch mean and biased variance and, when given, update
     running_mean and running_var (C,) in place with `momentum` (the unbiased variance goes
-    into running_var, as in PyTorch). training=False: normalise with the running statistics.
+    into running_var, as in PyTorch; running_var_unbiased=False: the biased one, as the
+    textbook's BatchNormalization keeps). training=False: normalise with the running statistics.
     activation: "none", "relu", "tanh" or "sigmoid". out (B, C), save_mean, save_invstd (C,):
     optional buffers. Returns (y, mean, invstd), invstd = 1 / sqrt(var + eps); the backward
     takes mean and invstd.
@@ -183,7 +184,7 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
     if training:
         runtime.ops.batchnorm_forward_train(out, save_mean, save_invstd, running_mean,
                                             running_var, x, weight, bias, float(eps),
-                                            float(momentum), act)
+                                            float(momentum), act, bool(running_var_unbiased))
     else:
         runtime.ops.batchnorm_forward_eval(out, save_mean, save_invstd, running_mean,
                                            running_var, x, weight, bias, float(eps), act)

@@ -182,7 +182,8 @@ _ARRAYS = {BatchNorm1d: ("weight", "bias", "running_mean", "running_var", "_dx",
            Linear: ("weight", "bias", "_dx", "_work"), Embedding: ("weight",),
            _Elementwise: ("_dx",)}
 # the settings a plan fixes
-_SETTINGS = {BatchNorm1d: ("training", "eps", "momentum", "activation", "sync"),
+_SETTINGS = {BatchNorm1d: ("training", "eps", "momentum", "activation", "sync",
+                           "running_var_unbiased"),
              Linear: ("activation",), _Elementwise: ("kind", "negative_slope")}
 _Checks = collections.namedtuple("_Checks", "shape dtype target_shape same equal layers "
                                             "outputs grads dicts written")

@@ -431,14 +431,15 @@ class BatchNorm1d(Module):
 
     weight (gamma, ones) and bias (beta, zeros) are Parameters when affine; running_mean
     (zeros) and running_var (ones) are updated in training with `momentum` (the unbiased batch
-    variance into running_var) and used in evaluation, as torch.nn.BatchNorm1d (normalising
+    variance into running_var; running_var_unbiased=False: the biased batch variance, as the
+    textbook's BatchNormalization) and used in evaluation, as torch.nn.BatchNorm1d (normalising
     centred first: more accurate in float32 far from zero; see
     fastnn.functional.batchnorm_forward).
     `activation` ("relu", "tanh", "sigmoid" or None) is fused after the affine map.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32,
-                 activation=None):
+                 activation=None, running_var_unbiased=True):
         self.num_features = _positive_int("num_features", num_features)
         self.dtype = _float_dtype(dtype)
         if not (isinstance(eps, numbers.Real) and eps > 0):
@@ -446,6 +447,9 @@ class BatchNorm1d(Module):
         if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
             raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
         self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
+        if not isinstance(running_var_unbiased, bool):
+            raise TypeError(f"running_var_unbiased: expected a bool, got {running_var_unbiased!r}")
+        self.running_var_unbiased = running_var_unbiased
         self.activation = F.check.choice("activation", activation or "none", F.ACTIVATIONS)
         C = self.num_features
         self.weight = Parameter(np.ones(C, self.dtype)) if affine else None
@@ -469,7 +473,8 @@ class BatchNorm1d(Module):
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                 "affine": self.affine, "dtype": self.dtype.name,
-                "activation": None if self.activation == "none" else self.activation}
+                "activation": None if self.activation == "none" else self.activation,
+                "running_var_unbiased": self.running_var_unbiased}
 
     def forward(self, x):
         """x: (B, num_features) array of the layer's dtype -> (B, num_features)."""
@@ -481,7 +486,8 @@ class BatchNorm1d(Module):
         if self.training:
             kernel = self._train_forward
             args = (self._y, self._save_mean, self._save_invstd, self.running_mean,
-                    self.running_var, x, weight, bias, self.eps, self.momentum, act)
+                    self.running_var, x, weight, bias, self.eps, self.momentum, act,
+                    self.running_var_unbiased)
         else:
             kernel = self._eval_forward
             args = (self._y, self._save_mean, self._save_invstd, self.running_mean,
@@ -515,8 +521,8 @@ class BatchNorm1d(Module):
         common = (self._y, self._save_mean, self._save_invstd, running_mean, running_var, x,
                   weight, bias, self.eps)
         if self.training:
-            self._train_forward = _native.Kernel("batchnorm_forward_train",
-                                                 common + (self.momentum, act))
+            self._train_forward = _native.Kernel(
+                "batchnorm_forward_train", common + (self.momentum, act, self.running_var_unbiased))
             return self._train_forward
         self._eval_forward = _native.Kernel("batchnorm_forward_eval", common + (act,))
         return self._eval_forward
@@ -565,7 +571,8 @@ class BatchNorm1d(Module):
         running_var = _owned_array(self.running_var, (C,), self.dtype, "running_var")
         # torch's convention: the unbiased variance of the global batch goes into running_var
         running_mean[...] = (1 - m) * running_mean + m * mean
-        running_var[...] = (1 - m) * running_var + m * (var * (n / (n - 1)))
+        running_var[...] = (1 - m) * running_var + m * (var * (n / (n - 1))
+                                                        if self.running_var_unbiased else var)
         self._y = _buffer(self._y, x.shape, self.dtype)
         weight, bias = self._affine("data")
         act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
@@ -620,6 +627,8 @@ class BatchNorm1d(Module):
 
     def __repr__(self):
         act = "" if self.activation == "none" else f", activation={self.activation!r}"
+        if not self.running_var_unbiased:
+            act += ", running_var_unbiased=False"
         return (f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, dtype={self.dtype}{act})")
 

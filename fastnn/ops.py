@@ -45,9 +45,10 @@ class ReferenceOps:
                                   input_grad=dx is not None)
 
     def batchnorm_forward_train(self, out, save_mean, save_invstd, running_mean, running_var,
-                                x, weight, bias, eps, momentum, act):
+                                x, weight, bias, eps, momentum, act, unbiased):
         reference.batchnorm_forward(x, weight, bias, running_mean, running_var, True,
-                                    momentum, eps, _NAMES[act], out, save_mean, save_invstd)
+                                    momentum, eps, _NAMES[act], out, save_mean, save_invstd,
+                                    bool(unbiased))
 
     def batchnorm_forward_eval(self, out, save_mean, save_invstd, running_mean, running_var,
                                x, weight, bias, eps, act):

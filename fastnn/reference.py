@@ -93,11 +93,12 @@ def linear_backward(dy, x, weight, y=None, activation="none", dweight=None, dbia
 
 def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
                       training=True, momentum=0.1, eps=1e-5, activation="none", out=None,
-                      save_mean=None, save_invstd=None):
+                      save_mean=None, save_invstd=None, running_var_unbiased=True):
     """BatchNorm1d over x (B, C), then the activation. Returns (y, mean, invstd).
 
     Training: the batch mean and biased variance normalise; running_mean/running_var (C,), when
-    given, become (1 - momentum) * old + momentum * new, with the unbiased variance.
+    given, become (1 - momentum) * old + momentum * new, with the unbiased variance (the
+    biased one with running_var_unbiased=False).
     Evaluation: the running statistics normalise. mean and invstd = 1 / sqrt(var + eps) (C,)
     are what the backward needs.
     """
@@ -107,7 +108,8 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
         var = ((x - mean) ** 2).mean(axis=0)
         if running_mean is not None:
             running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-            running_var[...] = (1 - momentum) * running_var + momentum * var * B / (B - 1)
+            stored = var * B / (B - 1) if running_var_unbiased else var
+            running_var[...] = (1 - momentum) * running_var + momentum * stored
     else:
         mean, var = running_mean, running_var
     invstd = 1 / np.sqrt(var + eps)

@@ -587,3 +587,34 @@ def test_non_contiguous_inputs_give_the_right_answer():
     dx = F.batchnorm_backward(np.asfortranarray(dy), x_fortran, y, mean, invstd, w_strided,
                               True, "sigmoid")
     assert_close(dx, F.batchnorm_backward(dy, x, y, mean, invstd, w, True, "sigmoid"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_running_var_biased_is_the_textbooks_written_out(dtype, backend):
+    """running_var_unbiased=False ("Deep Learning from Scratch"): running_var = momentum' *
+    running_var + (1 - momentum') * var with the biased batch variance (the book's momentum'
+    0.9 is fastnn's momentum 0.1); the default keeps PyTorch's unbiased variance."""
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((10, 6)).astype(dtype) * 3 + 1 for _ in range(5)]
+    rv = np.zeros(6)  # the book starts it at 0
+    rm = np.zeros(6)
+    for x in batches:
+        x64 = x.astype(np.float64)
+        rm = 0.9 * rm + 0.1 * x64.mean(0)
+        rv = 0.9 * rv + 0.1 * x64.var(0)
+    layer = fastnn.BatchNorm1d(6, dtype=dtype, running_var_unbiased=False)
+    layer.running_var[...] = 0
+    with fastnn.use_backend(backend):
+        for x in batches:
+            layer(x)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(layer.running_mean, rm, rtol=tol, atol=tol)
+    np.testing.assert_allclose(layer.running_var, rv, rtol=tol, atol=tol)
+    torch_form = fastnn.BatchNorm1d(6, dtype=dtype)
+    torch_form.running_var[...] = 0
+    for x in batches:
+        torch_form(x)
+    np.testing.assert_allclose(torch_form.running_var, layer.running_var * 10 / 9, rtol=1e-5)
+    assert layer.config()["running_var_unbiased"] is False
+    assert "running_var_unbiased=False" in repr(layer)
