@@ -178,9 +178,9 @@ def test_weight_decay_is_on_the_weights_only():
     decayed, free = opt.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decayed["weight_decay"] == 0.1 and free["weight_decay"] == 0.0
-    assert sorted(names[id(p)] for p in decayed["params"]) == ["0.weight", "1.weight",
-                                                               "2.weight"]
-    assert sorted(names[id(p)] for p in free["params"]) == ["1.bias", "2.bias"]
+    # the Linear weights; BatchNorm's gamma (1.weight) and beta, and the biases, go free
+    assert sorted(names[id(p)] for p in decayed["params"]) == ["0.weight", "2.weight"]
+    assert sorted(names[id(p)] for p in free["params"]) == ["1.bias", "1.weight", "2.bias"]
 
 
 # -------------------------------------------------------------------------------- search

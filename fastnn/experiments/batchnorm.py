@@ -4,7 +4,10 @@
 samples, SGD lr 0.01, batch 100, 20 epochs, with weights drawn from N(0, w^2) for 16 initial
 scales w from 1 down to 1e-4 (log-spaced), trained with BatchNorm (Linear -> BatchNorm1d ->
 ReLU) and without; one small plot per scale of the training accuracy per epoch (measured in
-evaluation mode on the whole training set).
+evaluation mode on the whole training set). The BatchNorm layers are the book's, to reproduce
+its figure: eps 1e-6 (PyTorch's 1e-5 is what makes the smallest scales fail: a variance of
+w^2-sized activations drowns in it), the biased batch variance into running_var, which
+starts at 0 (BatchNorm1d(eps=1e-6, running_var_unbiased=False)).
 (b) makemore-style diagnostics of a deep tanh MLP (5 hidden layers of 100, weights from
 Kaiming normal with the tanh gain 5/3, the last layer scaled by 0.1 so the first
 predictions are not confidently wrong), SGD lr 0.1, batch 32, about 1000 steps, with and
@@ -21,6 +24,8 @@ from fastnn.diagnostics import ActivationStats, GradientStats, UpdateRatio
 from . import common
 
 GRID_SCALES = np.logspace(0, -4, 16)
+# "Deep Learning from Scratch"'s BatchNormalization, for the grid (the module docstring)
+BOOK_BN = {"eps": 1e-6, "running_var_unbiased": False}
 
 
 def train_grid_cell(data, scale, batchnorm, epochs, seed):
@@ -28,7 +33,10 @@ def train_grid_cell(data, scale, batchnorm, epochs, seed):
     `scale`, with or without BatchNorm."""
     fastnn.manual_seed(seed)
     model = common.build_mlp(data["n_features"], [100] * 5, data["n_classes"], "relu",
-                             float(scale), batchnorm=batchnorm)
+                             float(scale), batchnorm=batchnorm, batchnorm_options=BOOK_BN)
+    for layer in model.layers:
+        if isinstance(layer, fastnn.BatchNorm1d):
+            layer.running_var[...] = 0  # the book starts it at 0
     acc = common.EvalEachEpoch(train=data["train"])
     trainer = fastnn.train.Trainer(model, optim.SGD(model.parameters(), lr=0.01),
                                    progress=False, restore_best=False, callbacks=[acc])

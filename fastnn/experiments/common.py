@@ -97,11 +97,12 @@ def init_weight(weight, scheme):
 
 
 def build_mlp(n_in, hidden, n_out, activation="relu", init="he", batchnorm=False,
-              dropout=0.0):
+              dropout=0.0, batchnorm_options=None):
     """An MLP n_in -> hidden[0] -> ... -> n_out as a fastnn.Sequential.
 
     Per hidden size: Linear (weight from init_weight(init), bias 0), or without bias followed
-    by BatchNorm1d when batchnorm; the activation fused into the last of the two; then
+    by BatchNorm1d(**batchnorm_options) when batchnorm; the activation fused into the last of
+    the two; then
     Dropout(dropout) if dropout > 0. The output Linear gets the same weight scheme and no
     activation (logits). Input (B, n_in) -> output (B, n_out).
     """
@@ -113,7 +114,8 @@ def build_mlp(n_in, hidden, n_out, activation="relu", init="he", batchnorm=False
                                activation=None if batchnorm else activation)
         layers.append(_initialised(linear, init))
         if batchnorm:
-            layers.append(fastnn.BatchNorm1d(size, activation=activation))
+            layers.append(fastnn.BatchNorm1d(size, activation=activation,
+                                             **(batchnorm_options or {})))
         if dropout > 0:
             layers.append(fastnn.Dropout(dropout))
         width = size
@@ -130,11 +132,11 @@ def _initialised(linear, init):
 
 def sgd_weight_decay(model, lr, weight_decay):
     """SGD over model's parameters with the L2 penalty weight_decay/2 * sum(W^2) on the
-    weights only (parameters named "*weight"), not on biases or BatchNorm's beta, as the
+    Linear layers' weights only, not on biases nor on BatchNorm's gamma and beta, as the
     course's weight decay: two parameter groups."""
-    named = list(model.named_parameters())
-    weights = [p for name, p in named if name.endswith("weight")]
-    others = [p for name, p in named if not name.endswith("weight")]
+    decayed = {id(layer.weight) for layer in model.layers if isinstance(layer, fastnn.Linear)}
+    weights = [p for p in model.parameters() if id(p) in decayed]
+    others = [p for p in model.parameters() if id(p) not in decayed]
     groups = [{"params": weights, "weight_decay": weight_decay}]
     if others:
         groups.append({"params": others, "weight_decay": 0.0})

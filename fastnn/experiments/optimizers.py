@@ -10,7 +10,8 @@ learning rates (SGD, Momentum, AdaGrad, RMSprop 0.01; Adam 0.001), batch 128.
 
 The textbook forms are fastnn's optimizers with these settings (see fastnn.optim):
 Momentum = SGD(momentum=0.9); AdaGrad = Adagrad(eps=1e-7); RMSprop = RMSprop(alpha=0.99,
-eps=1e-7).
+eps=1e-7); Adam = Adam(eps=1e-7, eps_hat=True), the book's update (its eps outside the
+bias correction).
 """
 import numpy as np
 
@@ -39,7 +40,7 @@ def make_optimizer(name, params, lr):
     if name == "RMSprop":
         return optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-7)
     if name == "Adam":
-        return optim.Adam(params, lr=lr)
+        return optim.Adam(params, lr=lr, eps=1e-7, eps_hat=True)
     raise ValueError(f"name: expected one of {NAMES}, got {name!r}")
 
 
@@ -102,6 +103,16 @@ def train_mlp(name, lr, data, epochs, seed, batch_size=128):
     return trainer.fit(data["train"], None, epochs=epochs, batch_size=batch_size, seed=seed)
 
 
+def blow_ups(step_loss, window):
+    """How many times the training loss blew up, as the figure shows it: runs of steps whose
+    running-mean loss (over `window` steps) is more than 10 times the lowest before them."""
+    loss = common.smooth(np.asarray(step_loss, dtype=np.float64), window)
+    if loss.size < 2:
+        return 0
+    above = loss[1:] > 10 * np.minimum.accumulate(loss)[:-1]
+    return int(np.sum(above & ~np.concatenate([[False], above[:-1]])))
+
+
 def steps_until(step_loss, threshold, window):
     """The first step (1-based) at which the running mean of `window` step losses is below
     threshold, or None if it never is."""
@@ -132,7 +143,8 @@ def run(output, data_path=None, seed=0, quick=False, steps=None):
     Returns {"f_final": {optimizer: f after 30 steps}, "f_same_lr": {"SGD", "Momentum": f
     after 30 steps at lr 0.1}, "loss_final": {optimizer: mean training loss of the last 10%
     of steps}, "steps_to_0.5": {optimizer: first step whose running-mean loss is < 0.5, or
-    None}, "steps": MLP steps run}.
+    None}, "blow_ups": {optimizer: blow-ups of the running-mean loss (blow_ups)},
+    "steps": MLP steps run}.
     """
     output = common.prepare_output(output)
     summary = common.Summary("optimizers", __doc__.split("\n\n", 1)[1])
@@ -164,14 +176,20 @@ def run(output, data_path=None, seed=0, quick=False, steps=None):
                  f"initial weights and batch order for every optimizer.")
     window = max(1, n // 50)
     reach = {name: steps_until(histories[name]["step_loss"], 0.5, window) for name in NAMES}
+    ups = {name: blow_ups(histories[name]["step_loss"], window) for name in NAMES}
     summary.table(["optimizer", "lr", "steps until the running-mean loss < 0.5",
-                   f"mean training loss, last {tail} steps", "final epoch training accuracy"],
+                   f"mean training loss, last {tail} steps", "final epoch training accuracy",
+                   "loss blow-ups"],
                   [[name, LR_MLP[name], reach[name] if reach[name] is not None else "never",
-                    loss_final[name], float(histories[name]["train_acc"][-1])]
+                    loss_final[name], float(histories[name]["train_acc"][-1]), ups[name]]
                    for name in NAMES])
     order = sorted(NAMES, key=loss_final.get)
-    summary.text(f"Ranking by final training loss (lowest first): {', '.join(order)}.")
+    unstable = [f"{name} {ups[name]}" for name in NAMES if ups[name]]
+    summary.text(f"Ranking by final training loss (lowest first): {', '.join(order)}. "
+                 f"Blow-ups (runs of steps whose running-mean loss is more than 10 times the "
+                 f"lowest before them, as in the figure): "
+                 f"{', '.join(unstable) if unstable else 'none'}.")
     summary.figure(_plot_losses(histories, output, window), "training loss curves")
     summary.write(output)
     return {"f_final": f_final, "f_same_lr": f_same, "loss_final": loss_final,
-            "steps_to_0.5": reach, "steps": n}
+            "steps_to_0.5": reach, "blow_ups": ups, "steps": n}
