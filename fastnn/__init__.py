@@ -27,6 +27,7 @@ from .layers import (
 from .losses import CrossEntropyLoss, MSELoss
 from .optim import clip_grad_norm_, clip_grad_value_
 from .random import manual_seed
+from .train import Trainer
 from .runtime import (
     build_info,
     get_backend,
@@ -66,6 +67,7 @@ __all__ = [
     "get_num_threads",
     "init",
     "ModelFileError",
+    "Trainer",
     "load",
     "manual_seed",
     "optim",

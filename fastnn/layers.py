@@ -56,7 +56,8 @@ class Module:
     """Base class of layers and models.
 
     forward(x) (also __call__) and backward(dy) -> dx; parameters() / named_parameters()
-    over this module and its sub-modules, zero_grad(), train() / eval(), state_dict() /
+    over this module and its sub-modules, num_parameters(), summary(x), predict(x),
+    zero_grad(), train() / eval(), state_dict() /
     load_state_dict() (parameters and buffers such as BatchNorm's running statistics), and
     config(): the constructor arguments, from which fastnn.load rebuilds a saved model.
     """
@@ -137,6 +138,58 @@ class Module:
     def config(self):
         """The constructor arguments of this module, as JSON-friendly values."""
         return {}
+
+    def num_parameters(self):
+        """The number of trainable values: every Parameter's size, each Parameter once (as
+        torch's sum(p.numel() for p in model.parameters()))."""
+        return sum(p.data.size for p in self.parameters())
+
+    def predict(self, x, batch_size=None):
+        """The outputs for x in evaluation mode, as a new array the caller owns; the mode is
+        restored after. batch_size: run x in chunks of that many rows (None: all at once)."""
+        if batch_size is not None and (isinstance(batch_size, bool)
+                                       or not isinstance(batch_size, numbers.Integral)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+        training = self.training
+        self.eval()
+        try:
+            if batch_size is None or len(x) <= batch_size:
+                return np.array(self.forward(x))
+            return np.concatenate([np.array(self.forward(x[i:i + batch_size]))
+                                   for i in range(0, len(x), batch_size)])
+        finally:
+            self.train(training)
+
+    def summary(self, x=None):
+        """A table of the layers: name, type, output shape (for an example input x, run in
+        evaluation mode; "?" without one) and parameters, with the totals. Returns the
+        text (print it)."""
+        layers = self.children() or [self]
+        shapes = ["?"] * len(layers)
+        if x is not None:
+            training = self.training
+            self.eval()
+            try:
+                out = x
+                for i, layer in enumerate(layers):
+                    out = layer(out)
+                    shapes[i] = str(tuple(np.shape(out)))
+            finally:
+                self.train(training)
+        rows = [(f"{i}", type(layer).__name__, shapes[i], f"{layer.num_parameters():,}")
+                for i, layer in enumerate(layers)]
+        header = ("layer", "type", "output shape", "parameters")
+        widths = [max(len(r[k]) for r in rows + [header]) for k in range(4)]
+        line = "  ".join("{:<%d}" % w for w in widths[:3]) + "  {:>%d}" % widths[3]
+        text = [line.format(*header), "-" * (sum(widths) + 6)]
+        text += [line.format(*r) for r in rows]
+        params = self.parameters()
+        nbytes = sum(p.data.nbytes for p in params)
+        text.append("-" * (sum(widths) + 6))
+        text.append(f"total: {self.num_parameters():,} parameters in {len(params)} arrays "
+                    f"({nbytes / 1e6:.3g} MB, and as much again for their gradients)")
+        return "\n".join(text)
 
     def save(self, path):
         """Save to a .npz file (see fastnn.save)."""
