@@ -287,12 +287,18 @@ def first_overlap(tuple arrays, Py_ssize_t n_outputs):
     """(i, j) for the first arrays[i], i < n_outputs, whose memory overlaps arrays[j], j != i;
     None if there is none. Entries are C-contiguous arrays (so [data, data + nbytes) is
     exact) or None (skipped)."""
+    return overlap(arrays, n_outputs, NULL)
+
+
+cdef object overlap(tuple arrays, Py_ssize_t n_outputs, const int *flags):
+    """first_overlap's loop; with flags, the written arrays are those flagged WRITTEN (any of
+    the first n_outputs) instead of all of them."""
     cdef Py_ssize_t i, j
     cdef char *lo
     cdef char *hi
     cdef char *blo
     for i in range(n_outputs):
-        if arrays[i] is None:
+        if arrays[i] is None or (flags != NULL and not flags[i] & WRITTEN):
             continue
         lo = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
         hi = lo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
@@ -333,9 +339,9 @@ def zero_inplace(cnp.ndarray x not None):
 #
 # KERNELS below is the one list, outside csrc/fastnn.h, of each kernel's arguments: run_op
 # passes them on in that order, and tests/test_ops.py holds the NumPy twin's signatures
-# (fastnn.ops) to it and runs every kernel on every path. A Kernel is one call, described by the kernel's name and its arguments in that
-# order; building it checks them against the table and fills an Op, which run_op passes to
-# the C function. fastnn.ops runs Kernels (or, for the reference backend, the NumPy twin on
+# (fastnn.ops) to it and runs every kernel on every path. A Kernel is one call, described
+# by the kernel's name and its arguments in that order; building it checks them against the
+# table and fills an Op, which run_op passes to the C function. fastnn.ops runs Kernels (or, for the reference backend, the NumPy twin on
 # their arguments), layers keep the Kernel of each call they make and run it again while its
 # arguments stay the same (update), and a Plan (fastnn.fused) runs recorded Kernels in one
 # call.
@@ -593,7 +599,7 @@ cdef class Kernel:
                 bad = values[(values < 0) | (values >= self.bound[j])][0]
                 raise IndexError(f"{name}: {s.array_names[j]}: {bad} is out of range "
                                  f"[0, {self.bound[j]})")
-        hit = written_overlap(args[:s.n_arrays], s.n_arrays, s.flags)
+        hit = overlap(args[:s.n_arrays], s.n_arrays, s.flags)
         if hit is not None:
             raise ValueError(f"{name}: {s.array_names[hit[0]]}: must not share memory with "
                              f"{s.array_names[hit[1]]}")
@@ -668,7 +674,7 @@ cdef class Kernel:
         for j in range(s.n_arrays):
             if self.bound[j] >= 0 and not in_range(<cnp.ndarray>args[j], self.bound[j]):
                 return False
-        if changed and written_overlap(args[:s.n_arrays], s.n_arrays, s.flags) is not None:
+        if changed and overlap(args[:s.n_arrays], s.n_arrays, s.flags) is not None:
             return False
         cdef Op before = self.op
         try:
@@ -694,27 +700,6 @@ cdef class Kernel:
 
     def __repr__(self):
         return f"Kernel({self.spec.name!r}, {len(self.args)} arguments)"
-
-
-cdef object written_overlap(tuple arrays, int n, int *flags):
-    """(i, j) for the first written arrays[i] whose memory overlaps arrays[j], j != i;
-    None if there is none (None entries skipped)."""
-    cdef int i, j
-    cdef char *lo
-    cdef char *hi
-    cdef char *blo
-    for i in range(n):
-        if arrays[i] is None or not flags[i] & WRITTEN:
-            continue
-        lo = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
-        hi = lo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
-        for j in range(n):
-            if j == i or arrays[j] is None:
-                continue
-            blo = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[j])
-            if lo < blo + cnp.PyArray_NBYTES(<cnp.ndarray>arrays[j]) and blo < hi:
-                return i, j
-    return None
 
 
 cdef inline bint is_act(object code):

@@ -59,38 +59,28 @@ def _sizes(text):
     return sizes
 
 
-def _positive(kind):
+def _number(kind, positive=True):
+    """An argparse type: a finite `kind` (int or float) > 0, or >= 0 when not positive."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not (value > 0 and math.isfinite(value)):
-            what = "finite float" if kind is float else kind.__name__
-            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
+        what = "finite float" if kind is float else kind.__name__
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            article = "an" if what == "int" else "a"
+            expected = f"a positive {what}" if positive else f"{article} {what} >= 0"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
     return parse
 
 
 def _threads(text):
-    n = _positive(int)(text)
+    n = _number(int)(text)
     cores = fastnn.runtime._usable_cores()
     if n > cores:
         raise argparse.ArgumentTypeError(f"expected at most the {cores} usable cores, got {n}")
     return n
-
-
-def _non_negative(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not (value >= 0 and math.isfinite(value)):
-            what = "finite float" if kind is float else kind.__name__
-            raise argparse.ArgumentTypeError(f"expected a {what} >= 0, got {text!r}")
-        return value
-    return parse
 
 
 def _check_output(path):
@@ -362,18 +352,18 @@ def main(argv=None):
     p.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dropout", type=_probability, default=0.0, help="dropout probability")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    p.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
-    p.add_argument("--weight-decay", type=_non_negative(float), default=0.0,
+    p.add_argument("--lr", type=_number(float), default=1e-3, help="learning rate")
+    p.add_argument("--weight-decay", type=_number(float, positive=False), default=0.0,
                    help="L2 weight decay (AdamW: decoupled)")
-    p.add_argument("--epochs", type=_positive(int), default=40, help="at most")
-    p.add_argument("--batch-size", type=_positive(int), default=64)
-    p.add_argument("--patience", type=_positive(int), default=10,
+    p.add_argument("--epochs", type=_number(int), default=40, help="at most")
+    p.add_argument("--batch-size", type=_number(int), default=64)
+    p.add_argument("--patience", type=_number(int), default=10,
                    help="early stopping: epochs without a better validation loss")
-    p.add_argument("--seed", type=_non_negative(int), default=0)
+    p.add_argument("--seed", type=_number(int, positive=False), default=0)
     p.add_argument("--threads", type=_threads, default=None,
                    help="fastnn threads (default: OMP_NUM_THREADS, else the usable cores)")
     p.add_argument("--output", default="fastnn-output", help="folder for model.npz, loss.png")
-    p.add_argument("--checkpoint-every", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--checkpoint-every", type=_number(int), default=None, metavar="N",
                    help="write a resumable checkpoint to OUTPUT/checkpoint.npz every N epochs")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue the run a checkpoint was written by (same options)")
@@ -397,14 +387,14 @@ def main(argv=None):
                         "fastnn-experiments/NAME)")
     p.add_argument("--data-path", default=None,
                    help="folder with the MNIST IDX files (default: the embedded digits)")
-    p.add_argument("--seed", type=_non_negative(int), default=0)
+    p.add_argument("--seed", type=_number(int, positive=False), default=0)
     p.add_argument("--quick", action="store_true", help="a run of a few seconds (smaller "
                    "budgets; the numbers are not the experiment's)")
     p.add_argument("--threads", type=_threads, default=None,
                    help="fastnn threads (default: OMP_NUM_THREADS, else the usable cores)")
-    p.add_argument("--trials", type=_positive(int), default=None,
+    p.add_argument("--trials", type=_number(int), default=None,
                    help="search: number of trials (default 100)")
-    p.add_argument("--epochs", type=_positive(int), default=None,
+    p.add_argument("--epochs", type=_number(int), default=None,
                    help="search: epochs per trial (default 50)")
     p.add_argument("--words", default=None,
                    help="charlm: a text file with one word per line (default: built-in names)")
@@ -412,13 +402,13 @@ def main(argv=None):
     p = sub.add_parser("bench", help="time a saved model's training step beside PyTorch's",
                        formatter_class=_Help)
     p.add_argument("model", help="a model file (fastnn.save; fastnn train writes one)")
-    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.add_argument("--batch-size", type=_number(int), default=32)
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
-    p.add_argument("--lr", type=_positive(float), default=0.01, help="learning rate")
+    p.add_argument("--lr", type=_number(float), default=0.01, help="learning rate")
     p.add_argument("--threads", type=_threads, default=None,
                    help="both libraries' threads (default: fastnn's, OMP_NUM_THREADS or the "
                         "usable cores)")
-    p.add_argument("--rounds", type=_positive(int), default=7,
+    p.add_argument("--rounds", type=_number(int), default=7,
                    help="timed rounds (of 0.2 s at least); the best counts")
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)

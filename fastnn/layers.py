@@ -319,6 +319,11 @@ def _each_module_once(layers):
 _ACT, _FUSED = F.ELEMENTWISE, F.ACTIVATIONS
 
 
+def _fused_code(activation):
+    """fastnn.h's code of an activation Linear and BatchNorm1d fuse, checked by name."""
+    return _FUSED[F.check.choice("activation", activation, _FUSED)]
+
+
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {value!r}")
@@ -425,7 +430,8 @@ class Linear(Module):
         self._y = _buffer(self._y, (x.shape[0], self.out_features), self.dtype)
         weight, bias = self._arrays("data")
         self._x = x
-        return _native.Kernel("linear_forward", (self._y, x, weight, bias, self._act()))
+        return _native.Kernel("linear_forward",
+                              (self._y, x, weight, bias, _fused_code(self.activation)))
 
     # Sequential.backward(input_grad=False) may skip this layer's input gradient
     skips_input_grad = True
@@ -460,10 +466,7 @@ class Linear(Module):
         dweight, dbias = self._arrays("grad")
         return _native.Kernel("linear_backward",
                               (self._dx if input_grad else None, dweight, dbias, work, dy,
-                               self._x, weight, y, self._act()))
-
-    def _act(self):
-        return _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+                               self._x, weight, y, _fused_code(self.activation)))
 
     def _arrays(self, field):
         """(weight, bias) .data or .grad, checked to still be what the kernels expect."""
@@ -569,7 +572,7 @@ class BatchNorm1d(Module):
         running_mean = _owned_array(self.running_mean, (C,), self.dtype, "running_mean")
         running_var = _owned_array(self.running_var, (C,), self.dtype, "running_var")
         weight, bias = self._affine("data")
-        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        act = _fused_code(self.activation)
         self._x = x
         common = (self._y, self._save_mean, self._save_invstd, running_mean, running_var, x,
                   weight, bias, self.eps)
@@ -602,7 +605,7 @@ class BatchNorm1d(Module):
         self._dx = _buffer(self._dx, self._x.shape, self.dtype)
         weight, _ = self._affine("data")
         dweight, dbias = self._affine("grad")
-        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        act = _fused_code(self.activation)
         y = None if act == _FUSED["none"] else self._y
         return _native.Kernel("batchnorm_backward",
                               (self._dx, dweight, dbias, dy, self._x, y, self._save_mean,
@@ -628,7 +631,7 @@ class BatchNorm1d(Module):
                                                         if self.running_var_unbiased else var)
         self._y = _buffer(self._y, x.shape, self.dtype)
         weight, bias = self._affine("data")
-        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        act = _fused_code(self.activation)
         # The evaluation kernel normalises with given statistics (and writes them, with
         # 1 / sqrt(var + eps), into save_mean / save_invstd for the backward).
         runtime.ops.batchnorm_forward_eval(self._y, self._save_mean, self._save_invstd,
@@ -650,7 +653,7 @@ class BatchNorm1d(Module):
         F.check.shape("dy", dy, self._x.shape)
         self._dx = _buffer(self._dx, self._x.shape, self.dtype)
         weight, _ = self._affine("data")
-        act = _FUSED[F.check.choice("activation", self.activation, _FUSED)]
+        act = _fused_code(self.activation)
         y = None if act == _FUSED["none"] else self._y
         # The evaluation-mode backward gives dx = k * dz and adds sum(dz * xhat), sum(dz)
         # into the two rows of `sums`: the local sums the correction below needs.

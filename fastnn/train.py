@@ -261,14 +261,9 @@ class Trainer:
         return total_loss / n, (total_correct / n if self._classifier else None)
 
     def predict(self, X, batch_size=1024):
-        """The model's outputs for X in evaluation mode, (n, K), a new array."""
-        training = self.model.training
-        self.model.eval()
-        try:
-            return np.concatenate([np.array(self.model(X[s:s + batch_size]))
-                                   for s in range(0, len(X), batch_size)])
-        finally:
-            self.model.train(training)
+        """The model's outputs for X in evaluation mode, (n, K), a new array
+        (Module.predict)."""
+        return self.model.predict(X, batch_size)
 
     # ---- checkpoints: model, optimizer state, trainer progress, data order ----
 

@@ -768,16 +768,12 @@ def test_big_endian_input_is_rejected_by_name():
 
 
 def test_num_parameters_summary_and_predict():
-    fastnn.manual_seed(0)
-    model = fastnn.Sequential(fastnn.Embedding(27, 10), fastnn.Flatten(),
-                              fastnn.Linear(30, 20, bias=False),
-                              fastnn.BatchNorm1d(20, activation="tanh"), fastnn.Dropout(0.5),
-                              fastnn.Linear(20, 27))
-    assert model.num_parameters() == 27 * 10 + 30 * 20 + 2 * 20 + 20 * 27 + 27
+    model = char_model()
+    assert model.num_parameters() == 27 * 10 + 30 * 200 + 2 * 200 + 200 * 27 + 27
     shared = fastnn.Sequential(fastnn.Linear(4, 4), fastnn.Linear(4, 4))
     shared[1].weight = shared[0].weight  # one Parameter, counted once (as torch)
     assert shared.num_parameters() == 16 + 4 + 4
-    x = np.random.default_rng(0).integers(0, 27, (8, 3))
+    x, _ = char_batch(8)
     text = model.summary(x)
     lines = text.splitlines()
     assert lines[0].split() == ["layer", "type", "output", "shape", "parameters"]
@@ -786,8 +782,8 @@ def test_num_parameters_summary_and_predict():
     assert "?" in fastnn.Linear(3, 2).summary()
     model.train()
     out = model.predict(x)
-    assert model.training and model[4].training  # the mode is restored
-    np.testing.assert_array_equal(out, model.eval()(x))  # evaluation mode: no dropout
+    assert model.training and model[3].training  # the mode is restored
+    np.testing.assert_array_equal(out, model.eval()(x))  # evaluation mode: running statistics
     assert out is not model.outputs[-1] and not np.shares_memory(out, model.outputs[-1])
     model.train()
     np.testing.assert_allclose(model.predict(x, batch_size=3), out, rtol=1e-6, atol=1e-6)
