@@ -169,18 +169,28 @@ void embedding_backward_f64(double *dweight, const double *dout, const int64_t *
                             int64_t N, int64_t D);
 
 /* ---- Losses (loss.c) ----
- * Cross-entropy of logits (N, K) against class indices target (N,) in [0, K): returns the
- * mean loss, writes the softmax into probs (N, K), row_loss (N) is scratch. Backward:
- * dlogits = (probs - onehot(target)) * scale. Squared error over n elements: the sum, and
- * dpred = scale * (pred - target). */
+ * Cross-entropy of logits (N, K) against classes target (N,) in [0, K) or ignore_index, as
+ * torch.nn.CrossEntropyLoss with class weights weight (K, or NULL) and label smoothing:
+ * writes the softmax into probs (N, K) and each row's loss into row_loss (N); returns their
+ * sum, or with mean their weighted mean. Backward: dlogits, the gradient of that result
+ * times dloss (and times row_dloss (N) per row when not NULL). Squared error over n
+ * elements: the sum, and dpred = scale * (pred - target). */
 double cross_entropy_forward_f32(float *probs, double *row_loss, const float *logits,
-                                 const int64_t *target, int64_t N, int64_t K);
+                                 const int64_t *target, const float *weight,
+                                 int64_t ignore_index, double smoothing, int mean, int64_t N,
+                                 int64_t K);
 double cross_entropy_forward_f64(double *probs, double *row_loss, const double *logits,
-                                 const int64_t *target, int64_t N, int64_t K);
+                                 const int64_t *target, const double *weight,
+                                 int64_t ignore_index, double smoothing, int mean, int64_t N,
+                                 int64_t K);
 void cross_entropy_backward_f32(float *dlogits, const float *probs, const int64_t *target,
-                                double scale, int64_t N, int64_t K);
+                                const float *weight, const float *row_dloss,
+                                int64_t ignore_index, double smoothing, double dloss, int mean,
+                                int64_t N, int64_t K);
 void cross_entropy_backward_f64(double *dlogits, const double *probs, const int64_t *target,
-                                double scale, int64_t N, int64_t K);
+                                const double *weight, const double *row_dloss,
+                                int64_t ignore_index, double smoothing, double dloss, int mean,
+                                int64_t N, int64_t K);
 double squared_error_sum_f32(const float *pred, const float *target, int64_t n);
 double squared_error_sum_f64(const double *pred, const double *target, int64_t n);
 void squared_error_backward_f32(float *dpred, const float *pred, const float *target,

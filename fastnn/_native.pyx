@@ -118,13 +118,22 @@ cdef extern from "fastnn.h" nogil:
     void embedding_backward_f64(double *dweight, const double *dout, const int64_t *idx,
                                 int64_t N, int64_t D)
     double cross_entropy_forward_f32(float *probs, double *row_loss, const float *logits,
-                                     const int64_t *target, int64_t N, int64_t K)
+                                     const int64_t *target, const float *weight,
+                                     int64_t ignore_index, double smoothing, int mean,
+                                     int64_t N, int64_t K)
     double cross_entropy_forward_f64(double *probs, double *row_loss, const double *logits,
-                                     const int64_t *target, int64_t N, int64_t K)
+                                     const int64_t *target, const double *weight,
+                                     int64_t ignore_index, double smoothing, int mean,
+                                     int64_t N, int64_t K)
     void cross_entropy_backward_f32(float *dlogits, const float *probs, const int64_t *target,
-                                    double scale, int64_t N, int64_t K)
+                                    const float *weight, const float *row_dloss,
+                                    int64_t ignore_index, double smoothing, double dloss,
+                                    int mean, int64_t N, int64_t K)
     void cross_entropy_backward_f64(double *dlogits, const double *probs,
-                                    const int64_t *target, double scale, int64_t N, int64_t K)
+                                    const int64_t *target, const double *weight,
+                                    const double *row_dloss, int64_t ignore_index,
+                                    double smoothing, double dloss, int mean, int64_t N,
+                                    int64_t K)
     double squared_error_sum_f32(const float *pred, const float *target, int64_t n)
     double squared_error_sum_f64(const double *pred, const double *target, int64_t n)
     void squared_error_backward_f32(float *dpred, const float *pred, const float *target,
@@ -379,8 +388,8 @@ cdef enum:
 # (that shape and one more dimension D), then flags: ! the kernel writes it (writeable and
 # sharing memory with no other argument); ? it may be None (the kernel gets NULL); ~ it may
 # be None when act is FASTNN_ACT_NONE; #L int64 values in [0, L) (indices, classes: checked
-# on every call, as a batch buffer may be refilled in place); % float64 (otherwise the
-# call's float dtype).
+# on every call, as a batch buffer may be refilled in place), #L+s: or equal to the integer
+# scalar s; % float64 (otherwise the call's float dtype).
 # Sizes: letters, or n, R, K: the elements, rows and last dimension of "*". Scalars: name:d
 # (double), name:i (integer), name:u (unsigned 64-bit).
 KERNELS = {
@@ -407,9 +416,12 @@ KERNELS = {
     "softmax_backward": (OP_SOFTMAX_BACKWARD, "dx:*! dy:* y:*", "R K", ""),
     "dropout_apply": (OP_DROPOUT_APPLY, "out:*! x:*", "n", "p:d scale:d seed:u offset:u"),
     "cross_entropy_forward": (OP_CROSS_ENTROPY_FORWARD,
-                              "probs:NK! row_loss:N%! logits:NK target:N#K", "N K", ""),
-    "cross_entropy_backward": (OP_CROSS_ENTROPY_BACKWARD, "dlogits:NK! probs:NK target:N#K",
-                               "N K", "scale:d"),
+                              "probs:NK! row_loss:N%! logits:NK target:N#K+ignore_index "
+                              "weight:K?", "N K", "ignore_index:i smoothing:d mean:i"),
+    "cross_entropy_backward": (OP_CROSS_ENTROPY_BACKWARD,
+                               "dlogits:NK! probs:NK target:N#K+ignore_index weight:K? "
+                               "row_dloss:N?", "N K",
+                               "ignore_index:i smoothing:d dloss:d mean:i"),
     "squared_error_sum": (OP_SQUARED_ERROR_SUM, "pred:* target:*", "n", ""),
     "squared_error_backward": (OP_SQUARED_ERROR_BACKWARD, "dpred:*! pred:* target:*", "n",
                                "scale:d"),
@@ -462,14 +474,17 @@ cdef class Spec:
     cdef int flags[MAX_ARRAYS]
     cdef int types[MAX_ARRAYS]
     cdef readonly tuple bounds  # per array: the letter bounding its int64 values, or None
+    cdef int skip[MAX_ARRAYS]  # per array: the Op's integer scalar also allowed, or -1
     cdef readonly int act_index  # the position of act among the arguments, or -1
 
     def __init__(self, str name, int kind, str arrays, str sizes, str scalars):
         self.name, self.kind = name, kind
-        names, shapes, bounds = [], [], []
+        names, shapes, bounds, skips = [], [], [], []
         for j, item in enumerate(arrays.split()):
             array_name, shape = item.split(":")
             shape, _, bound = shape.partition("#")
+            bound, _, skip = bound.partition("+")
+            skips.append(skip)
             bounds.append(bound or None)
             shape += "#" if bound else ""
             self.flags[j] = ((WRITTEN if "!" in shape else 0) | (OPTIONAL if "?" in shape else 0)
@@ -483,6 +498,9 @@ cdef class Spec:
         pairs = [item.split(":") for item in scalars.split()]
         self.scalar_names = tuple(p[0] for p in pairs)
         self.scalar_types = tuple(p[1] for p in pairs)
+        ints = [p[0] for p in pairs if p[1] == "i"]
+        for j, skip in enumerate(skips):
+            self.skip[j] = ints.index(skip) if skip else -1
         self.act_index = (self.n_arrays + self.scalar_names.index("act")
                           if "act" in self.scalar_names else -1)
         if (self.n_arrays > MAX_ARRAYS or len(self.sizes) > MAX_SIZES
@@ -594,11 +612,16 @@ cdef class Kernel:
         for j in range(s.n_arrays):
             letter = s.bounds[j]
             self.bound[j] = dims[letter] if letter is not None and args[j] is not None else -1
-            if self.bound[j] >= 0 and not in_range(<cnp.ndarray>args[j], self.bound[j]):
+            if self.bound[j] >= 0 and not self.values_in_range(j, <cnp.ndarray>args[j]):
                 values = np.asarray(args[j]).reshape(-1)
-                bad = values[(values < 0) | (values >= self.bound[j])][0]
-                raise IndexError(f"{name}: {s.array_names[j]}: {bad} is out of range "
-                                 f"[0, {self.bound[j]})")
+                bad = (values < 0) | (values >= self.bound[j])
+                also = ""
+                if s.skip[j] >= 0:
+                    bad &= values != self.op.i[s.skip[j]]
+                    also = f" and not {s.scalar_names[s.scalar_types.index('i') + s.skip[j]]} " \
+                           f"({self.op.i[s.skip[j]]})"
+                raise IndexError(f"{name}: {s.array_names[j]}: {values[bad][0]} is out of range "
+                                 f"[0, {self.bound[j]}){also}")
         hit = overlap(args[:s.n_arrays], s.n_arrays, s.flags)
         if hit is not None:
             raise ValueError(f"{name}: {s.array_names[hit[0]]}: must not share memory with "
@@ -671,9 +694,6 @@ cdef class Kernel:
                     or not same_shape(a, old)):
                 return False
             changed = True
-        for j in range(s.n_arrays):
-            if self.bound[j] >= 0 and not in_range(<cnp.ndarray>args[j], self.bound[j]):
-                return False
         if changed and overlap(args[:s.n_arrays], s.n_arrays, s.flags) is not None:
             return False
         cdef Op before = self.op
@@ -682,11 +702,20 @@ cdef class Kernel:
         except ValueError:
             self.op = before  # a bad scalar: nothing changes
             return False
+        for j in range(s.n_arrays):  # after the scalars: a bound may allow one of them
+            if self.bound[j] >= 0 and not self.values_in_range(j, <cnp.ndarray>args[j]):
+                self.op = before
+                return False
         if changed:
             for j in range(s.n_arrays):
                 self.op.p[j] = NULL if args[j] is None else cnp.PyArray_DATA(<cnp.ndarray>args[j])
         self.args = args  # after the pointers: it keeps their arrays alive
         return True
+
+    cdef bint values_in_range(self, int j, cnp.ndarray a):
+        """Whether array j's values are in range (and its scalar, if the table allows one)."""
+        cdef int k = self.spec.skip[j]
+        return in_range(a, self.bound[j], k >= 0, self.op.i[k] if k >= 0 else 0)
 
     def run(self):
         """Make the call; returns what the kernel returns (a loss or a sum), else 0."""
@@ -800,16 +829,20 @@ cdef double run_op(Op *op) noexcept nogil:
     elif k == OP_CROSS_ENTROPY_FORWARD:
         if op.f32:
             return cross_entropy_forward_f32(<float *>p[0], <double *>p[1], <float *>p[2],
-                                             <int64_t *>p[3], n[0], n[1])
+                                             <int64_t *>p[3], <float *>p[4], i[0], d[0],
+                                             <int>i[1], n[0], n[1])
         return cross_entropy_forward_f64(<double *>p[0], <double *>p[1], <double *>p[2],
-                                         <int64_t *>p[3], n[0], n[1])
+                                         <int64_t *>p[3], <double *>p[4], i[0], d[0],
+                                         <int>i[1], n[0], n[1])
     elif k == OP_CROSS_ENTROPY_BACKWARD:
         if op.f32:
-            cross_entropy_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2], d[0],
-                                       n[0], n[1])
+            cross_entropy_backward_f32(<float *>p[0], <float *>p[1], <int64_t *>p[2],
+                                       <float *>p[3], <float *>p[4], i[0], d[0], d[1],
+                                       <int>i[1], n[0], n[1])
         else:
-            cross_entropy_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2], d[0],
-                                       n[0], n[1])
+            cross_entropy_backward_f64(<double *>p[0], <double *>p[1], <int64_t *>p[2],
+                                       <double *>p[3], <double *>p[4], i[0], d[0], d[1],
+                                       <int>i[1], n[0], n[1])
     elif k == OP_SQUARED_ERROR_SUM:
         if op.f32: return squared_error_sum_f32(<float *>p[0], <float *>p[1], n[0])
         return squared_error_sum_f64(<double *>p[0], <double *>p[1], n[0])
@@ -930,19 +963,20 @@ def items_are(list a, list b):
     return True
 
 
-cdef bint in_range(cnp.ndarray a, int64_t bound):
-    """Whether every value of the int64 array `a` lies in [0, bound)."""
+cdef bint in_range(cnp.ndarray a, int64_t bound, bint also, int64_t value):
+    """Whether every value of the int64 array `a` lies in [0, bound), or (when `also`)
+    equals `value`."""
     cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(a)
     cdef int64_t i, n = cnp.PyArray_SIZE(a)
     cdef bint ok = True
     with nogil:
         for i in range(n):
-            ok &= (p[i] >= 0) & (p[i] < bound)
+            ok &= ((p[i] >= 0) & (p[i] < bound)) | (also & (p[i] == value))
     return ok
 
 
-def index_in_range(cnp.ndarray a not None, int64_t bound):
+def index_in_range(cnp.ndarray a not None, int64_t bound, also=None):
     """True if `a` is a C-contiguous native int64 array whose every value lies in
-    [0, bound); False for any other array."""
+    [0, bound) (or equals `also`, when given); False for any other array."""
     return (cnp.PyArray_TYPE(a) == cnp.NPY_INT64 and native_c_array(a)
-            and in_range(a, bound))
+            and in_range(a, bound, also is not None, 0 if also is None else also))

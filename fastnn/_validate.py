@@ -78,15 +78,30 @@ def number(name, value, low=0.0, high=None, high_open=False):
     return value
 
 
+def integer(name, value, low=-2**63, high=2**63 - 1):
+    """An int (not a bool) in [low, high]; the default range is C's int64."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not low <= value <= high:
+        raise ValueError(f"{name}: expected an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
+def real(name, value):
+    """A real number (not a bool) as a float; NaN and infinities pass."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    return float(value)
+
+
 def choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value
 
 
-def index_array(name, a, bound, what="index"):
-    """`a` as a C-contiguous int64 array whose values lie in [0, bound); IndexError names the
-    first bad value."""
+def index_array(name, a, bound, what="index", also=None):
+    """`a` as a C-contiguous int64 array whose values lie in [0, bound) (or equal `also`,
+    when given); IndexError names the first bad value."""
     a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
@@ -94,7 +109,12 @@ def index_array(name, a, bound, what="index"):
     # allocate nothing, so a training step with valid indices stays allocation-free
     if a.size and (a.min() < 0 or a.max() >= bound):
         flat = a.reshape(-1)
-        value = flat[np.argmax((flat < 0) | (flat >= bound))]
-        raise IndexError(f"{name}: {what} {value} is out of range [0, {bound})")
+        bad = (flat < 0) | (flat >= bound)
+        if also is not None:
+            bad &= flat != also
+        if bad.any():
+            value = flat[np.argmax(bad)]
+            allowed = "" if also is None else f" or {also}"
+            raise IndexError(f"{name}: {what} {value} is out of range [0, {bound}){allowed}")
     a = np.asarray(a, dtype=np.int64, order="C")
     return a if a.flags.aligned else a.copy()

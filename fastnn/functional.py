@@ -338,42 +338,94 @@ def embedding_backward(dweight, dy, idx):
 
 
 
-def logits_and_target(logits, target):
-    """logits (N, K) float and target (N,) int64 classes in [0, K), checked."""
+def logits_and_target(logits, target, ignore_index=None):
+    """logits (N, K) float and target (N,) int64 classes in [0, K) (or ignore_index),
+    checked."""
     logits = check.float_array("logits", logits, 2)
     target = np.asarray(target)
     if target.ndim != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target: expected shape ({logits.shape[0]},) to match logits "
                          f"{logits.shape}, got {target.shape}")
-    target = check.index_array("target", target, logits.shape[1], what="class")
+    target = check.index_array("target", target, logits.shape[1], what="class",
+                               also=ignore_index)
     return logits, target
 
 
-def cross_entropy_forward(logits, target, probs=None, row_loss=None):
-    """Mean softmax cross-entropy of logits (N, K) against integer classes target (N,).
+REDUCTIONS = ("mean", "sum", "none")
 
-    Computed stably through log-sum-exp. Returns (loss, probs), probs = softmax(logits)
-    (N, K), which cross_entropy_backward takes. row_loss: optional (N,) float64 scratch.
+
+def cross_entropy_options(weight, ignore_index, label_smoothing, reduction):
+    """torch.nn.CrossEntropyLoss's options, checked: (weight as a 1-d float64 array or
+    None, ignore_index, label_smoothing, reduction)."""
+    if weight is not None:
+        weight = np.array(weight, dtype=np.float64)
+        if weight.ndim != 1:
+            raise ValueError(f"weight: expected a 1-d array of class weights, got shape "
+                             f"{weight.shape}")
+    ignore_index = check.integer("ignore_index", ignore_index)
+    label_smoothing = check.number("label_smoothing", label_smoothing, 0.0, 1.0)
+    check.choice("reduction", reduction, REDUCTIONS)
+    return weight, ignore_index, float(label_smoothing), reduction
+
+
+def class_weights(weight, logits):
+    """The class weights in logits' dtype, checked against its K (None stays None)."""
+    if weight is None:
+        return None
+    if weight.shape[0] != logits.shape[1]:
+        raise ValueError(f"weight: expected one weight per class, {logits.shape[1]}, got "
+                         f"{weight.shape[0]}")
+    return np.ascontiguousarray(weight, dtype=logits.dtype)
+
+
+def cross_entropy_forward(logits, target, probs=None, row_loss=None, *, weight=None,
+                          ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Softmax cross-entropy of logits (N, K) against integer classes target (N,), as
+    torch.nn.functional.cross_entropy with the same options: class weights weight (K,),
+    rows whose target is ignore_index left out, label smoothing, and reduction "mean" (over
+    the weights of the rows not ignored), "sum" or "none".
+
+    Computed stably through log-sum-exp. Returns (loss, probs): the loss a float, or for
+    "none" the rows' losses (N,) in logits' dtype; probs = softmax(logits) (N, K), which
+    cross_entropy_backward takes. row_loss: optional (N,) float64 buffer for the rows'
+    losses.
     """
-    logits, target = logits_and_target(logits, target)
+    weight, ignore_index, smoothing, reduction = cross_entropy_options(
+        weight, ignore_index, label_smoothing, reduction)
+    logits, target = logits_and_target(logits, target, ignore_index)
+    weight = class_weights(weight, logits)
     probs = _output("probs", probs, logits.shape, logits.dtype)
     row_loss = _output("row_loss", row_loss, (logits.shape[0],), np.dtype(np.float64))
     check.disjoint(("probs", "row_loss", "logits"), (probs, row_loss, logits), 2)
-    return runtime.ops.cross_entropy_forward(probs, row_loss, logits, target), probs
+    loss = runtime.ops.cross_entropy_forward(probs, row_loss, logits, target, weight,
+                                             ignore_index, smoothing, reduction == "mean")
+    return (row_loss.astype(logits.dtype) if reduction == "none" else loss), probs
 
 
-
-def cross_entropy_backward(probs, target, scale=None, dlogits=None):
-    """d(loss)/d(logits) = (probs - onehot(target)) * scale; scale defaults to 1 / N (the
-    gradient of the mean)."""
-    probs, target = logits_and_target(probs, target)
-    if scale is None:
-        scale = 1 / max(1, probs.shape[0])
+def cross_entropy_backward(probs, target, dloss=1.0, dlogits=None, *, weight=None,
+                           ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """d(loss)/d(logits) (N, K) from probs = softmax(logits), for cross_entropy_forward's
+    loss with the same options: dloss is the gradient of that loss, a number, or for
+    reduction "none" the rows' gradients (N,) (a number there stands for every row)."""
+    weight, ignore_index, smoothing, reduction = cross_entropy_options(
+        weight, ignore_index, label_smoothing, reduction)
+    probs, target = logits_and_target(probs, target, ignore_index)
+    weight = class_weights(weight, probs)
+    row_dloss, dloss = row_gradient(dloss, probs)
     dlogits = _output("dlogits", dlogits, probs.shape, probs.dtype)
     check.disjoint(("dlogits", "probs"), (dlogits, probs), 1)
-    runtime.ops.cross_entropy_backward(dlogits, probs, target, float(scale))
+    runtime.ops.cross_entropy_backward(dlogits, probs, target, weight, row_dloss,
+                                       ignore_index, smoothing, dloss, reduction == "mean")
     return dlogits
 
+
+def row_gradient(dloss, probs):
+    """dloss as (row_dloss (N,) in probs' dtype or None, the number that multiplies it)."""
+    if np.ndim(dloss) == 0:
+        return None, check.real("dloss", np.asarray(dloss).item())
+    row_dloss = check.float_array("dloss", np.asarray(dloss, dtype=probs.dtype), 1)
+    check.shape("dloss", row_dloss, (probs.shape[0],))
+    return row_dloss, 1.0
 
 
 def mse_forward(pred, target):

@@ -74,13 +74,14 @@ class FusedStep:
         and CrossEntropyLoss."""
         model, layers = self.model, self.model.layers
         return (type(model) is Sequential and type(self.loss_fn) is CrossEntropyLoss
+                and self.loss_fn.reduction != "none"
                 and len(layers) > 0 and type(layers[0]) is not Flatten
                 and all(type(layer) in _REPLAYED and not _overridden(layer)
                         and getattr(layer, "sync", None) is None for layer in layers))
 
     def __call__(self, x, target):
         """x: the model's input batch (B, ...); target: (B,) integer classes. Returns the
-        mean loss."""
+        loss, as loss_fn returns it."""
         native = get_backend() == "native"
         if native and self._plan is not None and self._unchanged(x, target):
             return self._replay(x, target)
@@ -120,7 +121,7 @@ class FusedStep:
         same = [(model, "layers", model.layers), (model, "outputs", model.outputs),
                 (model, "grads", model.grads)]
         same += [(loss_fn, name, getattr(loss_fn, name))
-                 for name in ("_probs", "_dlogits", "_row_loss")]
+                 for name in ("_probs", "_dlogits", "_row_loss", "_forward", "_backward")]
         for p in model.parameters():
             same += [(p, "data", p.data), (p, "grad", p.grad)]
         equal = []
@@ -160,7 +161,8 @@ class FusedStep:
         if isinstance(first, Embedding) and not _native.index_in_range(
                 x, first.num_embeddings):
             return False
-        return _native.index_in_range(target, self.loss_fn._probs.shape[1])
+        return _native.index_in_range(target, self.loss_fn._probs.shape[1],
+                                      self.loss_fn.ignore_index)
 
     def _record(self, x, target):
         """The plan of the step the layers just took: the Kernels each layer and the loss

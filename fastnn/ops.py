@@ -75,11 +75,15 @@ class ReferenceOps:
     def dropout_apply(self, out, x, p, scale, seed, offset):
         reference.dropout_apply(x, p, seed, offset, out, scale)
 
-    def cross_entropy_forward(self, probs, row_loss, logits, target):
-        return reference.cross_entropy_forward(logits, target, probs)[0]
+    def cross_entropy_forward(self, probs, row_loss, logits, target, weight, ignore_index,
+                              smoothing, mean):
+        return reference.cross_entropy_forward(logits, target, probs, weight, ignore_index,
+                                               smoothing, bool(mean), row_loss)[0]
 
-    def cross_entropy_backward(self, dlogits, probs, target, scale):
-        reference.cross_entropy_backward(probs, target, scale, dlogits)
+    def cross_entropy_backward(self, dlogits, probs, target, weight, row_dloss, ignore_index,
+                               smoothing, dloss, mean):
+        reference.cross_entropy_backward(probs, target, dloss, dlogits, weight, row_dloss,
+                                         ignore_index, smoothing, bool(mean))
 
     def squared_error_sum(self, pred, target):
         d = pred.astype(np.float64) - target

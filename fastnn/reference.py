@@ -235,22 +235,59 @@ def embedding_backward(dweight, dy, idx):
     return dweight
 
 
-def cross_entropy_forward(logits, target, probs=None):
-    """Mean over rows of -log softmax(logits)[target] (log-sum-exp form). Returns (loss,
-    probs), probs = softmax(logits), which the backward takes."""
-    if logits.shape[0] == 0:
-        return float("nan"), _write(probs, logits.copy())
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(shifted.astype(np.float64)).sum(axis=1))
-    loss = float(np.mean(lse - shifted[np.arange(len(target)), target]))
-    return loss, _write(probs, softmax_forward(logits))
+def _class_weights(target, weight, ignore_index, K):
+    """(rows, w_t, w): the rows not ignored, their classes' weights, and the weights (K,)."""
+    rows = np.flatnonzero(target != ignore_index)
+    w = np.ones(K) if weight is None else weight.astype(np.float64)
+    return rows, w[target[rows]], w
 
 
-def cross_entropy_backward(probs, target, scale, dlogits=None):
-    """(probs - onehot(target)) * scale; scale = dloss / N for the mean loss."""
-    d = probs.copy()
-    d[np.arange(len(target)), target] -= 1
-    return _write(dlogits, d * d.dtype.type(scale))
+def cross_entropy_forward(logits, target, probs=None, weight=None, ignore_index=-100,
+                          smoothing=0.0, mean=True, row_loss=None):
+    """torch.nn.CrossEntropyLoss written out. Row r's loss is
+    -(1 - smoothing) * w[t] * log p[t] - smoothing / K * sum_k w[k] * log p[k], with
+    p = softmax(logits[r]), t = target[r] and w the class weights (ones when None); 0 for
+    a row whose target is ignore_index. Returns (the sum of the rows' losses, or with mean
+    that sum over the sum of w[t] of the rows not ignored; probs = softmax(logits)), and
+    writes the rows' losses into row_loss when given."""
+    N, K = logits.shape
+    logp = np.zeros((N, K))
+    if N and K:
+        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows, w_t, w = _class_weights(target, weight, ignore_index, K)
+    losses = np.zeros(N)
+    losses[rows] = (-(1 - smoothing) * w_t * logp[rows, target[rows]]
+                    - smoothing / K * (logp[rows] * w).sum(axis=1))
+    if row_loss is not None:
+        row_loss[...] = losses
+    total = float(losses.sum())
+    if mean:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = float(np.float64(total) / w_t.sum())
+    return total, _write(probs, softmax_forward(logits))
+
+
+def cross_entropy_backward(probs, target, dloss, dlogits=None, weight=None, row_dloss=None,
+                           ignore_index=-100, smoothing=0.0, mean=True):
+    """The gradient of cross_entropy_forward's result times dloss (each row also times
+    row_dloss[r] when given) with respect to the logits, from probs = softmax(logits):
+    row r is (1 - smoothing) * w[t] * (p - onehot(t)) + smoothing / K * (sum(w) * p - w),
+    0 for an ignored row."""
+    N, K = probs.shape
+    rows, w_t, w = _class_weights(target, weight, ignore_index, K)
+    p = probs[rows].astype(np.float64)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(rows)), target[rows]] = 1
+    g = np.full(len(rows), float(dloss))
+    if mean:
+        g /= w_t.sum()
+    if row_dloss is not None:
+        g *= row_dloss[rows]
+    d = np.zeros((N, K))
+    d[rows] = g[:, None] * ((1 - smoothing) * w_t[:, None] * (p - onehot)
+                            + smoothing / K * (w.sum() * p - w))
+    return _write(dlogits, d.astype(probs.dtype))
 
 
 def mse_forward(pred, target):

@@ -58,9 +58,11 @@ def calls():
                                                           idx=idx(3, 2))),
         "cross_entropy_forward": (F.cross_entropy_forward, dict(
             logits=arr(3, 5), target=idx(3), probs=arr(3, 5),
-            row_loss=arr(3, dtype=np.float64))),
+            row_loss=arr(3, dtype=np.float64), weight=arr(5), ignore_index=-100,
+            label_smoothing=0.1, reduction="none")),
         "cross_entropy_backward": (F.cross_entropy_backward, dict(
-            probs=arr(3, 5), target=idx(3), scale=0.5, dlogits=arr(3, 5))),
+            probs=arr(3, 5), target=idx(3), dloss=0.5, dlogits=arr(3, 5), weight=arr(5),
+            ignore_index=-100, label_smoothing=0.1, reduction="mean")),
         "mse_forward": (F.mse_forward, dict(pred=arr(3, 4), target=arr(3, 4))),
         "mse_backward": (F.mse_backward, dict(pred=arr(3, 4), target=arr(3, 4), scale=0.5,
                                               dpred=arr(3, 4))),

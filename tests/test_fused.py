@@ -45,12 +45,17 @@ def batches(model_name, n, B=24, seed=0):
         yield x, y
 
 
-def train(model, steps, fused, dtype, model_name, B=24):
-    loss_fn = fastnn.CrossEntropyLoss()
+def train(model, steps, fused, dtype, model_name, B=24, loss_options=None):
+    """Adam steps; with loss_options, CrossEntropyLoss takes them, every fifth target is
+    ignore_index and, after three steps, label_smoothing changes."""
+    loss_fn = fastnn.CrossEntropyLoss(**(loss_options or {}))
     opt = optim.Adam(model.parameters(), lr=1e-2)
     step = FusedStep(model, loss_fn)
     losses = []
-    for x, y in batches(model_name, steps, B):
+    for i, (x, y) in enumerate(batches(model_name, steps, B)):
+        if loss_options:
+            y[::5] = loss_fn.ignore_index
+            loss_fn.label_smoothing = 0.1 if i < 3 else 0.2
         if x.dtype.kind == "f":
             x = x.astype(dtype)
         opt.zero_grad()
@@ -87,6 +92,17 @@ def test_replay_equals_layer_path_bitwise(model_name, dtype):
     assert_same_state(fused_model, plain_model)
     bns = [m for m in fused_model if isinstance(m, fastnn.BatchNorm1d)]
     assert all(m.num_batches_tracked == 6 for m in bns)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_replay_with_loss_options_equals_layer_path_bitwise(reduction):
+    options = dict(weight=np.linspace(0.5, 2, 27), ignore_index=-100, reduction=reduction)
+    fused_model, plain_model = char_mlp(np.float32), char_mlp(np.float32)
+    fused_losses, step = train(fused_model, 6, True, np.float32, "char", loss_options=options)
+    plain_losses, _ = train(plain_model, 6, False, np.float32, "char", loss_options=options)
+    assert (step._plan is not None) == (reduction != "none")  # per-row losses: not replayed
+    np.testing.assert_array_equal(fused_losses, plain_losses)
+    assert_same_state(fused_model, plain_model)
 
 
 def test_replay_is_used_and_counts_as_a_step():

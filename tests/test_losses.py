@@ -40,7 +40,7 @@ def ce_problem(N, K, dtype, seed=0, scale=1.0, hard=False):
 def ce_both(logits, target, backend, dloss=1.0):
     with fastnn.use_backend(backend):
         loss, probs = F.cross_entropy_forward(logits, target)
-        dlogits = F.cross_entropy_backward(probs, target, scale=dloss / len(target))
+        dlogits = F.cross_entropy_backward(probs, target, dloss)
     return loss, probs, dlogits
 
 
@@ -319,3 +319,147 @@ def test_mse_matches_torch():
         value, grad = mse_both(pred, target, backend)
         assert_close(value, want.item(), np.float64)
         assert_close(grad, pt.grad.numpy(), np.float64)
+
+
+# ---- cross-entropy's options, as torch.nn.CrossEntropyLoss ----
+
+OPTIONS = [dict(weight=weight, ignore_index=ignore, reduction=reduction, label_smoothing=ls)
+           for weight in (None, "random") for ignore in (-100, 2)
+           for reduction in ("mean", "sum", "none") for ls in (0.0, 0.3)]
+
+
+def option_problem(dtype, options, N=9, K=5, seed=13):
+    """logits, targets with two rows ignored (when ignore_index is one of the classes, the
+    rows of that class), class weights, and the gradient the loss is given."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (N, K)).astype(dtype)
+    target = rng.integers(0, K, N)
+    target[[1, 6]] = options["ignore_index"]
+    options = dict(options)
+    if options["weight"] == "random":
+        options["weight"] = rng.uniform(0.2, 2.0, K)
+    dloss = rng.normal(size=N).astype(dtype) if options["reduction"] == "none" else 1.7
+    return logits, target, options, dloss
+
+
+def torch_cross_entropy(logits, target, options, dloss):
+    """torch's loss and gradient with respect to the logits, in logits' dtype."""
+    torch = pytest.importorskip("torch")
+    z = torch.tensor(logits, requires_grad=True)
+    weight = options["weight"]
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=None if weight is None else torch.tensor(weight, dtype=z.dtype),
+        ignore_index=options["ignore_index"], reduction=options["reduction"],
+        label_smoothing=options["label_smoothing"])
+    loss = loss_fn(z, torch.tensor(target))
+    loss.backward(torch.tensor(dloss, dtype=z.dtype))
+    return loss.detach().numpy(), z.grad.numpy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
+def test_cross_entropy_options_match_torch(options, dtype, backend):
+    logits, target, options, dloss = option_problem(dtype, options)
+    want_loss, want_grad = torch_cross_entropy(logits, target, options, dloss)
+    with fastnn.use_backend(backend):
+        loss_fn = fastnn.CrossEntropyLoss(**options)
+        loss = loss_fn(logits, target)
+        grad = loss_fn.backward(dloss)
+        f_loss, probs = F.cross_entropy_forward(logits, target, **options)
+        f_grad = F.cross_entropy_backward(probs, target, dloss, **options)
+    if options["reduction"] == "none":
+        assert loss.shape == (len(target),) and loss.dtype == dtype
+        assert loss[1] == 0 and loss[6] == 0
+    else:
+        assert isinstance(loss, float)
+    assert grad.dtype == dtype and not grad[1].any() and not grad[6].any()
+    for got_loss, got_grad in ((loss, grad), (f_loss, f_grad)):
+        assert_close(got_loss, want_loss, dtype)
+        assert_close(got_grad, want_grad, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", OPTIONS[1::2], ids=lambda o: "-".join(map(str, o.values())))
+def test_cross_entropy_options_gradient_matches_finite_differences(options, backend):
+    logits, target, options, dloss = option_problem(np.float64, options, seed=14)
+    with fastnn.use_backend(backend):
+        loss_fn = fastnn.CrossEntropyLoss(**options)
+        loss_fn(logits, target)
+        analytic = loss_fn.backward(dloss).copy()
+        numeric = numerical_grad(
+            lambda: float(np.sum(dloss * loss_fn(logits, target))), logits)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_cross_entropy_every_row_ignored():
+    torch = pytest.importorskip("torch")
+    logits = np.ones((3, 4))
+    target = np.full(3, -100)
+    for backend in BACKENDS:
+        with fastnn.use_backend(backend):
+            for reduction, want in (("mean", np.nan), ("sum", 0.0)):
+                loss_fn = fastnn.CrossEntropyLoss(reduction=reduction)
+                torch_loss = torch.nn.functional.cross_entropy(
+                    torch.tensor(logits), torch.tensor(target), reduction=reduction).item()
+                np.testing.assert_array_equal([loss_fn(logits, target), torch_loss], want)
+                assert not loss_fn.backward().any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_options_one_and_two_threads_bitwise_equal(dtype, threads):
+    logits, target = ce_problem(700, 101, dtype, seed=15, scale=3.0)
+    target[::7] = 5
+    weight = np.random.default_rng(16).uniform(0.5, 2, 101)
+
+    def run():
+        loss_fn = fastnn.CrossEntropyLoss(weight=weight, ignore_index=5, label_smoothing=0.1)
+        return loss_fn(logits, target), loss_fn.backward().copy()
+    results = on_one_and_two_threads(run)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_cross_entropy_options_are_checked():
+    logits = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"reduction: expected one of \['mean', 'none', 'sum'\]"):
+        fastnn.CrossEntropyLoss(reduction="avg")
+    with pytest.raises(ValueError, match=r"label_smoothing: expected a value in \[0.0, 1.0\]"):
+        fastnn.CrossEntropyLoss(label_smoothing=1.5)
+    with pytest.raises(ValueError, match="label_smoothing: expected a number, got nan"):
+        fastnn.CrossEntropyLoss(label_smoothing=float("nan"))
+    with pytest.raises(ValueError, match="ignore_index: expected an integer"):
+        fastnn.CrossEntropyLoss(ignore_index=True)
+    with pytest.raises(ValueError, match=r"weight: expected a 1-d array of class weights"):
+        fastnn.CrossEntropyLoss(weight=np.ones((3, 1)))
+    with pytest.raises(ValueError, match="weight: expected one weight per class, 3, got 2"):
+        fastnn.CrossEntropyLoss(weight=[1.0, 2.0])(logits, [0, 1, 2, 0])
+    with pytest.raises(ValueError, match="weight: expected one weight per class, 3, got 2"):
+        F.cross_entropy_forward(logits, [0, 1, 2, 0], weight=[1.0, 2.0])
+    with pytest.raises(IndexError, match=r"target: class -1 is out of range \[0, 3\) or -100"):
+        fastnn.CrossEntropyLoss()(logits, [0, -1, 2, -100])
+    loss_fn = fastnn.CrossEntropyLoss(reduction="none")
+    loss_fn(logits, [0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"dloss: expected shape \(4,\)"):
+        loss_fn.backward(np.ones(3))
+    with pytest.raises(ValueError, match="dloss: expected a number"):
+        loss_fn.backward("1")
+    with pytest.raises(ValueError, match="read-only"):
+        fastnn.CrossEntropyLoss(weight=[1.0, 2.0, 3.0]).weight[0] = 5
+
+
+def test_cross_entropy_options_set_later_take_effect():
+    logits, target = ce_problem(6, 3, np.float64, seed=17)
+    loss_fn = fastnn.CrossEntropyLoss()
+    plain = loss_fn(logits, target)
+    loss_fn.label_smoothing = 0.2
+    loss_fn.weight = [1.0, 2.0, 0.5]
+    loss_fn.ignore_index = int(target[0])
+    want = F.cross_entropy_forward(logits, target, weight=[1.0, 2.0, 0.5],
+                                   ignore_index=int(target[0]), label_smoothing=0.2)[0]
+    assert loss_fn(logits, target) == want != plain
+    with pytest.raises(ValueError, match="reduction: expected one of"):
+        loss_fn.reduction = "avg"
+    assert loss_fn.reduction == "mean"
+    assert repr(loss_fn) == (f"CrossEntropyLoss(weight=[1.0, 2.0, 0.5], "
+                             f"ignore_index={target[0]}, label_smoothing=0.2)")

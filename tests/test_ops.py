@@ -22,8 +22,9 @@ SCALARS = {"act": 2, "eps": 1e-5, "momentum": 0.5, "training": 1, "negative_slop
            "p": 0.3, "seed": 7, "offset": 11, "scale": 0.5, "lr": 0.1, "dampening": 0.1,
            "weight_decay": 0.01, "l1": 0.001, "nesterov": 0, "first": 0, "clr": 0.1,
            "alpha": 0.9, "beta1": 0.9, "beta2": 0.99, "decoupled": 0, "step": 3, "s": 0.5,
-           "lo": 0.7, "hi": 1.2, "unbiased": 1}
-SCRATCH = {"work", "row_loss"}  # written by the C kernels only, as working space
+           "lo": 0.7, "hi": 1.2, "unbiased": 1, "ignore_index": 3, "smoothing": 0.2,
+           "mean": 1, "dloss": 0.7}
+SCRATCH = {"work"}  # written by the C kernels only, as working space
 
 
 def arguments(name, dtype, seed=0):
