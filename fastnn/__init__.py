@@ -6,7 +6,7 @@ Kernels are C with OpenMP (csrc/), bound through Cython (fastnn._native), with a
 __version__ = "0.1.0"
 
 from . import _wait_policy  # noqa: F401  (first: before anything loads libgomp)
-from . import data, datasets, functional, init, optim, reference, train
+from . import data, datasets, functional, init, interop, optim, reference, train
 from .checkpoint import ModelFileError, load, save
 from .layers import (
     GELU,
@@ -66,6 +66,7 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "init",
+    "interop",
     "ModelFileError",
     "Trainer",
     "load",

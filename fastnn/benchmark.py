@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import fused, layers, optim, runtime
+from . import fused, interop, layers, optim, runtime
 from .losses import CrossEntropyLoss
 
 __all__ = ["compare_with_torch", "example_batch", "report", "torch_equivalent"]
@@ -41,40 +41,26 @@ def _torch():
 
 def torch_equivalent(model, torch=None):
     """The torch.nn equivalent of the fastnn Sequential `model` with copies of its weights
-    and BatchNorm running statistics, in training mode; also [(fastnn parameter name, torch
-    parameter)], to compare the two. A layer without an equivalent raises TypeError."""
+    and BatchNorm state (fastnn.interop's keys), in training mode; also [(fastnn parameter
+    name, torch parameter)], to compare the two. A layer without an equivalent raises
+    TypeError."""
     torch = torch or _torch()
     nn = torch.nn
     activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-    modules, names = [], []
-
-    def param(name, array):
-        p = nn.Parameter(torch.from_numpy(array.copy()))
-        names.append((name, p))
-        return p
-
+    modules = []
     if not isinstance(model, layers.Sequential):
         raise TypeError(f"model: expected a fastnn.Sequential, got {type(model).__name__}")
     for i, layer in enumerate(model):
         kind = type(layer)
         if kind is layers.Embedding:
             m = nn.Embedding(layer.num_embeddings, layer.embedding_dim)
-            m.weight = param(f"{i}.weight", layer.weight.data)
         elif kind is layers.Flatten:
             m = nn.Flatten()
         elif kind is layers.Linear:
             m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            m.weight = param(f"{i}.weight", layer.weight.data)
-            if layer.bias is not None:
-                m.bias = param(f"{i}.bias", layer.bias.data)
         elif kind is layers.BatchNorm1d and layer.running_var_unbiased:
             m = nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
                                affine=layer.affine)
-            if layer.affine:
-                m.weight = param(f"{i}.weight", layer.weight.data)
-                m.bias = param(f"{i}.bias", layer.bias.data)
-            m.running_mean.copy_(torch.from_numpy(layer.running_mean))
-            m.running_var.copy_(torch.from_numpy(layer.running_var))
         elif kind in (layers.ReLU, layers.Tanh, layers.Sigmoid):
             m = activations[layer.kind]()
         elif kind is layers.LeakyReLU:
@@ -85,10 +71,18 @@ def torch_equivalent(model, torch=None):
             m = nn.Dropout(layer.p)
         else:
             raise TypeError(f"model[{i}]: no torch equivalent for {layer!r}")
+        if hasattr(layer, "dtype"):
+            m.to(getattr(torch, layer.dtype.name))  # before the weights: they are cast in
         modules.append(m)
         if kind in (layers.Linear, layers.BatchNorm1d) and layer.activation != "none":
             modules.append(activations[layer.activation]())
-    return nn.Sequential(*modules).train(), names
+    net = nn.Sequential(*modules).train()
+    net.load_state_dict(interop.to_torch_state_dict(model, tensors=True), strict=True)
+    fastnn_names = {id(p): name for name, p in model.named_parameters()}
+    names = [(fastnn_names[id(getattr(module, attr))], net.get_parameter(key))
+             for key, module, attr in interop.torch_keys(model)
+             if isinstance(getattr(module, attr), layers.Parameter)]
+    return net, names
 
 
 def _best_seconds(step, rounds, min_time):
