@@ -21,13 +21,15 @@ def _check_pair(X, y):
     return X, y
 
 
-def split(X, y, ratios=(0.8, 0.1, 0.1), seed=0):
+def split(X, y, ratios=(0.8, 0.1, 0.1), seed=0, stratify=None):
     """Shuffle the samples and cut them into parts of the given proportions.
 
     X: (n, ...); y: (n, ...) with the same n. ratios: positive numbers that sum to 1, one per
     part (the default gives train, validation, test). The parts get round(cumulative ratio
     * n) boundaries, so their sizes add up to n exactly; a part that would be empty raises
-    ValueError.
+    ValueError. stratify: None, or (n,) class labels (usually y itself): then each part
+    holds every class in about the proportions of the whole (within one or two samples of
+    ratio * the class's count), with the same part sizes.
 
     Returns one (X_part, y_part) pair per ratio, e.g. ((X_train, y_train), (X_val, y_val),
     (X_test, y_test)): copies, shapes (n_part, ...). The permutation comes from
@@ -49,12 +51,35 @@ def split(X, y, ratios=(0.8, 0.1, 0.1), seed=0):
     if (sizes <= 0).any():
         raise ValueError(f"ratios: {ratios} of {n} samples gives part sizes {sizes.tolist()}; "
                          "every part needs at least one sample")
-    order = np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    if stratify is not None:
+        order = _stratified(order, stratify, n)
     parts = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         idx = order[lo:hi]
+        if stratify is not None:  # in quantile order the classes alternate: shuffle
+            idx = rng.permutation(idx)
         parts.append((X[idx], y[idx]))
     return tuple(parts)
+
+
+def _stratified(order, labels, n):
+    """`order` (a permutation of n) re-sorted by each sample's quantile within its class,
+    (rank in the class + 1/2) / class size: any cut of it takes each class in proportion."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"stratify: expected one label per sample, shape ({n},), got "
+                         f"{labels.shape}")
+    _, classes = np.unique(labels[order], return_inverse=True)
+    counts = np.bincount(classes)
+    # the rank of each sample of `order` among the earlier ones of its class
+    by_class = np.argsort(classes, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    rank = np.empty(n, np.int64)
+    rank[by_class] = np.arange(n) - np.repeat(starts, counts)
+    quantile = (rank + 0.5) / counts[classes]
+    return order[np.lexsort((classes, quantile))]
 
 
 class BatchIterator:

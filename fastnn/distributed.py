@@ -376,6 +376,16 @@ class DistributedTrainer(Trainer):
     def _bar(self, total, done):
         return super()._bar(total, done) if self.rank == 0 else None
 
+    def _stop_after_step(self):
+        # a callback may stop one rank (TerminateOnNaN on its own loss): all stop together,
+        # or the others would wait in the next step's reduction
+        if not self.callbacks:
+            return self.stop_training
+        stop = np.array(self.stop_training, np.bool_)
+        self.comm.Allreduce(self.model._mpi.IN_PLACE, stop, op=self.model._mpi.LOR)
+        self.stop_training = bool(stop)
+        return self.stop_training
+
     def evaluate(self, X, y, batch_size=1024):
         self.model.broadcast_buffers()  # rank 0's running statistics on every rank
         return super().evaluate(X, y, batch_size)

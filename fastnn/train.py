@@ -5,13 +5,15 @@ clipping, a learning-rate schedule, checkpoints and resume, a progress bar and c
     history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=30, batch_size=64)
     test_loss, test_acc = trainer.evaluate(X_test, y_test)
 """
+import csv
+import io
 import json
 import math
 import os
 
 import numpy as np
 
-from . import checkpoint
+from . import _validate, checkpoint
 from .data import batches
 from .fused import FusedStep
 from .layers import Sequential
@@ -19,7 +21,8 @@ from .losses import CrossEntropyLoss
 from .optim import clip_grad_norm_
 from .optim.lr_scheduler import ReduceLROnPlateau
 
-__all__ = ["Callback", "NonFiniteLossError", "Trainer"]
+__all__ = ["CSVLogger", "Callback", "ModelCheckpoint", "NonFiniteLossError", "TerminateOnNaN",
+           "Trainer"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,16 +57,107 @@ class Callback:
         pass
 
 
+LOG_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")  # an epoch's logs
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (fastnn.save, atomically) after each epoch whose `monitor` value (a
+    key of the epoch's logs: "val_loss", "val_acc", "train_loss", "train_acc") is the best
+    so far, or after every epoch with save_best_only=False, as Keras's ModelCheckpoint.
+    mode: "min", "max", or "auto" (max for accuracies). path may name the epoch and the
+    logs, e.g. "model-{epoch:03d}.npz". best: the best value so far; saved: the last path
+    written. Under fastnn.distributed, rank 0 writes."""
+
+    def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=True):
+        self.path = os.fspath(path)
+        self.monitor = _validate.choice("monitor", monitor, LOG_KEYS[:4])
+        mode = _validate.choice("mode", mode, ("auto", "min", "max"))
+        self.mode = ("max" if monitor.endswith("acc") else "min") if mode == "auto" else mode
+        self.save_best_only = bool(save_best_only)
+        self.best = self.saved = None
+
+    def on_train_begin(self, trainer):
+        self.best = -math.inf if self.mode == "max" else math.inf
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs[self.monitor]
+        if value is None:
+            raise ValueError(f"ModelCheckpoint: monitor {self.monitor!r} has no value (a fit "
+                             "without validation data has no val_loss): monitor 'train_loss'")
+        better = value > self.best if self.mode == "max" else value < self.best
+        if better:
+            self.best = value
+        if (better or not self.save_best_only) and getattr(trainer, "rank", 0) == 0:
+            self.saved = self.path.format(epoch=epoch, **logs)
+            # a DataParallel model (fastnn.distributed) is saved as the model it wraps
+            checkpoint.save(getattr(trainer.model, "module", trainer.model), self.saved)
+
+
+class CSVLogger(Callback):
+    """One row per epoch (epoch, train_loss, train_acc, val_loss, val_acc, lr) in a CSV
+    file, rewritten atomically after each epoch, so an interrupted run leaves the rows of
+    its finished epochs. append=True keeps an existing file's rows (a resumed run's), up to
+    the epoch the Trainer resumes from. Values are written in full precision; a missing
+    one (no validation data) is empty."""
+
+    FIELDS = ("epoch",) + LOG_KEYS
+
+    def __init__(self, path, append=False, separator=","):
+        self.path, self.append, self.separator = os.fspath(path), bool(append), separator
+        self.rows = []
+
+    def on_train_begin(self, trainer):
+        self.rows = []
+        if self.append and os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f, delimiter=self.separator))
+            if not rows or tuple(rows[0]) != self.FIELDS:
+                raise ValueError(f"CSVLogger: {self.path} is not a CSVLogger file (its first "
+                                 f"line is {rows[0] if rows else 'missing'}); expected "
+                                 f"{list(self.FIELDS)}")
+            self.rows = [r for r in rows[1:] if r and r[0].isdigit()
+                         and int(r[0]) <= trainer.epoch]
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.rows.append([str(epoch)] + ["" if logs[k] is None else repr(float(logs[k]))
+                                         for k in LOG_KEYS])
+        if getattr(trainer, "rank", 0) != 0:  # fastnn.distributed: rank 0 writes
+            return
+        text = io.StringIO()
+        writer = csv.writer(text, delimiter=self.separator, lineterminator="\n")
+        writer.writerows([self.FIELDS, *self.rows])
+        checkpoint.atomic_write(self.path, lambda f: f.write(text.getvalue().encode()))
+
+
+class TerminateOnNaN(Callback):
+    """Stop training after the step whose loss is NaN or infinite, as Keras's
+    TerminateOnNaN: that epoch ends there (its logs count the steps taken, its validation
+    runs) and no other starts; with validation data, restore_best then restores the best
+    epoch's weights. That step's update has been applied. Trainer(stop_on_nonfinite=True)
+    raises NonFiniteLossError instead, before the update. stopped_step: the step, or None."""
+
+    def __init__(self):
+        self.stopped_step = None
+
+    def on_step_end(self, trainer, step, loss):
+        if not math.isfinite(loss):
+            self.stopped_step = step
+            trainer.stop_training = True
+
+
 class Trainer:
     """Trains `model` (a Module mapping (B, ...) inputs to (B, K) outputs) with `optimizer`.
 
     loss_fn: a loss with forward(output, target) -> float and backward() (default
     CrossEntropyLoss; accuracy is reported for it). scheduler: stepped once per epoch
-    (ReduceLROnPlateau with the validation loss). clip_grad_norm: max global gradient norm
+    (ReduceLROnPlateau with the validation loss), or after every optimizer step with
+    scheduler_interval="step" (OneCycleLR, a warm-up counted in steps). clip_grad_norm: max global gradient norm
     per step, or None. patience: stop after this many epochs without a lower validation loss
     and restore the best weights (restore_best), or None. checkpoint_dir/checkpoint_every:
     write a resumable checkpoint every N epochs. progress: one tqdm bar for the whole run (on
-    a terminal only), its postfix the epoch and the loss.
+    a terminal only), its postfix the epoch and the loss. callbacks: Callback objects
+    (ModelCheckpoint, CSVLogger, TerminateOnNaN or your own); one that sets
+    trainer.stop_training ends the epoch after that step.
     stop_on_nonfinite: raise NonFiniteLossError at the first NaN or infinite training loss
     (after restoring the best weights, as at the end of training), like Keras's
     TerminateOnNaN. A KeyboardInterrupt during fit also restores the best weights before it
@@ -75,7 +169,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm=None,
                  patience=None, restore_best=True, checkpoint_dir=None, checkpoint_every=None,
-                 callbacks=(), progress=True, stop_on_nonfinite=False):
+                 callbacks=(), progress=True, stop_on_nonfinite=False,
+                 scheduler_interval="epoch"):
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
                                      or patience < 1):
             raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
@@ -84,6 +179,12 @@ class Trainer:
         self.model, self.optimizer = model, optimizer
         self.loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss()
         self.scheduler, self.clip_grad_norm = scheduler, clip_grad_norm
+        self.scheduler_interval = _validate.choice("scheduler_interval", scheduler_interval,
+                                                   ("epoch", "step"))
+        if scheduler_interval == "step" and isinstance(scheduler, ReduceLROnPlateau):
+            raise ValueError("scheduler_interval: ReduceLROnPlateau steps once per epoch, "
+                             "on the validation loss; expected 'epoch'")
+        self._step_scheduler = scheduler is not None and scheduler_interval == "step"
         self.patience, self.restore_best = patience, restore_best
         self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
         self.callbacks, self.progress = list(callbacks), progress
@@ -165,6 +266,8 @@ class Trainer:
                 else:
                     self._last_finite = (self.step, loss)
                 self.optimizer.step()
+                if self._step_scheduler:
+                    self.scheduler.step()
                 n = len(xb)
                 total_loss += loss * n
                 seen += n
@@ -176,6 +279,8 @@ class Trainer:
                     bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{loss:.4f}",
                                     refresh=False)
                     bar.update()
+                if self._stop_after_step():  # a callback asked
+                    break
             total_loss, total_correct, seen = self._reduce_totals(total_loss, total_correct, seen)
             logs = {"train_loss": total_loss / max(seen, 1),
                     "train_acc": total_correct / max(seen, 1) if self._classifier else None,
@@ -196,6 +301,11 @@ class Trainer:
         """The epoch iterator of fit (fastnn.distributed shards it across ranks)."""
         drop_last = len(X) > batch_size  # constant batch shape: no re-allocation, no BN of 1
         return batches(X, y, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+
+    def _stop_after_step(self):
+        """Whether to end the epoch after this step (fastnn.distributed: agreed by the
+        ranks)."""
+        return self.stop_training
 
     def _reduce_totals(self, loss, correct, seen):
         """An epoch's summed loss, correct count and sample count (summed over the ranks
@@ -224,7 +334,7 @@ class Trainer:
                     disable=None)
 
     def _schedule(self, logs):
-        if self.scheduler is None:
+        if self.scheduler is None or self._step_scheduler:
             return
         if isinstance(self.scheduler, ReduceLROnPlateau):
             metric = logs["val_loss"] if logs["val_loss"] is not None else logs["train_loss"]

@@ -57,6 +57,38 @@ def test_split_empty_part_and_length_mismatch():
         data.split(X, y[:4])
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_stratified_split_keeps_each_classs_share(seed):
+    rng = np.random.default_rng(seed)
+    n, classes = int(rng.integers(50, 600)), int(rng.integers(2, 8))
+    labels = rng.choice(classes, n, p=rng.dirichlet(np.ones(classes)))
+    X, ids = make_xy(n)
+    ratios = (0.7, 0.2, 0.1)
+    parts = data.split(X, ids, ratios, seed=seed, stratify=labels)
+    plain = data.split(X, ids, ratios, seed=seed)
+    assert [len(p[1]) for p in parts] == [len(p[1]) for p in plain]  # the same sizes
+    assert np.array_equal(np.sort(np.concatenate([p[1] for p in parts])), ids)
+    for ratio, (Xp, yp) in zip(ratios, parts):
+        assert np.array_equal(Xp, X[yp])
+        for c in range(classes):
+            share = ratio * np.count_nonzero(labels == c)
+            assert abs(np.count_nonzero(labels[yp] == c) - share) < 2, (c, share)
+    again = data.split(X, ids, ratios, seed=seed, stratify=labels)
+    assert all(np.array_equal(p[1], q[1]) for p, q in zip(parts, again))
+
+
+def test_stratified_split_of_a_rare_class_and_bad_labels():
+    X, ids = make_xy(100)
+    labels = np.zeros(100, int)
+    labels[:10] = 1  # 10 of class 1: 8, 1 and 1 of them
+    parts = data.split(X, ids, seed=0, stratify=labels)
+    assert [np.count_nonzero(labels[p[1]] == 1) for p in parts] == [8, 1, 1]
+    assert [len(p[1]) for p in parts] == [80, 10, 10]
+    with pytest.raises(ValueError, match=r"stratify: expected one label per sample, shape "
+                                         r"\(100,\), got \(99,\)"):
+        data.split(X, ids, stratify=labels[:99])
+
+
 # -------------------------------------------------------------------------------- batches
 
 def epoch(it):

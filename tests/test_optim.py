@@ -786,6 +786,88 @@ def test_scheduler_matches_torch(name, kw):
         assert_lrs_close([g["lr"] for g in fopt.param_groups], tsched.get_last_lr())
 
 
+def warmup_then(torch, module, opt, then, **kw):
+    """A linear warm-up of 5 epochs into schedule `then`, by module (torch's or fastnn's
+    lr_scheduler)."""
+    warmup = module.LinearLR(opt, start_factor=0.1, total_iters=5)
+    return module.SequentialLR(opt, [warmup, getattr(module, then)(opt, **kw)], milestones=[5])
+
+
+@pytest.mark.parametrize("then, kw", [("CosineAnnealingLR", dict(T_max=20, eta_min=0.001)),
+                                      ("StepLR", dict(step_size=4, gamma=0.5)),
+                                      ("LinearLR", dict(start_factor=1.0, end_factor=0.2,
+                                                        total_iters=10))])
+def test_warmup_into_another_schedule_matches_torch(then, kw):
+    torch = pytest.importorskip("torch")
+    topt, fopt = torch_and_fastnn_sgd(torch)
+    tsched = warmup_then(torch, torch.optim.lr_scheduler, topt, then, **kw)
+    fsched = warmup_then(torch, lr_scheduler, fopt, then, **kw)
+    assert_lrs_close(fsched.get_last_lr(), tsched.get_last_lr())
+    seen = set()
+    for _ in range(EPOCHS):
+        topt.step()
+        fopt.step()
+        tsched.step()
+        fsched.step()
+        assert_lrs_close(fsched.get_last_lr(), tsched.get_last_lr())
+        seen.add(round(fsched.get_last_lr()[0], 12))
+    assert len(seen) > 8
+
+
+@pytest.mark.parametrize("opt_name, opt_kw", [("SGD", dict(momentum=0.9)),
+                                              ("Adam", dict(betas=(0.9, 0.99)))])
+@pytest.mark.parametrize("kw", [dict(), dict(anneal_strategy="linear"),
+                                dict(three_phase=True, pct_start=0.25),
+                                dict(cycle_momentum=False, div_factor=10.0,
+                                     final_div_factor=100.0)],
+                         ids=["cos", "linear", "three-phase", "no-momentum"])
+def test_one_cycle_matches_torch(opt_name, opt_kw, kw):
+    torch = pytest.importorskip("torch")
+    t = [torch.zeros(2, requires_grad=True) for _ in range(2)]
+    topt = getattr(torch.optim, opt_name)([{"params": [t[0]]}, {"params": [t[1]]}], lr=0.1,
+                                          **opt_kw)
+    fopt = getattr(optim, opt_name)([{"params": [Parameter(np.zeros(2))]},
+                                     {"params": [Parameter(np.zeros(2))]}], lr=0.1, **opt_kw)
+    args = dict(max_lr=[0.5, 0.2], total_steps=40, **kw)
+    tsched = torch.optim.lr_scheduler.OneCycleLR(topt, **args)
+    fsched = lr_scheduler.OneCycleLR(fopt, **args)
+    key = "betas" if opt_name == "Adam" else "momentum"
+    for step in range(41):
+        if step:
+            topt.step()
+            fopt.step()
+            tsched.step()
+            fsched.step()
+        assert_lrs_close(fsched.get_last_lr(), tsched.get_last_lr(), base=0.5)
+        for fg, tg in zip(fopt.param_groups, topt.param_groups):
+            assert np.allclose(fg[key], tg[key], rtol=1e-12, atol=0), (step, fg[key], tg[key])
+    with pytest.raises(ValueError, match="stepped 41 times, more than total_steps"):
+        fsched.step()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda o: lr_scheduler.LinearLR(o, start_factor=0.0), "start_factor"),
+    (lambda o: lr_scheduler.LinearLR(o, end_factor=1.5), "end_factor"),
+    (lambda o: lr_scheduler.LinearLR(o, total_iters=0), "total_iters"),
+    (lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o)], [5]), "milestones"),
+    (lambda o: lr_scheduler.SequentialLR(o, [], []), "schedulers"),
+    (lambda o: lr_scheduler.SequentialLR(
+        o, [lr_scheduler.LinearLR(o), lr_scheduler.ReduceLROnPlateau(o)], [5]),
+     "schedulers\\[1\\]"),
+    (lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1), "total_steps"),
+    (lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10, pct_start=1.5),
+     "pct_start"),
+    (lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10,
+                                       anneal_strategy="exp"), "anneal_strategy"),
+    (lambda o: lr_scheduler.OneCycleLR(o, max_lr=[0.1, 0.2], total_steps=10), "max_lr"),
+    (lambda o: lr_scheduler.OneCycleLR(optim.Adagrad(make_params()), max_lr=0.1,
+                                       total_steps=10), "cycle_momentum"),
+])
+def test_warmup_and_one_cycle_bad_arguments_raise(make, match):
+    with pytest.raises((ValueError, TypeError), match=r"^" + match):
+        make(optim.SGD(make_params(), lr=0.1))
+
+
 def test_cosine_closed_form():
     fopt = optim.SGD(make_params(), lr=0.2)
     sched = lr_scheduler.CosineAnnealingLR(fopt, T_max=10, eta_min=0.01)

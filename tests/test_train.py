@@ -485,3 +485,109 @@ def test_without_stop_on_nonfinite_a_diverging_run_goes_on():
                                    progress=False)
     history = trainer.fit((X, y), None, epochs=3, batch_size=16)
     assert len(history["train_loss"]) == 3
+
+
+# ------------------------------------------------ built-in callbacks, per-step schedules
+
+
+def blob_trainer(callbacks=(), lr=0.02, **kw):
+    model = small_mlp()
+    return Trainer(model, optim.Adam(model.parameters(), lr=lr), callbacks=callbacks,
+                   progress=False, **kw)
+
+
+def test_model_checkpoint_keeps_the_best_epochs_model(tmp_path):
+    from fastnn.train import ModelCheckpoint
+
+    X, y = blobs(200)
+    Xv, yv = blobs(100, seed=1, flip=True)  # the validation loss rises after a while
+    best = ModelCheckpoint(tmp_path / "best.npz")
+    every = ModelCheckpoint(tmp_path / "e{epoch:02d}-{val_acc:.2f}.npz", monitor="val_acc",
+                            save_best_only=False)
+    trainer = blob_trainer([best, every], restore_best=False)
+    history = trainer.fit((X, y), (Xv, yv), epochs=6, batch_size=32)
+    losses = history["val_loss"]
+    assert best.best == min(losses) and losses.index(min(losses)) < 5  # not the last epoch
+    saved = fastnn.load(tmp_path / "best.npz")
+    assert Trainer(saved, optim.SGD(saved.parameters()), progress=False).evaluate(
+        Xv, yv)[0] == pytest.approx(min(losses), rel=1e-6)
+    assert every.mode == "max" and len(list(tmp_path.glob("e*.npz"))) == 6
+    assert every.saved == str(tmp_path / f"e06-{history['val_acc'][-1]:.2f}.npz")
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match="monitor 'val_loss' has no value"):
+        blob_trainer([ModelCheckpoint(tmp_path / "m.npz")]).fit((X, y), None, epochs=1)
+    with pytest.raises(ValueError, match="monitor: expected one of"):
+        ModelCheckpoint(tmp_path / "m.npz", monitor="loss")
+
+
+def test_csv_logger_writes_the_history_and_appends_on_resume(tmp_path):
+    import csv
+
+    from fastnn.train import CSVLogger
+
+    X, y = blobs(200)
+    Xv, yv = blobs(100, seed=1)
+    path = tmp_path / "log.csv"
+    trainer = blob_trainer([CSVLogger(path)], checkpoint_dir=tmp_path, checkpoint_every=2)
+    history = trainer.fit((X, y), (Xv, yv), epochs=3, batch_size=32)
+    rows = list(csv.DictReader(open(path)))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert [float(r[key]) for r in rows] == history[key]  # full precision
+    # resumed from epoch 2: the third row is written again, not twice
+    resumed = blob_trainer([CSVLogger(path, append=True)])
+    resumed.fit((X, y), (Xv, yv), epochs=4, batch_size=32,
+                resume=tmp_path / "checkpoint.npz")
+    rows = list(csv.DictReader(open(path)))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["val_loss"]) for r in rows] == resumed.history["val_loss"]
+    blob_trainer([CSVLogger(tmp_path / "noval.csv")]).fit((X, y), None, epochs=1)
+    assert list(csv.DictReader(open(tmp_path / "noval.csv")))[0]["val_loss"] == ""
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="is not a CSVLogger file"):
+        blob_trainer([CSVLogger(tmp_path / "other.csv", append=True)]).fit((X, y), None)
+
+
+def test_terminate_on_nan_stops_after_that_step():
+    from fastnn.train import TerminateOnNaN
+
+    X, y = blobs(160)
+    stop = TerminateOnNaN()
+
+    class Explode(Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 7:  # the next step's loss is not finite
+                trainer.optimizer.param_groups[0]["lr"] = 1e38
+
+    trainer = blob_trainer([Explode(), stop], lr=0.01)
+    history = trainer.fit((X, y), None, epochs=5, batch_size=32)  # 5 steps an epoch
+    assert stop.stopped_step == trainer.step and trainer.step < 25
+    assert not math.isfinite(history["step_loss"][-1])
+    assert all(math.isfinite(v) for v in history["step_loss"][:-1])
+    assert len(history["train_loss"]) == trainer.epoch == (trainer.step + 4) // 5
+
+
+def test_one_cycle_steps_with_every_optimizer_step():
+    from fastnn.optim.lr_scheduler import OneCycleLR
+
+    X, y = blobs(160)
+    model = small_mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    seen = []
+
+    class Watch(Callback):
+        def on_step_end(self, trainer, step, loss):
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+
+    sched = OneCycleLR(opt, max_lr=0.5, epochs=4, steps_per_epoch=5)
+    trainer = Trainer(model, opt, scheduler=sched, scheduler_interval="step",
+                      callbacks=[Watch()], progress=False)
+    trainer.fit((X, y), None, epochs=4, batch_size=32)
+    assert sched.last_epoch == 20 and len(seen) == 20
+    peak = seen.index(max(seen))
+    assert max(seen) == pytest.approx(0.5) and 4 <= peak <= 6  # 30% of 20 steps
+    assert seen[-1] < 0.5 / 25  # annealed past the start
+    with pytest.raises(ValueError, match="scheduler_interval: ReduceLROnPlateau steps once"):
+        Trainer(model, opt, scheduler=ReduceLROnPlateau(opt), scheduler_interval="step")
+    with pytest.raises(ValueError, match="scheduler_interval: expected one of"):
+        Trainer(model, opt, scheduler_interval="batch")
