@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from . import _wait_policy  # noqa: F401  (first: before anything loads libgomp)
 from . import data, datasets, functional, init, interop, optim, reference, train
-from .checkpoint import ModelFileError, load, save
+from .checkpoint import ModelFileError, load, register_module, save
 from .layers import (
     GELU,
     BatchNorm1d,
@@ -73,6 +73,7 @@ __all__ = [
     "manual_seed",
     "optim",
     "reference",
+    "register_module",
     "save",
     "set_backend",
     "set_isa",

@@ -8,6 +8,14 @@ parameter and buffer names, shapes and dtypes it implies are checked against the
 .npy headers, and every member's size against what the file can hold, before anything is
 allocated; only the expected members are read. Whatever is wrong with a file raises
 ModelFileError (a ValueError) naming the file and the problem.
+
+A model with layers of your own saves and loads once their classes are registered
+(register_module): each such layer is stored as its config() (its constructor's arguments,
+as JSON values) and rebuilt by calling the class with them, in both the saving and the
+loading process. save refuses, before writing anything, a model that load could not rebuild
+(a layer class not registered, or whose config() does not rebuild its parameters and
+buffers). Loading a registered layer runs its constructor on the file's config (twice: once
+to learn its parameters' shapes before reading them): load only files you trust there.
 """
 import json
 import math
@@ -19,7 +27,14 @@ import numpy as np
 
 from . import layers
 
-__all__ = ["ModelFileError", "atomic_write", "load", "load_into", "save"]
+__all__ = ["ModelFileError", "atomic_write", "load", "load_into", "register_module", "save"]
+
+# the layer types fastnn.load rebuilds without registration
+_BUILT_IN = {cls.__name__: cls for cls in (
+    layers.Sequential, layers.Linear, layers.BatchNorm1d, layers.Embedding, layers.Dropout,
+    layers.Flatten, layers.ReLU, layers.Tanh, layers.Sigmoid, layers.LeakyReLU, layers.GELU,
+    layers.Softmax)}
+_REGISTERED = {}  # name: a user's Module class (register_module)
 
 _ARCH = "__fastnn_architecture__"
 _ARCH_MAX_BYTES = 1 << 20
@@ -105,11 +120,80 @@ def _architecture(model):
     return {"type": type(model).__name__, **model.config()}
 
 
+def register_module(cls):
+    """Let save and load handle layers of class `cls`, a fastnn Module subclass whose
+    config() returns its constructor's keyword arguments as JSON values (its sub-modules
+    built by the constructor itself). Use it as a class decorator; returns cls. The class
+    is known by its __name__, which must not be a built-in layer's or another registered
+    class's (a class defined again, as in a re-run notebook cell, replaces itself)."""
+    if not (isinstance(cls, type) and issubclass(cls, layers.Module)):
+        raise TypeError(f"cls: expected a fastnn Module subclass, got {cls!r}")
+    name = cls.__name__
+    if name in _BUILT_IN:
+        raise ValueError(f"cls: {name} is the name of a built-in layer; name the class "
+                         "otherwise")
+    old = _REGISTERED.get(name)
+    if old is not None and old is not cls and (old.__module__, old.__qualname__) != (
+            cls.__module__, cls.__qualname__):
+        raise ValueError(f"cls: another class named {name} is registered "
+                         f"({old.__module__}.{old.__qualname__})")
+    _REGISTERED[name] = cls
+    return cls
+
+
+def _layer_class(kind):
+    return _BUILT_IN.get(kind) or _REGISTERED.get(kind)
+
+
 def save(model, path):
-    """Write the model's parameters, buffers and architecture to `path` (.npz)."""
+    """Write the model's parameters, buffers and architecture to `path` (.npz). A model
+    that load could not rebuild raises ValueError, and nothing is written."""
+    arch = _rebuildable_architecture(model)
     arrays = model.state_dict()
-    arrays[_ARCH] = np.array(json.dumps(_architecture(model)))
+    arrays[_ARCH] = np.array(json.dumps(arch))
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _rebuildable_architecture(model):
+    """The model's architecture, after checking that load rebuilds it: every layer's class
+    is built in or registered, the record is JSON, and the parameters and buffers it
+    implies are the model's."""
+    def check(module, path):
+        cls = type(module)
+        if _layer_class(cls.__name__) is not cls:
+            where = f"layer {path}" if path else "the model"
+            raise ValueError(f"model: {where} is a {cls.__name__}, which fastnn.load cannot "
+                             "rebuild: register its class (@fastnn.register_module), with a "
+                             "config() returning its constructor's arguments")
+        if isinstance(module, layers.Sequential):
+            for i, layer in enumerate(module):
+                check(layer, f"{path}.{i}" if path else str(i))
+    check(model, "")
+    arch = _architecture(model)
+    try:
+        text = json.dumps(arch)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model: its config() is not JSON ({e})") from None
+    try:
+        expected = _expected_state(json.loads(text))
+    except ModelFileError as e:
+        raise ValueError(f"model: its config() does not rebuild it: {e}") from None
+    actual = _state_shapes(model)
+    if expected != actual:
+        differ = sorted(k for k in set(expected) | set(actual)
+                        if expected.get(k) != actual.get(k))
+        raise ValueError(f"model: its config() does not rebuild its parameters and buffers: "
+                         f"{differ[0]} is {actual.get(differ[0])} in the model, "
+                         f"{expected.get(differ[0])} rebuilt (shape, dtype)")
+    return arch
+
+
+def _state_shapes(module, prefix=""):
+    """{name: (shape, dtype)} of module's parameters and buffers (nothing copied)."""
+    items = list(module.named_parameters(prefix)) + list(module.named_buffers(prefix))
+    return {name: (np.shape(v.data if isinstance(v, layers.Parameter) else v),
+                   np.asarray(v.data if isinstance(v, layers.Parameter) else v).dtype)
+            for name, v in items}
 
 
 def _read(path):
@@ -235,20 +319,28 @@ def _expected_state(spec, prefix="", depth=0):
                 f"{prefix}counter": ((), np.dtype(np.uint64))}
     elif kind in ("Flatten", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "GELU", "Softmax"):
         return {}
+    elif kind in _REGISTERED:  # only its constructor knows its shapes
+        return _state_shapes(_build(spec), prefix)
     else:
-        raise ModelFileError(f"unknown layer type {kind!r}")
+        raise ModelFileError(f"unknown layer type {kind!r} (a layer of your own: register "
+                             "its class with fastnn.register_module before loading)")
     return {f"{prefix}{k}": (v, dtype) for k, v in shapes.items()}
 
 
 def _build(spec):
     kind = spec.get("type")
-    cls = getattr(layers, kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, layers.Module)):
+    cls = _layer_class(kind) if isinstance(kind, str) else None
+    if cls is None:
         raise ModelFileError(f"unknown layer type {kind!r}")
     args = {k: v for k, v in spec.items() if k != "type"}
     if cls is layers.Sequential:
         return layers.Sequential(*[_build(s) for s in args["layers"]])
-    return cls(**args)
+    try:
+        return cls(**args)
+    except Exception as e:  # a user's constructor may raise anything
+        if cls in _BUILT_IN.values():
+            raise
+        raise ModelFileError(f"{kind}({args}) raised {type(e).__name__}: {e}") from None
 
 
 def load(path):

@@ -479,6 +479,91 @@ def test_load_into_different_architecture_raises(tmp_path):
         lookalike.load(path)
 
 
+@fastnn.register_module
+class Residual(fastnn.Module):
+    """A user's layer: x + relu(x W^T + b), its Linear built by its constructor."""
+
+    def __init__(self, features, dtype="float32"):
+        self.features, self.dtype = features, dtype
+        self.inner = fastnn.Linear(features, features, activation="relu", dtype=dtype)
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+    def backward(self, dy):
+        return dy + self.inner.backward(dy)
+
+    def config(self):
+        return {"features": self.features, "dtype": self.dtype}
+
+
+def test_a_registered_layer_of_your_own_round_trips(tmp_path, monkeypatch):
+    fastnn.manual_seed(3)
+    model = fastnn.Sequential(fastnn.Linear(4, 6), Residual(6), fastnn.BatchNorm1d(6),
+                              fastnn.Linear(6, 2))
+    model(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32))
+    fastnn.save(model, tmp_path / "m.npz")
+    loaded = fastnn.load(tmp_path / "m.npz")
+    assert type(loaded[1]) is Residual
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    fastnn.save(Residual(3, "float64"), tmp_path / "top.npz")  # a model that is one
+    assert fastnn.load(tmp_path / "top.npz").inner.weight.data.dtype == np.float64
+    monkeypatch.delitem(checkpoint._REGISTERED, "Residual")  # a process that never registered
+    with pytest.raises(fastnn.ModelFileError, match="unknown layer type 'Residual'.*"
+                                                    "register its class"):
+        fastnn.load(tmp_path / "m.npz")
+
+
+def test_save_refuses_what_load_could_not_rebuild(tmp_path):
+    class Unregistered(Residual):
+        pass
+
+    class Tweaked(fastnn.Linear):
+        pass
+
+    class NoConfig(fastnn.Module):
+        def __init__(self, n):
+            self.w = fastnn.Parameter(np.zeros(n, np.float32))
+
+    class WrongConfig(NoConfig):
+        def config(self):
+            return {"n": 2}
+
+    class NotJson(NoConfig):
+        def config(self):
+            return {"n": np.int64(3)}
+
+    for cls in (NoConfig, WrongConfig, NotJson):
+        fastnn.register_module(cls)
+    cases = [(fastnn.Sequential(fastnn.ReLU(), fastnn.Sequential(Unregistered(2))),
+              r"layer 1\.0 is a Unregistered, which fastnn.load cannot rebuild"),
+             (Tweaked(2, 2), "the model is a Tweaked"),
+             (NoConfig(3), r"does not rebuild it: NoConfig\(\{\}\) raised TypeError"),
+             (WrongConfig(3), r"does not rebuild its parameters and buffers: w is "
+                              r"\(\(3,\), dtype\('float32'\)\) in the model"),
+             (NotJson(3), "its config\\(\\) is not JSON")]
+    for model, match in cases:
+        with pytest.raises(ValueError, match=match):
+            fastnn.save(model, tmp_path / "m.npz")
+    assert not os.listdir(tmp_path)  # nothing written, not even a temporary
+
+
+def test_register_module_refuses_clashes():
+    with pytest.raises(ValueError, match="Linear is the name of a built-in layer"):
+        fastnn.register_module(type("Linear", (fastnn.Module,), {}))
+    with pytest.raises(TypeError, match="expected a fastnn Module subclass"):
+        fastnn.register_module(int)
+    with pytest.raises(ValueError, match="another class named Residual is registered"):
+        fastnn.register_module(type("Residual", (fastnn.Module,), {"__module__": "elsewhere"}))
+    again = type("Residual", (fastnn.Module,), {"__module__": Residual.__module__,
+                                                 "__qualname__": Residual.__qualname__})
+    try:  # the same class defined again (a re-run cell) replaces it
+        assert fastnn.register_module(again) is again
+    finally:
+        checkpoint._REGISTERED["Residual"] = Residual
+
+
 def test_load_non_model_file_raises(tmp_path):
     path = tmp_path / "plain.npz"
     np.savez(path, a=np.zeros(3))
