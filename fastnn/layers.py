@@ -139,6 +139,10 @@ class Module:
         """The constructor arguments of this module, as JSON-friendly values."""
         return {}
 
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
     def num_parameters(self):
         """The number of trainable values: every Parameter's size, each Parameter once (as
         torch's sum(p.numel() for p in model.parameters()))."""
