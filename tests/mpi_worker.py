@@ -6,6 +6,9 @@
         history and the largest parameter difference between ranks to OUT.npz.
     mpirun -n 2 python tests/mpi_worker.py fail
         rank 1 raises while rank 0 waits in a collective call: abort_on_error must end both.
+    mpirun -n 2 python tests/mpi_worker.py stop OUT.npz
+        a callback stops rank 1 alone after its 7th step (as TerminateOnNaN would on a loss
+        only that rank sees): both ranks must stop there; rank 0 writes the step counts.
 """
 import argparse
 import json
@@ -70,6 +73,25 @@ def train(out, sync_batchnorm, dtype):
         np.savez(out, **state)
 
 
+def stop(out):
+    comm = distributed.world()
+    rank = comm.Get_rank()
+    train_data, val_data = data(np.float64)
+    net = model(np.float64, MODEL_SEED)
+
+    class StopRankOne(fastnn.train.Callback):
+        def on_step_end(self, trainer, step, loss):
+            if rank == 1 and step == 7:
+                trainer.stop_training = True
+
+    trainer = distributed.DistributedTrainer(net, fastnn.optim.Adam(net.parameters()),
+                                             callbacks=[StopRankOne()], **trainer_kwargs())
+    trainer.fit(train_data, val_data, epochs=EPOCHS, batch_size=GLOBAL_BATCH // comm.Get_size())
+    steps = np.array(comm.allgather(trainer.step))
+    if rank == 0:
+        np.savez(out, steps=steps, epochs=np.array(trainer.epoch))
+
+
 def fail():
     comm = distributed.world()
     if comm.Get_rank() == 1:
@@ -79,7 +101,7 @@ def fail():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("train", "fail"))
+    parser.add_argument("mode", choices=("train", "fail", "stop"))
     parser.add_argument("out", nargs="?")
     parser.add_argument("--sync-batchnorm", action="store_true")
     parser.add_argument("--dtype", default="float64")
@@ -88,6 +110,8 @@ def main():
     with distributed.abort_on_error():
         if args.mode == "train":
             train(args.out, args.sync_batchnorm, np.dtype(args.dtype))
+        elif args.mode == "stop":
+            stop(args.out)
         else:
             fail()
     return 0

@@ -170,6 +170,14 @@ def test_per_rank_batchnorm_differs_from_one_process(tmp_path):
 
 
 @mpi
+def test_a_callback_stopping_one_rank_stops_every_rank(tmp_path):
+    out = tmp_path / "steps.npz"
+    checked(run_mpi(2, WORKER, "stop", str(out)))  # without agreement: a hang, then timeout
+    with np.load(out) as z:
+        assert z["steps"].tolist() == [7, 7] and int(z["epochs"]) == 2
+
+
+@mpi
 def test_a_failing_rank_aborts_the_job():
     proc = run_mpi(2, WORKER, "fail")  # rank 0 waits in a Barrier that rank 1 never reaches
     assert proc.returncode != 0
