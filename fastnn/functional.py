@@ -358,7 +358,10 @@ def cross_entropy_options(weight, ignore_index, label_smoothing, reduction):
     """torch.nn.CrossEntropyLoss's options, checked: (weight as a 1-d float64 array or
     None, ignore_index, label_smoothing, reduction)."""
     if weight is not None:
-        weight = np.array(weight, dtype=np.float64)
+        weight = np.asarray(weight)
+        if weight.dtype.kind not in "iuf":
+            raise TypeError(f"weight: expected real class weights, got dtype {weight.dtype}")
+        weight = np.array(weight, dtype=np.float64)  # a copy the caller cannot change
         if weight.ndim != 1:
             raise ValueError(f"weight: expected a 1-d array of class weights, got shape "
                              f"{weight.shape}")

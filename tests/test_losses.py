@@ -430,6 +430,9 @@ def test_cross_entropy_options_are_checked():
         fastnn.CrossEntropyLoss(label_smoothing=float("nan"))
     with pytest.raises(ValueError, match="ignore_index: expected an integer"):
         fastnn.CrossEntropyLoss(ignore_index=True)
+    with pytest.raises(TypeError, match="weight: expected real class weights, got dtype "
+                                        "complex128"):
+        fastnn.CrossEntropyLoss(weight=[1j, 2.0, 3.0])
     with pytest.raises(ValueError, match=r"weight: expected a 1-d array of class weights"):
         fastnn.CrossEntropyLoss(weight=np.ones((3, 1)))
     with pytest.raises(ValueError, match="weight: expected one weight per class, 3, got 2"):
