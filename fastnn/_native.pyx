@@ -475,6 +475,7 @@ cdef class Spec:
     cdef int types[MAX_ARRAYS]
     cdef readonly tuple bounds  # per array: the letter bounding its int64 values, or None
     cdef int skip[MAX_ARRAYS]  # per array: the Op's integer scalar also allowed, or -1
+    cdef readonly tuple skip_names  # per array: that scalar's name, or ""
     cdef readonly int act_index  # the position of act among the arguments, or -1
 
     def __init__(self, str name, int kind, str arrays, str sizes, str scalars):
@@ -501,6 +502,7 @@ cdef class Spec:
         ints = [p[0] for p in pairs if p[1] == "i"]
         for j, skip in enumerate(skips):
             self.skip[j] = ints.index(skip) if skip else -1
+        self.skip_names = tuple(skips)
         self.act_index = (self.n_arrays + self.scalar_names.index("act")
                           if "act" in self.scalar_names else -1)
         if (self.n_arrays > MAX_ARRAYS or len(self.sizes) > MAX_SIZES
@@ -618,8 +620,7 @@ cdef class Kernel:
                 also = ""
                 if s.skip[j] >= 0:
                     bad &= values != self.op.i[s.skip[j]]
-                    also = f" and not {s.scalar_names[s.scalar_types.index('i') + s.skip[j]]} " \
-                           f"({self.op.i[s.skip[j]]})"
+                    also = f" and not {s.skip_names[j]} ({self.op.i[s.skip[j]]})"
                 raise IndexError(f"{name}: {s.array_names[j]}: {values[bad][0]} is out of range "
                                  f"[0, {self.bound[j]}){also}")
         hit = overlap(args[:s.n_arrays], s.n_arrays, s.flags)

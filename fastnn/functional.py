@@ -414,7 +414,7 @@ def cross_entropy_backward(probs, target, dloss=1.0, dlogits=None, *, weight=Non
         weight, ignore_index, label_smoothing, reduction)
     probs, target = logits_and_target(probs, target, ignore_index)
     weight = class_weights(weight, probs)
-    row_dloss, dloss = row_gradient(dloss, probs)
+    row_dloss, dloss = row_gradient(dloss, probs, reduction)
     dlogits = _output("dlogits", dlogits, probs.shape, probs.dtype)
     check.disjoint(("dlogits", "probs"), (dlogits, probs), 1)
     runtime.ops.cross_entropy_backward(dlogits, probs, target, weight, row_dloss,
@@ -422,10 +422,14 @@ def cross_entropy_backward(probs, target, dloss=1.0, dlogits=None, *, weight=Non
     return dlogits
 
 
-def row_gradient(dloss, probs):
-    """dloss as (row_dloss (N,) in probs' dtype or None, the number that multiplies it)."""
+def row_gradient(dloss, probs, reduction):
+    """dloss as (row_dloss (N,) in probs' dtype or None, the number that multiplies it);
+    an array only for reduction "none"."""
     if np.ndim(dloss) == 0:
         return None, check.real("dloss", np.asarray(dloss).item())
+    if reduction != "none":
+        raise ValueError(f"dloss: expected a number, the gradient of the {reduction} loss, "
+                         f"got an array of shape {np.shape(dloss)}")
     row_dloss = check.float_array("dloss", np.asarray(dloss, dtype=probs.dtype), 1)
     check.shape("dloss", row_dloss, (probs.shape[0],))
     return row_dloss, 1.0

@@ -84,7 +84,7 @@ class CrossEntropyLoss:
         if type(dloss) is float:  # the step's common case, checked as cheaply as it can be
             row_dloss = None
         else:
-            row_dloss, dloss = F.row_gradient(dloss, self._probs)
+            row_dloss, dloss = F.row_gradient(dloss, self._probs, self._reduction)
         # probs and target were checked by forward; the buffers are the loss's own
         args = (self._dlogits, self._probs, self._target, self._weight, row_dloss,
                 self._ignore_index, self._smoothing, dloss, self._mean)

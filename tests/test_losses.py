@@ -447,6 +447,11 @@ def test_cross_entropy_options_are_checked():
         loss_fn.backward(np.ones(3))
     with pytest.raises(ValueError, match="dloss: expected a number"):
         loss_fn.backward("1")
+    with pytest.raises(ValueError, match="dloss: expected a number, the gradient of the mean "
+                                         r"loss, got an array of shape \(4,\)"):
+        loss_fn = fastnn.CrossEntropyLoss()
+        loss_fn(logits, [0, 1, 2, 0])
+        loss_fn.backward(np.ones(4))
     with pytest.raises(ValueError, match="read-only"):
         fastnn.CrossEntropyLoss(weight=[1.0, 2.0, 3.0]).weight[0] = 5
 
