@@ -178,7 +178,7 @@ def _rebuildable_architecture(model):
         expected = _expected_state(json.loads(text))
     except ModelFileError as e:
         raise ValueError(f"model: its config() does not rebuild it: {e}") from None
-    actual = _state_shapes(model)
+    actual = state_shapes(model)
     if expected != actual:
         differ = sorted(k for k in set(expected) | set(actual)
                         if expected.get(k) != actual.get(k))
@@ -188,7 +188,7 @@ def _rebuildable_architecture(model):
     return arch
 
 
-def _state_shapes(module, prefix=""):
+def state_shapes(module, prefix=""):
     """{name: (shape, dtype)} of module's parameters and buffers (nothing copied)."""
     items = list(module.named_parameters(prefix)) + list(module.named_buffers(prefix))
     return {name: (np.shape(v.data if isinstance(v, layers.Parameter) else v),
@@ -198,11 +198,17 @@ def _state_shapes(module, prefix=""):
 
 def _read(path):
     """(architecture, state) of the model file at `path`, read defensively (module docstring)."""
+    return read_zip_file(path, _read_zip, "fastnn model")
+
+
+def read_zip_file(path, read, kind):
+    """read(zip, file size) on the zip file at `path`; any failure but a missing or
+    unreadable file becomes ModelFileError naming the file (not a readable `kind` file)."""
     path = os.fspath(path)
     remove_stale_temporaries(path)
     try:
         with zipfile.ZipFile(path) as z:
-            return _read_zip(z, os.path.getsize(path))
+            return read(z, os.path.getsize(path))
     except ModelFileError as e:
         raise ModelFileError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, ValueError,
@@ -210,29 +216,48 @@ def _read(path):
             OSError) as e:
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
-        raise ModelFileError(f"{path}: not a readable fastnn model file "
+        raise ModelFileError(f"{path}: not a readable {kind} file "
                              f"({type(e).__name__}: {e})") from None
 
 
 def _read_zip(z, file_size):
-    members = {info.filename: info for info in z.infolist()}
-    arch_info = members.get(_ARCH + ".npy")
-    if arch_info is None:
+    arch = read_json_member(z, file_size, _ARCH, _ARCH_MAX_BYTES, "the architecture record")
+    if arch is None:
         raise ModelFileError("not a fastnn model file (no architecture record)")
-    if arch_info.file_size > _ARCH_MAX_BYTES:
-        raise ModelFileError(f"the architecture record claims {arch_info.file_size} bytes, "
-                             f"more than {_ARCH_MAX_BYTES}")
-    _plausible(arch_info, file_size)
-    with z.open(arch_info) as f:
-        arch = json.loads(str(np.lib.format.read_array(f, allow_pickle=False)))
     if not isinstance(arch, dict):
         raise ModelFileError(f"the architecture record is not a model: {str(arch)[:80]}")
     expected = _expected_state(arch)
+    members = {info.filename: info for info in z.infolist()}
     names = {n[:-len(".npy")] for n in members if n.endswith(".npy")} - {_ARCH}
     if names != set(expected) or len(members) != len(expected) + 1:
         extra = sorted(set(members) - {k + ".npy" for k in expected} - {_ARCH + ".npy"})
         raise ModelFileError(f"its arrays do not match its architecture: missing "
                              f"{sorted(set(expected) - names)}, unexpected {extra}")
+    return arch, read_members(z, file_size, expected)
+
+
+def read_json_member(z, file_size, name, max_bytes, what):
+    """The JSON text held as a 0-d string array in member `name` of the open zip `z`,
+    parsed; None when there is no such member. A claimed size above max_bytes, or one the
+    file cannot hold, raises ModelFileError."""
+    info = {i.filename: i for i in z.infolist()}.get(name + ".npy")
+    if info is None:
+        return None
+    if info.file_size > max_bytes:
+        raise ModelFileError(f"{what} claims {info.file_size} bytes, more than {max_bytes}")
+    _plausible(info, file_size)
+    with z.open(info) as f:
+        text = np.lib.format.read_array(f, allow_pickle=False)
+    if text.shape != () or text.dtype.kind != "U":
+        raise ModelFileError(f"{what} is not text")
+    return json.loads(str(text))
+
+
+def read_members(z, file_size, expected):
+    """{name: array} for expected = {name: (shape, dtype)}, the .npy members of the open
+    zip `z` (of a file of file_size bytes): each one's header and sizes are checked against
+    `expected` and the file before anything is allocated."""
+    members = {info.filename: info for info in z.infolist()}
     total = 0
     for name, (shape, dtype) in expected.items():
         info = members[name + ".npy"]
@@ -244,8 +269,8 @@ def _read_zip(z, file_size):
             got_shape, fortran, got_dtype = reader(f)
             header = f.tell()
         if tuple(got_shape) != shape or got_dtype != dtype or fortran:
-            raise ModelFileError(f"{name}: expected a {dtype} array of shape {shape} as its "
-                                 f"architecture says, the file has {got_dtype} {got_shape}")
+            raise ModelFileError(f"{name}: expected a {dtype} array of shape {shape}, the file "
+                                 f"has {got_dtype} {got_shape}")
         nbytes = math.prod(shape) * dtype.itemsize
         if info.file_size != header + nbytes:
             raise ModelFileError(f"{name}: the member holds {info.file_size - header} bytes of "
@@ -257,7 +282,7 @@ def _read_zip(z, file_size):
     for name in expected:
         with z.open(members[name + ".npy"]) as f:
             state[name] = np.lib.format.read_array(f, allow_pickle=False)
-    return arch, state
+    return state
 
 
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -320,7 +345,7 @@ def _expected_state(spec, prefix="", depth=0):
     elif kind in ("Flatten", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "GELU", "Softmax"):
         return {}
     elif kind in _REGISTERED:  # only its constructor knows its shapes
-        return _state_shapes(_build(spec), prefix)
+        return state_shapes(_build(spec), prefix)
     else:
         raise ModelFileError(f"unknown layer type {kind!r} (a layer of your own: register "
                              "its class with fastnn.register_module before loading)")

@@ -243,6 +243,8 @@ def _train(args, distributed=None, comm=None):
     try:
         history = trainer.fit((X_train, y_train), (X_val, y_val), epochs=args.epochs,
                               batch_size=args.batch_size, seed=args.seed, resume=args.resume)
+    except fastnn.ModelFileError as e:  # --resume: a damaged file, or another model's
+        _fail(f"--resume {e}")
     except fastnn.train.NonFiniteLossError as e:
         print(f"fastnn train: error: {e} (--lr {args.lr})", file=sys.stderr)
         if comm is not None:  # the other ranks may be waiting in a collective: end the job

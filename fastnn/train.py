@@ -377,6 +377,20 @@ class Trainer:
 
     # ---- checkpoints: model, optimizer state, trainer progress, data order ----
 
+    def _read_checkpoint(self, z, file_size):
+        """(the trainer's record, {name: array}) of a checkpoint zip, read defensively: the
+        record first, then every array's header and sizes checked against this model and
+        optimizer before any is read (fastnn.checkpoint's model files are read the same
+        way)."""
+        scalars = checkpoint.read_json_member(z, file_size, "trainer",
+                                              _CHECKPOINT_TEXT_MAX_BYTES, "the trainer record")
+        if not isinstance(scalars, dict):
+            raise checkpoint.ModelFileError("not a Trainer checkpoint (no trainer record)")
+        if any(not n.endswith(".npy") for n in z.namelist()):
+            raise checkpoint.ModelFileError("a member that is not a .npy array")
+        names = [n[:-len(".npy")] for n in z.namelist() if n != "trainer.npy"]
+        return scalars, checkpoint.read_members(z, file_size, _checkpoint_arrays(self, names))
+
     def save_checkpoint(self, path, data=None):
         """Write a resumable checkpoint (atomically) to `path`."""
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
@@ -405,10 +419,41 @@ class Trainer:
         checkpoint.atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def _load_checkpoint(self, path, data):
-        with np.load(path, allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-        scalars = json.loads(str(files.pop("trainer")))
-        self.model.load_state_dict({k[6:]: v for k, v in files.items() if k.startswith("model/")})
+        """Restore a save_checkpoint file, all or nothing: a file that is damaged or not
+        this trainer's raises ModelFileError naming it, and nothing changes."""
+        scalars, files = checkpoint.read_zip_file(path, self._read_checkpoint, "checkpoint")
+        try:
+            opt_state = self._optimizer_state(scalars, files)
+            epoch, step, history = scalars["epoch"], scalars["step"], scalars["history"]
+            if not (_count(epoch) and _count(step) and isinstance(history, dict)
+                    and set(history) == set(self.history)
+                    and all(isinstance(v, list) for v in history.values())):
+                raise ValueError("its epoch, step or history is malformed")
+            best_loss, bad_epochs = float(scalars["best_loss"]), scalars["bad_epochs"]
+            if not _count(bad_epochs):
+                raise ValueError(f"bad_epochs is {bad_epochs!r}")
+            rng_state, scheduler = scalars["data_rng"], scalars["scheduler"]
+            if rng_state is not None:  # checked on a generator of the same kind
+                type(data._rng.bit_generator)().state = rng_state
+            if scheduler is not None and hasattr(self.scheduler, "state_dict") \
+                    and set(scheduler) != set(self.scheduler.state_dict()):
+                raise ValueError("its scheduler state is another scheduler's")
+            self.model.load_state_dict({k[6:]: v for k, v in files.items()
+                                        if k.startswith("model/")})
+            self.optimizer.load_state_dict(opt_state)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise checkpoint.ModelFileError(f"{os.fspath(path)}: not a checkpoint of this "
+                                            f"trainer ({type(e).__name__}: {e})") from None
+        self.epoch, self.step, self.history = epoch, step, history
+        best = {k[5:]: v for k, v in files.items() if k.startswith("best/")}
+        self._best, self._bad_epochs = (best_loss, best or None), bad_epochs
+        if rng_state is not None:
+            data._rng.bit_generator.state = rng_state
+        if scheduler is not None and hasattr(self.scheduler, "load_state_dict"):
+            self.scheduler.load_state_dict(scheduler)
+
+    def _optimizer_state(self, scalars, files):
+        """The optimizer's state_dict from a checkpoint's record and arrays."""
         state = []
         for g, group_scalars in enumerate(scalars["opt_scalars"]):
             state.append([])
@@ -422,17 +467,39 @@ class Trainer:
         for g in groups:
             if "betas" in g:
                 g["betas"] = tuple(g["betas"])
-        self.optimizer.load_state_dict({"optimizer": scalars["optimizer"], "state": state,
-                                        "param_groups": groups})
-        self.epoch, self.step = scalars["epoch"], scalars["step"]
-        self.history = scalars["history"]
-        best = {k[5:]: v for k, v in files.items() if k.startswith("best/")}
-        self._best = (scalars["best_loss"], best or None)
-        self._bad_epochs = scalars["bad_epochs"]
-        if scalars["data_rng"] is not None:
-            data._rng.bit_generator.state = scalars["data_rng"]
-        if scalars["scheduler"] is not None and hasattr(self.scheduler, "load_state_dict"):
-            self.scheduler.load_state_dict(scalars["scheduler"])
+        return {"optimizer": scalars["optimizer"], "state": state, "param_groups": groups}
+
+
+def _count(value):
+    return type(value) is int and value >= 0
+
+
+_CHECKPOINT_TEXT_MAX_BYTES = 1 << 28  # the history: about 80 bytes a step
+
+
+def _checkpoint_arrays(trainer, names):
+    """{name: (shape, dtype)} a checkpoint's arrays must have for this trainer's model and
+    optimizer, for the member names of a file; an unknown name raises ModelFileError."""
+    model = checkpoint.state_shapes(trainer.model)
+    arenas = trainer.optimizer._arenas
+    expected = {}
+    for name in names:
+        kind, _, rest = name.partition("/")
+        if kind in ("model", "best") and rest in model:
+            expected[name] = model[rest]
+            continue
+        if kind == "opt":
+            g, a, key = (rest.split("/", 2) + ["", ""])[:3]
+            if g.isdigit() and a.isdigit() and key and int(g) < len(arenas) \
+                    and int(a) < len(arenas[int(g)]):
+                arena = arenas[int(g)][int(a)]
+                expected[name] = ((arena.size,), arena.dtype)
+                continue
+        raise checkpoint.ModelFileError(f"{name}: not an array of this model and optimizer")
+    missing = sorted(f"model/{k}" for k in model if f"model/{k}" not in expected)
+    if missing:
+        raise checkpoint.ModelFileError(f"no {missing[0]}: not a checkpoint of this model")
+    return expected
 
 
 def _jsonable(value):

@@ -171,6 +171,17 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys, bad):
     assert not out_dir.exists()
 
 
+def test_a_damaged_resume_file_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "checkpoint.npz"
+    bad.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--no-progress", "--output", str(tmp_path / "out"), "--resume",
+                  str(bad)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"fastnn train: error: --resume {bad}: not a readable checkpoint")
+
+
 def test_mnist_without_data_path_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["train", "--dataset", "mnist", "--no-progress", "--output", str(tmp_path)])

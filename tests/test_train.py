@@ -591,3 +591,64 @@ def test_one_cycle_steps_with_every_optimizer_step():
         Trainer(model, opt, scheduler=ReduceLROnPlateau(opt), scheduler_interval="step")
     with pytest.raises(ValueError, match="scheduler_interval: expected one of"):
         Trainer(model, opt, scheduler_interval="batch")
+
+
+def test_a_damaged_or_foreign_checkpoint_raises_and_changes_nothing(tmp_path):
+    import json
+    import zipfile
+
+    run = _dropout_run(tmp_path, 3)
+    good = tmp_path / "checkpoint.npz"
+    raw = good.read_bytes()
+    with np.load(good) as z:
+        members = {k: z[k] for k in z.files}
+    record = json.loads(str(members["trainer"]))
+
+    def variant(name, **changes):
+        path = tmp_path / name
+        arrays = {**members, **changes}
+        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+        return path
+
+    huge = tmp_path / "huge.npz"  # a header claiming 10^12 floats, 100 bytes of data
+    with zipfile.ZipFile(huge, "w") as z:
+        for k, v in members.items():
+            if k != "model/0.weight":
+                with z.open(k + ".npy", "w") as f:
+                    np.lib.format.write_array(f, v)
+        with z.open("model/0.weight.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+            f.write(b"\0" * 100)
+    (tmp_path / "truncated.npz").write_bytes(raw[:len(raw) // 2])
+    (tmp_path / "text.npz").write_text("not a checkpoint")
+    fastnn.save(run.model, tmp_path / "model.npz")
+    cases = [("truncated.npz", "not a readable checkpoint file"),
+             ("text.npz", "not a readable checkpoint file"),
+             ("model.npz", "no trainer record"),
+             (huge.name, r"model/0.weight: expected a float64 array of shape \(16, 2\)"),
+             (variant("extra.npz", **{"opt/9/0/exp_avg": np.zeros(3)}).name,
+              "opt/9/0/exp_avg: not an array of this model and optimizer"),
+             (variant("nomodel.npz", **{"model/0.weight": None}).name, "no model/0.weight"),
+             (variant("epoch.npz", trainer=np.array(json.dumps({**record, "epoch": "x"}))).name,
+              "not a checkpoint of this trainer .*epoch"),
+             (variant("nokey.npz", trainer=np.array(json.dumps(
+                 {k: v for k, v in record.items() if k != "step"}))).name,
+              "not a checkpoint of this trainer \\(KeyError")]
+    for name, match in cases:
+        fresh = _dropout_run(tmp_path / "fresh", 0)
+        before = fresh.model.state_dict()
+        with pytest.raises(fastnn.ModelFileError, match=match):
+            _dropout_run(tmp_path / "other", 5, resume=tmp_path / name)
+        with pytest.raises(fastnn.ModelFileError):
+            fresh._load_checkpoint(tmp_path / name, fresh._batches(*blobs(160), 16, 5))
+        assert fresh.epoch == 0 and fresh.step == 0
+        for k, v in fresh.model.state_dict().items():
+            np.testing.assert_array_equal(v, before[k], err_msg=f"{name}: {k}")
+    wider = tmp_path / "wider"  # another model's checkpoint: its shapes are refused
+    X, y = blobs(160, dtype=np.float64)
+    model = small_mlp(dtype=np.float64, dropout=0.3, hidden=8)
+    Trainer(model, optim.Adam(model.parameters()), progress=False, checkpoint_dir=wider,
+            checkpoint_every=1).fit((X, y), None, epochs=1, batch_size=16)
+    with pytest.raises(fastnn.ModelFileError, match=r"expected a float64 array of shape"):
+        _dropout_run(tmp_path / "other", 5, resume=wider / "checkpoint.npz")
