@@ -148,13 +148,13 @@ def _layer_class(kind):
 def save(model, path):
     """Write the model's parameters, buffers and architecture to `path` (.npz). A model
     that load could not rebuild raises ValueError, and nothing is written."""
-    arch = _rebuildable_architecture(model)
+    arch = rebuildable_architecture(model)
     arrays = model.state_dict()
     arrays[_ARCH] = np.array(json.dumps(arch))
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _rebuildable_architecture(model):
+def rebuildable_architecture(model):
     """The model's architecture, after checking that load rebuilds it: every layer's class
     is built in or registered, the record is JSON, and the parameters and buffers it
     implies are the model's."""

@@ -78,6 +78,8 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, trainer):
         self.best = -math.inf if self.mode == "max" else math.inf
+        # a model save would refuse, refused now rather than after the first epoch
+        checkpoint.rebuildable_architecture(getattr(trainer.model, "module", trainer.model))
 
     def on_epoch_end(self, trainer, epoch, logs):
         value = logs[self.monitor]
@@ -209,6 +211,7 @@ class Trainer:
         """Train for `epochs` epochs (counting those of a resumed checkpoint) on
         train = (X, y); val = (X_val, y_val) or None. resume: a checkpoint path. Returns
         the history."""
+        self._loss_reduction()
         X, y = train
         data = self._batches(X, y, batch_size, seed)
         params = self.model.parameters()
@@ -269,7 +272,7 @@ class Trainer:
                 if self._step_scheduler:
                     self.scheduler.step()
                 n = len(xb)
-                total_loss += loss * n
+                total_loss += self._batch_total(loss, n)
                 seen += n
                 if self._classifier:
                     total_correct += self._count_correct(out, yb)
@@ -301,6 +304,18 @@ class Trainer:
         """The epoch iterator of fit (fastnn.distributed shards it across ranks)."""
         drop_last = len(X) > batch_size  # constant batch shape: no re-allocation, no BN of 1
         return batches(X, y, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+
+    def _loss_reduction(self):
+        """loss_fn's reduction, "mean" or "sum" (a loss without one: "mean")."""
+        reduction = getattr(self.loss_fn, "reduction", "mean")
+        if reduction == "none":
+            raise ValueError("loss_fn: reduction='none' gives a loss per sample; the Trainer "
+                             "needs one number a step: use 'mean' or 'sum'")
+        return reduction
+
+    def _batch_total(self, loss, n):
+        """A batch's loss summed over its n samples, from the loss loss_fn returned."""
+        return loss if self._loss_reduction() == "sum" else loss * n
 
     def _stop_after_step(self):
         """Whether to end the epoch after this step (fastnn.distributed: agreed by the
@@ -355,6 +370,7 @@ class Trainer:
 
     def evaluate(self, X, y, batch_size=1024):
         """(mean loss, accuracy or None) of the model on (X, y), in evaluation mode."""
+        self._loss_reduction()
         training = self.model.training
         self.model.eval()
         total_loss = total_correct = 0.0
@@ -362,7 +378,7 @@ class Trainer:
             for start in range(0, len(X), batch_size):
                 xb, yb = X[start:start + batch_size], y[start:start + batch_size]
                 out = self.model(xb)
-                total_loss += self.loss_fn(out, yb) * len(xb)
+                total_loss += self._batch_total(self.loss_fn(out, yb), len(xb))
                 if self._classifier:
                     total_correct += self._count_correct(out, yb)
         finally:

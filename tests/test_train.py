@@ -652,3 +652,36 @@ def test_a_damaged_or_foreign_checkpoint_raises_and_changes_nothing(tmp_path):
             checkpoint_every=1).fit((X, y), None, epochs=1, batch_size=16)
     with pytest.raises(fastnn.ModelFileError, match=r"expected a float64 array of shape"):
         _dropout_run(tmp_path / "other", 5, resume=wider / "checkpoint.npz")
+
+
+def test_a_summed_loss_reports_the_same_epoch_losses_and_none_is_refused():
+    X, y = blobs(160)
+    Xv, yv = blobs(60, seed=1)
+    runs = {}
+    for reduction, lr in (("mean", 0.01), ("sum", 0.01 / 32)):  # the same steps for SGD
+        model = small_mlp()
+        trainer = Trainer(model, optim.SGD(model.parameters(), lr=lr), progress=False,
+                          loss_fn=fastnn.CrossEntropyLoss(reduction=reduction))
+        runs[reduction] = trainer.fit((X, y), (Xv, yv), epochs=2, batch_size=32)
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(runs["sum"][key], runs["mean"][key], rtol=1e-5)
+    model = small_mlp()
+    trainer = Trainer(model, optim.SGD(model.parameters()), progress=False,
+                      loss_fn=fastnn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match="loss_fn: reduction='none' gives a loss per sample"):
+        trainer.fit((X, y), None, epochs=1)
+
+
+def test_model_checkpoint_refuses_an_unsaveable_model_before_training(tmp_path):
+    from fastnn.train import ModelCheckpoint
+
+    class Mine(fastnn.Linear):  # not registered: load could not rebuild it
+        pass
+
+    model = fastnn.Sequential(Mine(2, 3))
+    trainer = Trainer(model, optim.SGD(model.parameters()), progress=False,
+                      callbacks=[ModelCheckpoint(tmp_path / "m.npz")])
+    X, y = blobs(64)
+    with pytest.raises(ValueError, match="layer 0 is a Mine"):
+        trainer.fit((X, y), (X, y), epochs=1)
+    assert trainer.step == 0
