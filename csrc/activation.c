@@ -130,19 +130,26 @@ void SFX(softmax_forward)(REAL *out, const REAL *x, int64_t N, int64_t K)
                            SFX(softmax_rows)(out, x, r0, r1, K););
 }
 
+/* rows [r0, r1): dx = y * (dout - sum(dout * y)) */
+FASTNN_HOT
+static void SFX(softmax_backward_rows)(REAL *dx, const REAL *dout, const REAL *y, int64_t r0,
+                                       int64_t r1, int64_t K)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        const REAL *restrict gr = dout + r * K;
+        const REAL *restrict yr = y + r * K;
+        REAL *restrict dr = dx + r * K;
+        double dot = 0;
+        for (int64_t j = 0; j < K; j++) dot += (double)gr[j] * yr[j];
+        for (int64_t j = 0; j < K; j++) dr[j] = (REAL)(yr[j] * ((double)gr[j] - dot));
+    }
+}
+
 void SFX(softmax_backward)(REAL *dx, const REAL *dout, const REAL *y, int64_t N, int64_t K)
 {
     FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * K,
-                           fastnn_num_blocks(N, 1), N, blk, r0, r1, {
-        for (int64_t r = r0; r < r1; r++) {
-            const REAL *restrict gr = dout + r * K;
-            const REAL *restrict yr = y + r * K;
-            REAL *restrict dr = dx + r * K;
-            double dot = 0;
-            for (int64_t j = 0; j < K; j++) dot += (double)gr[j] * yr[j];
-            for (int64_t j = 0; j < K; j++) dr[j] = (REAL)(yr[j] * ((double)gr[j] - dot));
-        }
-    });
+                           fastnn_num_blocks(N, 1), N, blk, r0, r1,
+                           SFX(softmax_backward_rows)(dx, dout, y, r0, r1, K););
 }
 
 #endif

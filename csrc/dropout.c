@@ -33,16 +33,22 @@ static inline double dropout_uniform(uint64_t seed, uint64_t counter)
 
 #else /* template body */
 
+/* elements [i0, i1) of dropout_apply */
+FASTNN_HOT
+static void SFX(dropout_chunk)(REAL *out, const REAL *in, double p, REAL s, uint64_t seed,
+                               uint64_t offset, int64_t i0, int64_t i1)
+{
+    for (int64_t i = i0; i < i1; i++) {
+        REAL v = in[i] * s;
+        out[i] = dropout_uniform(seed, offset + (uint64_t)i) >= p ? v : 0;
+    }
+}
+
 void SFX(dropout_apply)(REAL *out, const REAL *in, double p, double scale, uint64_t seed,
                         uint64_t offset, int64_t n)
 {
     REAL s = (REAL)scale;
-    FASTNN_FOR_CHUNKS(n, {
-        for (int64_t i = i0; i < i1; i++) {
-            REAL v = in[i] * s;
-            out[i] = dropout_uniform(seed, offset + (uint64_t)i) >= p ? v : 0;
-        }
-    });
+    FASTNN_FOR_CHUNKS(n, SFX(dropout_chunk)(out, in, p, s, seed, offset, i0, i1););
 }
 
 #endif

@@ -32,18 +32,25 @@ void SFX(embedding_forward)(REAL *out, const REAL *weight, const int64_t *idx, i
     });
 }
 
+/* columns [c0, c1) of dweight (V, D)[idx[i]] += dout (N, D)[i], for i in order */
+FASTNN_HOT
+static void SFX(embedding_add_rows)(REAL *dweight, const REAL *dout, const int64_t *idx,
+                                    int64_t N, int64_t D, int64_t c0, int64_t c1)
+{
+    for (int64_t i = 0; i < N; i++) {
+        REAL *restrict row = dweight + idx[i] * D;
+        const REAL *restrict g = dout + i * D;
+        for (int64_t j = c0; j < c1; j++) row[j] += g[j];
+    }
+}
+
 /* dweight (V, D)[idx[i]] += dout (N, D)[i], for i in order */
 void SFX(embedding_backward)(REAL *dweight, const REAL *dout, const int64_t *idx, int64_t N,
                              int64_t D)
 {
     FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * D,
-                           fastnn_num_blocks(D, EMB_MIN_COLS), D, blk, c0, c1, {
-        for (int64_t i = 0; i < N; i++) {
-            REAL *restrict row = dweight + idx[i] * D;
-            const REAL *restrict g = dout + i * D;
-            for (int64_t j = c0; j < c1; j++) row[j] += g[j];
-        }
-    });
+                           fastnn_num_blocks(D, EMB_MIN_COLS), D, blk, c0, c1,
+                           SFX(embedding_add_rows)(dweight, dout, idx, N, D, c0, c1););
 }
 
 #endif

@@ -429,6 +429,14 @@ int64_t SFX(gemm_scratch_size)(const SFX(gemm_job) *job)
     return pack + (SFX(needs_partial)(job) ? job->mb * job->nb : 0);
 }
 
+/* act applied to the tile c (m, n), row stride ldc: vectorised for the CPU (tanh and
+ * sigmoid are a rational function and an exp per element) */
+FASTNN_HOT
+static void SFX(activate_tile)(REAL *c, int64_t ldc, int64_t m, int64_t n, int act)
+{
+    for (int64_t r = 0; r < m; r++) SFX(act_inplace)(c + r * ldc, act, n);
+}
+
 void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *scratch)
 {
     SFX(ukernel_info) uk = SFX(ukernel_for)(job->isa);
@@ -473,8 +481,7 @@ void SFX(gemm_run_block)(const SFX(gemm_job) *job, int64_t blk, REAL *scratch)
                 }
                 uk.kernel(m, n, kc, job->a + i * job->rsa + pc * job->csa, job->rsa, job->csa,
                           bp, ldb, out, ldc, cin, ldcin, c_mode, bias, last && relu);
-                if (last && after)
-                    for (int64_t r = 0; r < m; r++) SFX(act_inplace)(c + r * job->ldc, job->act, n);
+                if (last && after) SFX(activate_tile)(c, job->ldc, m, n, job->act);
             }
         }
         pc += kc;

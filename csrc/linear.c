@@ -199,6 +199,7 @@ static REAL *SFX(plan_gemm_jobs)(SFX(gemm_job) *jobs, int64_t *nblocks, int njob
 
 /* dz[:, f0:f1] = dout * act'(out) (unless act is NONE: dz is dout) and db[f0:f1] += its
  * column sums, rows added in order. */
+FASTNN_HOT
 static void SFX(dz_and_bias_grad)(REAL *dz, REAL *db, const REAL *dout, const REAL *out,
                                   int act, int64_t f0, int64_t f1, int64_t B, int64_t OC)
 {

@@ -92,45 +92,58 @@ double SFX(cross_entropy_forward)(REAL *probs, double *row_loss, const REAL *log
     return mean ? total / SFX(weight_total)(target, weight, ignore_index, N) : total;
 }
 
-/* dlogits (N, K) <- the gradient of the forward's result times dloss, each row also times
- * row_dloss[r] when given (the gradient of reduction="none"); 0 for an ignored row. Row r is
+/* rows [r0, r1) of cross_entropy_backward: row r is
  * g * (a * p - (1 - smoothing) * w[t] * onehot(t) - smoothing / K * w), g its factor,
- * a = (1 - smoothing) * w[t] + smoothing / K * sum(w). */
+ * a = (1 - smoothing) * w[t] + smoothing / K * sum(w); 0 for an ignored row */
+FASTNN_HOT
+static void SFX(cross_entropy_grad_rows)(REAL *dlogits, const REAL *probs,
+                                         const int64_t *target, const REAL *weight,
+                                         const REAL *row_dloss, int64_t ignore_index,
+                                         double smoothing, double scale, double weight_sum,
+                                         int64_t r0, int64_t r1, int64_t K)
+{
+    double spread = smoothing / (double)K;
+    for (int64_t r = r0; r < r1; r++) {
+        const REAL *restrict p = probs + r * K;
+        REAL *restrict d = dlogits + r * K;
+        int64_t t = target[r];
+        if (t == ignore_index) {
+            for (int64_t j = 0; j < K; j++) d[j] = 0;
+            continue;
+        }
+        double g = row_dloss ? (double)row_dloss[r] * scale : scale;
+        if (!weight && smoothing == 0) { /* the plain loss, in the call's precision */
+            REAL s = (REAL)g;
+            for (int64_t j = 0; j < K; j++) d[j] = p[j] * s;
+            d[t] = (p[t] - 1) * s;
+            continue;
+        }
+        double wt = weight ? (double)weight[t] : 1;
+        double a = (1 - smoothing) * wt + spread * weight_sum;
+        for (int64_t j = 0; j < K; j++)
+            d[j] = (REAL)(g * (a * (double)p[j] - spread * (weight ? (double)weight[j] : 1)));
+        d[t] = (REAL)(g * (a * (double)p[t] - spread * wt - (1 - smoothing) * wt));
+    }
+}
+
+/* dlogits (N, K) <- the gradient of the forward's result times dloss, each row also times
+ * row_dloss[r] when given (the gradient of reduction="none"). */
 void SFX(cross_entropy_backward)(REAL *dlogits, const REAL *probs, const int64_t *target,
                                  const REAL *weight, const REAL *row_dloss,
                                  int64_t ignore_index, double smoothing, double dloss, int mean,
                                  int64_t N, int64_t K)
 {
     double scale = mean ? dloss / SFX(weight_total)(target, weight, ignore_index, N) : dloss;
-    double spread = smoothing / (double)K, weight_sum = (double)K;
+    double weight_sum = (double)K;
     if (weight) {
         weight_sum = 0;
         for (int64_t k = 0; k < K; k++) weight_sum += (double)weight[k];
     }
     FASTNN_PARALLEL_BLOCKS(fastnn_team_for_elements, N * K,
-                           fastnn_num_blocks(N, 1), N, blk, r0, r1, {
-        for (int64_t r = r0; r < r1; r++) {
-            const REAL *restrict p = probs + r * K;
-            REAL *restrict d = dlogits + r * K;
-            int64_t t = target[r];
-            if (t == ignore_index) {
-                for (int64_t j = 0; j < K; j++) d[j] = 0;
-                continue;
-            }
-            double g = row_dloss ? (double)row_dloss[r] * scale : scale;
-            if (!weight && smoothing == 0) { /* the plain loss, in the call's precision */
-                REAL s = (REAL)g;
-                for (int64_t j = 0; j < K; j++) d[j] = p[j] * s;
-                d[t] = (p[t] - 1) * s;
-                continue;
-            }
-            double wt = weight ? (double)weight[t] : 1;
-            double a = (1 - smoothing) * wt + spread * weight_sum;
-            for (int64_t j = 0; j < K; j++)
-                d[j] = (REAL)(g * (a * (double)p[j] - spread * (weight ? (double)weight[j] : 1)));
-            d[t] = (REAL)(g * (a * (double)p[t] - spread * wt - (1 - smoothing) * wt));
-        }
-    });
+                           fastnn_num_blocks(N, 1), N, blk, r0, r1,
+                           SFX(cross_entropy_grad_rows)(dlogits, probs, target, weight,
+                                                        row_dloss, ignore_index, smoothing,
+                                                        scale, weight_sum, r0, r1, K););
 }
 
 /* Returns sum((pred - target)^2) over n elements, summed in fixed chunks, in order. */
