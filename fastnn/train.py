@@ -153,8 +153,8 @@ class Trainer:
     loss_fn: a loss with forward(output, target) -> float and backward() (default
     CrossEntropyLoss; accuracy is reported for it). scheduler: stepped once per epoch
     (ReduceLROnPlateau with the validation loss), or after every optimizer step with
-    scheduler_interval="step" (OneCycleLR, a warm-up counted in steps). clip_grad_norm: max global gradient norm
-    per step, or None. patience: stop after this many epochs without a lower validation loss
+    scheduler_interval="step" (OneCycleLR, a warm-up counted in steps). clip_grad_norm: max
+    global gradient norm per step, or None. patience: stop after this many epochs without a lower validation loss
     and restore the best weights (restore_best), or None. checkpoint_dir/checkpoint_every:
     write a resumable checkpoint every N epochs. progress: one tqdm bar for the whole run (on
     a terminal only), its postfix the epoch and the loss. callbacks: Callback objects
