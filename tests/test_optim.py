@@ -770,13 +770,11 @@ def assert_lrs_close(got, want, base=0.1):
         assert abs(g - w) <= 1e-12 * max(abs(w), 1e-3 * base), (got, want)
 
 
-@pytest.mark.parametrize("name, kw", SCHEDULERS)
-def test_scheduler_matches_torch(name, kw):
-    torch = pytest.importorskip("torch")
-    topt, fopt = torch_and_fastnn_sgd(torch)
-    tsched = getattr(torch.optim.lr_scheduler, name)(topt, **kw)
-    fsched = getattr(lr_scheduler, name)(fopt, **kw)
+def assert_schedules_agree(topt, fopt, tsched, fsched):
+    """EPOCHS epochs of torch's and fastnn's schedulers side by side, the learning rates
+    compared after each; returns fastnn's first group's learning rates."""
     assert_lrs_close(fsched.get_last_lr(), tsched.get_last_lr())
+    lrs = []
     for _ in range(EPOCHS):
         topt.step()
         fopt.step()
@@ -784,9 +782,20 @@ def test_scheduler_matches_torch(name, kw):
         fsched.step()
         assert_lrs_close(fsched.get_last_lr(), tsched.get_last_lr())
         assert_lrs_close([g["lr"] for g in fopt.param_groups], tsched.get_last_lr())
+        lrs.append(fsched.get_last_lr()[0])
+    return lrs
 
 
-def warmup_then(torch, module, opt, then, **kw):
+@pytest.mark.parametrize("name, kw", SCHEDULERS)
+def test_scheduler_matches_torch(name, kw):
+    torch = pytest.importorskip("torch")
+    topt, fopt = torch_and_fastnn_sgd(torch)
+    tsched = getattr(torch.optim.lr_scheduler, name)(topt, **kw)
+    fsched = getattr(lr_scheduler, name)(fopt, **kw)
+    assert_schedules_agree(topt, fopt, tsched, fsched)
+
+
+def warmup_then(module, opt, then, **kw):
     """A linear warm-up of 5 epochs into schedule `then`, by module (torch's or fastnn's
     lr_scheduler)."""
     warmup = module.LinearLR(opt, start_factor=0.1, total_iters=5)
@@ -800,18 +809,10 @@ def warmup_then(torch, module, opt, then, **kw):
 def test_warmup_into_another_schedule_matches_torch(then, kw):
     torch = pytest.importorskip("torch")
     topt, fopt = torch_and_fastnn_sgd(torch)
-    tsched = warmup_then(torch, torch.optim.lr_scheduler, topt, then, **kw)
-    fsched = warmup_then(torch, lr_scheduler, fopt, then, **kw)
-    assert_lrs_close(fsched.get_last_lr(), tsched.get_last_lr())
-    seen = set()
-    for _ in range(EPOCHS):
-        topt.step()
-        fopt.step()
-        tsched.step()
-        fsched.step()
-        assert_lrs_close(fsched.get_last_lr(), tsched.get_last_lr())
-        seen.add(round(fsched.get_last_lr()[0], 12))
-    assert len(seen) > 8
+    tsched = warmup_then(torch.optim.lr_scheduler, topt, then, **kw)
+    fsched = warmup_then(lr_scheduler, fopt, then, **kw)
+    lrs = assert_schedules_agree(topt, fopt, tsched, fsched)
+    assert len({round(lr, 12) for lr in lrs}) > 8
 
 
 @pytest.mark.parametrize("opt_name, opt_kw", [("SGD", dict(momentum=0.9)),
