@@ -148,16 +148,16 @@ def _layer_class(kind):
 def save(model, path):
     """Write the model's parameters, buffers and architecture to `path` (.npz). A model
     that load could not rebuild raises ValueError, and nothing is written."""
-    arch = rebuildable_architecture(model)
+    text = rebuildable_architecture(model)
     arrays = model.state_dict()
-    arrays[_ARCH] = np.array(json.dumps(arch))
+    arrays[_ARCH] = np.array(text)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def rebuildable_architecture(model):
-    """The model's architecture, after checking that load rebuilds it: every layer's class
-    is built in or registered, the record is JSON, and the parameters and buffers it
-    implies are the model's."""
+    """The model's architecture as JSON text, after checking that load rebuilds it: every
+    layer's class is built in or registered, the record is JSON, and the parameters and
+    buffers it implies are the model's."""
     def check(module, path):
         cls = type(module)
         if _layer_class(cls.__name__) is not cls:
@@ -185,15 +185,13 @@ def rebuildable_architecture(model):
         raise ValueError(f"model: its config() does not rebuild its parameters and buffers: "
                          f"{differ[0]} is {actual.get(differ[0])} in the model, "
                          f"{expected.get(differ[0])} rebuilt (shape, dtype)")
-    return arch
+    return text
 
 
 def state_shapes(module, prefix=""):
     """{name: (shape, dtype)} of module's parameters and buffers (nothing copied)."""
-    items = list(module.named_parameters(prefix)) + list(module.named_buffers(prefix))
-    return {name: (np.shape(v.data if isinstance(v, layers.Parameter) else v),
-                   np.asarray(v.data if isinstance(v, layers.Parameter) else v).dtype)
-            for name, v in items}
+    return {name: (np.shape(a), np.asarray(a).dtype)
+            for name, a in module.state_arrays(prefix).items()}
 
 
 def _read(path):

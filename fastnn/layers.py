@@ -113,16 +113,19 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    def state_arrays(self, prefix=""):
+        """{name: the array itself} for every parameter (its .data) and buffer."""
+        items = list(self.named_parameters(prefix)) + list(self.named_buffers(prefix))
+        return {name: v.data if isinstance(v, Parameter) else v for name, v in items}
+
     def state_dict(self):
         """{name: copy of the array} for every parameter and buffer."""
-        items = list(self.named_parameters()) + list(self.named_buffers())
-        return {name: (v.data if isinstance(v, Parameter) else v).copy() for name, v in items}
+        return {name: v.copy() for name, v in self.state_arrays().items()}
 
     def load_state_dict(self, state):
         """Copy arrays into this module's parameters and buffers, in place (views, such as an
         optimizer's arena, stay valid). The names, shapes and dtypes must match exactly."""
-        targets = {name: (v.data if isinstance(v, Parameter) else v)
-                   for name, v in list(self.named_parameters()) + list(self.named_buffers())}
+        targets = self.state_arrays()
         missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
         if missing or unexpected:
             raise ValueError(f"state_dict: does not match this model: missing {missing}, "
